@@ -1,0 +1,380 @@
+"""Exact infinite-width kernels of Kim & Yang (ICML 2024): Jacobian NNGP Σ^(L), JNTK Θ, Θ_λ.
+
+Every scalar kernel of the bias-free MLP depends on a pair (x, x') only through
+a = |x|², b = <x, x'>, c = |x'|²:  k(x, x') = κ(a, b, c).  We carry κ with the derivatives the
+chain rule needs -- the 8 *fields* (κ, κ_a, κ_b, κ_c, κ_ab, κ_ac, κ_bb, κ_bc) -- through the
+layer recursion
+
+    Σ^(0) = b,      Σ^(l) = F(Σ^(l-1)),      Γ^(l-1) = G(Σ^(l-1)),      Θ^(l) = Σ^(l) + Θ^(l-1) Γ^(l-1),
+
+and expand any (d0+1)×(d0+1) block from them (DESIGN.md §2):
+
+    K_00 = κ,  K_α0 = 2κ_a x_α + κ_b x'_α,  K_0β = κ_b x_β + 2κ_c x'_β,
+    K_αβ = κ_b δ_αβ + 2κ_ab x_α x_β + 4κ_ac x_α x'_β + κ_bb x'_α x_β + 2κ_bc x'_α x'_β.
+
+Kernels are reported κ⁻²-scaled (the network's kernels are κ² times these).
+Numpy in → numpy out; torch in → torch out (same device). float64 unless asked otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields as dataclass_fields
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .activations import Activation, DualJet, get_activation
+
+__all__ = [
+    "FIELD_NAMES",
+    "KernelFields",
+    "fields",
+    "jntk_fields",
+    "jacobian_nngp_fields",
+    "jntk",
+    "jacobian_nngp",
+    "nngp",
+    "ntk",
+    "expand_blocks",
+    "lambda_scale",
+    "to_gram",
+    "gram",
+    "validate_inputs",
+]
+
+Tensor = torch.Tensor
+ArrayLike = Any  # numpy.ndarray | torch.Tensor
+KernelKind = Literal["jntk", "nngp"]
+
+FIELD_NAMES = ("k", "k_a", "k_b", "k_c", "k_ab", "k_ac", "k_bb", "k_bc")
+KINDS = ("jntk", "nngp")
+
+
+# ---- the scalar-field record ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Jet:
+    """κ(a, b, c) with the partial derivatives the block formula needs (broadcastable tensors)."""
+
+    k: Tensor | float
+    k_a: Tensor | float = 0.0
+    k_b: Tensor | float = 0.0
+    k_c: Tensor | float = 0.0
+    k_ab: Tensor | float = 0.0
+    k_ac: Tensor | float = 0.0
+    k_bb: Tensor | float = 0.0
+    k_bc: Tensor | float = 0.0
+
+    def __add__(self, other: "Jet") -> "Jet":
+        return Jet(*(s + o for s, o in zip(self._parts(), other._parts())))
+
+    def __mul__(self, other: "Jet") -> "Jet":
+        f, g = self, other
+        return Jet(
+            k=f.k * g.k,
+            k_a=f.k_a * g.k + f.k * g.k_a,
+            k_b=f.k_b * g.k + f.k * g.k_b,
+            k_c=f.k_c * g.k + f.k * g.k_c,
+            k_ab=f.k_ab * g.k + f.k_a * g.k_b + f.k_b * g.k_a + f.k * g.k_ab,
+            k_ac=f.k_ac * g.k + f.k_a * g.k_c + f.k_c * g.k_a + f.k * g.k_ac,
+            k_bb=f.k_bb * g.k + 2 * f.k_b * g.k_b + f.k * g.k_bb,
+            k_bc=f.k_bc * g.k + f.k_b * g.k_c + f.k_c * g.k_b + f.k * g.k_bc,
+        )
+
+    def _parts(self) -> tuple:
+        return tuple(getattr(self, n) for n in FIELD_NAMES)
+
+
+@dataclass(frozen=True)
+class Diagonal:
+    """Σ^(l)(x, x) as a function of the squared norm alone: value and d/d(norm²)."""
+
+    v: Tensor
+    d: Tensor | float
+
+
+def _compose(H: DualJet, A: Diagonal, B: Jet, C: Diagonal) -> Jet:
+    """Chain rule for κ = H(A(a), B(a, b, c), C(c))."""
+    return Jet(
+        k=H.v,
+        k_a=H.A * A.d + H.B * B.k_a,
+        k_b=H.B * B.k_b,
+        k_c=H.C * C.d + H.B * B.k_c,
+        k_ab=(H.AB * A.d + H.BB * B.k_a) * B.k_b + H.B * B.k_ab,
+        k_ac=(H.AB * B.k_c + H.AC * C.d) * A.d + (H.BB * B.k_c + H.BC * C.d) * B.k_a
+        + H.B * B.k_ac,
+        k_bb=H.BB * B.k_b * B.k_b + H.B * B.k_bb,
+        k_bc=(H.BB * B.k_c + H.BC * C.d) * B.k_b + H.B * B.k_bc,
+    )
+
+
+def _diagonal_step(act: Activation, D: Diagonal, with_derivative: bool) -> Diagonal:
+    """Σ^(l)(x,x) = F(Σ^(l-1)(x,x) at A = B = C); its derivative is (F_A + F_B + F_C)·D'."""
+    if not with_derivative:
+        return Diagonal(act.dual_values(D.v, D.v, D.v)[0], 0.0)
+    F, _ = act.dual_jets(D.v, D.v, D.v)
+    return Diagonal(F.v, (F.A + F.B + F.C) * D.d)
+
+
+@dataclass(frozen=True)
+class KernelFields:
+    """The 8 scalar fields of Σ^(L) or Θ for all pairs of two point sets, each (n1, n2)."""
+
+    k: Tensor
+    k_a: Tensor
+    k_b: Tensor
+    k_c: Tensor
+    k_ab: Tensor
+    k_ac: Tensor
+    k_bb: Tensor
+    k_bc: Tensor
+    kind: str = "jntk"
+    depth: int = 1
+    activation: str = "gelu"
+
+    def stack(self) -> Tensor:
+        """All fields as one tensor of shape (8, n1, n2), in FIELD_NAMES order."""
+        return torch.stack([getattr(self, n) for n in FIELD_NAMES])
+
+    @classmethod
+    def from_stack(cls, stacked: ArrayLike, **meta: Any) -> "KernelFields":
+        stacked = torch.as_tensor(stacked)
+        return cls(*(stacked[i] for i in range(len(FIELD_NAMES))), **meta)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.k.shape)  # type: ignore[return-value]
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        return {n: getattr(self, n).detach().cpu().numpy() for n in FIELD_NAMES}
+
+
+# ---- input handling ---------------------------------------------------------------------
+
+
+def _to_tensor(x: ArrayLike, name: str, dtype: torch.dtype | None,
+               device: torch.device | str | None) -> tuple[Tensor, bool]:
+    is_numpy = not isinstance(x, torch.Tensor)
+    t = torch.as_tensor(np.asarray(x) if is_numpy else x)
+    if dtype is None:
+        dtype = t.dtype if t.is_floating_point() and t.dtype != torch.float16 else torch.float64
+    return t.to(dtype=dtype, device=device), is_numpy
+
+
+def validate_inputs(x: Tensor, name: str = "x", d0: int | None = None) -> None:
+    """Reject what the kernels are not defined for, naming the offending rows."""
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array of shape (n, d0), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
+    if d0 is not None and x.shape[1] != d0:
+        raise ValueError(f"{name} has d0={x.shape[1]} features but d0={d0} was expected")
+    bad = ~torch.isfinite(x).all(dim=1)
+    if bad.any():
+        rows = torch.nonzero(bad).flatten()[:10].tolist()
+        raise ValueError(f"{name} has {int(bad.sum())} row(s) with NaN/inf values, e.g. rows {rows}")
+    zero = (x == 0).all(dim=1)
+    if zero.any():
+        rows = torch.nonzero(zero).flatten()[:10].tolist()
+        raise ValueError(f"{name} has {int(zero.sum())} zero row(s), e.g. rows {rows}: the "
+                         "kernels need nonzero inputs (the paper scales rows to unit norm)")
+
+
+def _prepare(x1: ArrayLike, x2: ArrayLike | None, dtype: torch.dtype | None,
+             device: torch.device | str | None) -> tuple[Tensor, Tensor, bool]:
+    t1, is_numpy = _to_tensor(x1, "x1", dtype, device)
+    validate_inputs(t1, "x1")
+    if x2 is None:
+        return t1, t1, is_numpy
+    t2, _ = _to_tensor(x2, "x2", t1.dtype, t1.device)
+    validate_inputs(t2, "x2", d0=t1.shape[1])
+    return t1, t2, is_numpy
+
+
+def _check_depth(depth: int) -> int:
+    if isinstance(depth, bool) or int(depth) != depth or depth < 1:
+        raise ValueError(f"depth (number of hidden layers L) must be an integer ≥ 1, got {depth!r}")
+    return int(depth)
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return kind
+
+
+def _out(t: Tensor, is_numpy: bool) -> ArrayLike:
+    return t.detach().cpu().numpy() if is_numpy else t
+
+
+# ---- the recursion ----------------------------------------------------------------------
+
+
+def _field_recursion(x1: Tensor, x2: Tensor, depth: int, act: Activation, kind: str) -> Jet:
+    """Σ^(L) or Θ^(L) as a Jet in (a, b, c) for all pairs of rows of x1, x2."""
+    act.require_smooth()
+    a = (x1 * x1).sum(dim=1)[:, None]
+    c = (x2 * x2).sum(dim=1)[None, :]
+    A, C = Diagonal(a, 1.0), Diagonal(c, 1.0)
+    sigma = Jet(k=x1 @ x2.T, k_b=1.0)  # Σ^(0) = <x, x'>
+    theta = sigma
+    for _ in range(depth):
+        F, G = act.dual_jets(A.v, sigma.k, C.v)
+        sigma_next = _compose(F, A, sigma, C)
+        if kind == "jntk":
+            theta = sigma_next + theta * _compose(G, A, sigma, C)
+        sigma = sigma_next
+        A, C = _diagonal_step(act, A, True), _diagonal_step(act, C, True)
+    return theta if kind == "jntk" else sigma
+
+
+def fields(x1: ArrayLike, x2: ArrayLike | None = None, *, depth: int,
+           activation: str | Activation = "gelu", kind: KernelKind = "jntk",
+           dtype: torch.dtype | None = None,
+           device: torch.device | str | None = None) -> KernelFields:
+    """The 8 scalar fields of Θ (``kind="jntk"``) or Σ^(L) (``kind="nngp"``), each (n1, n2).
+
+    Torch tensors are returned (numpy inputs are converted); use ``.numpy()`` for arrays.
+    """
+    depth, kind = _check_depth(depth), _check_kind(kind)
+    act = get_activation(activation)
+    t1, t2, _ = _prepare(x1, x2, dtype, device)
+    with torch.no_grad():
+        jet = _field_recursion(t1, t2, depth, act, kind)
+    shape = (t1.shape[0], t2.shape[0])
+    parts = [torch.as_tensor(p, dtype=t1.dtype, device=t1.device).expand(shape).contiguous()
+             for p in jet._parts()]
+    return KernelFields(*parts, kind=kind, depth=depth, activation=act.name)
+
+
+def jntk_fields(x1: ArrayLike, x2: ArrayLike | None = None, *, depth: int,
+                activation: str | Activation = "gelu", **kw: Any) -> KernelFields:
+    """Fields of the JNTK Θ (see :func:`fields`)."""
+    return fields(x1, x2, depth=depth, activation=activation, kind="jntk", **kw)
+
+
+def jacobian_nngp_fields(x1: ArrayLike, x2: ArrayLike | None = None, *, depth: int,
+                         activation: str | Activation = "gelu", **kw: Any) -> KernelFields:
+    """Fields of the Jacobian NNGP Σ^(L) (see :func:`fields`)."""
+    return fields(x1, x2, depth=depth, activation=activation, kind="nngp", **kw)
+
+
+# ---- blocks -----------------------------------------------------------------------------
+
+
+def expand_blocks(f: KernelFields, x1: ArrayLike, x2: ArrayLike | None = None,
+                  lam: float | None = None, out: Tensor | None = None) -> Tensor:
+    """(n1, n2, d0+1, d0+1) blocks from the fields (point-major index 0 = output).
+
+    With ``lam`` the blocks are Θ_λ = ΛKΛ, Λ = diag(1, √λ, …, √λ).
+    """
+    t1 = torch.as_tensor(x1, dtype=f.k.dtype, device=f.k.device)
+    t2 = t1 if x2 is None else torch.as_tensor(x2, dtype=f.k.dtype, device=f.k.device)
+    n1, d0 = t1.shape
+    n2 = t2.shape[0]
+    if f.shape != (n1, n2):
+        raise ValueError(f"fields of shape {f.shape} do not match inputs ({n1}, {n2})")
+    if out is None:
+        out = torch.empty((n1, n2, d0 + 1, d0 + 1), dtype=f.k.dtype, device=f.k.device)
+    out[:, :, 0, 0] = f.k
+    xi = t1[:, None, :]
+    xj = t2[None, :, :]
+    torch.addcmul(2 * f.k_a[..., None] * xi, f.k_b[..., None], xj, out=out[:, :, 1:, 0])
+    torch.addcmul(f.k_b[..., None] * xi, 2 * f.k_c[..., None], xj, out=out[:, :, 0, 1:])
+    # K_αβ = [x, x']_α M [x, x']_β^T with M = [[2κ_ab, 4κ_ac], [κ_bb, 2κ_bc]], plus κ_b δ_αβ.
+    left = torch.stack((t1[:, None, :].expand(n1, n2, d0), t2[None, :, :].expand(n1, n2, d0)), -1)
+    M = torch.stack((torch.stack((2 * f.k_ab, 4 * f.k_ac), -1),
+                     torch.stack((f.k_bb, 2 * f.k_bc), -1)), -2)
+    jac = out[:, :, 1:, 1:]
+    torch.matmul(left @ M, left.transpose(-1, -2), out=jac) if jac.is_contiguous() else \
+        jac.copy_((left @ M) @ left.transpose(-1, -2))
+    jac.diagonal(dim1=-2, dim2=-1).add_(f.k_b[..., None])
+    if lam is not None:
+        lambda_scale(out, lam)
+    return out
+
+
+def lambda_scale(blocks: ArrayLike, lam: float) -> ArrayLike:
+    """Θ_λ = ΛΘΛ in place on (…, d0+1, d0+1) blocks, Λ = diag(1, √λ, …, √λ); returns blocks."""
+    lam = float(lam)
+    if not (0.0 <= lam) or not math.isfinite(lam):
+        raise ValueError(f"lam (Jacobian-regularisation weight λ) must be ≥ 0, got {lam}")
+    root = math.sqrt(lam)
+    blocks[..., 1:, 0] *= root
+    blocks[..., 0, 1:] *= root
+    blocks[..., 1:, 1:] *= lam
+    return blocks
+
+
+def _blocks(kind: str, x1: ArrayLike, x2: ArrayLike | None, depth: int,
+            activation: str | Activation, lam: float | None, dtype: torch.dtype | None,
+            device: torch.device | str | None) -> ArrayLike:
+    t1, t2, is_numpy = _prepare(x1, x2, dtype, device)
+    f = fields(t1, t2, depth=depth, activation=activation, kind=kind)  # type: ignore[arg-type]
+    with torch.no_grad():
+        return _out(expand_blocks(f, t1, t2, lam=lam), is_numpy)
+
+
+def jntk(x1: ArrayLike, x2: ArrayLike | None = None, *, depth: int,
+         activation: str | Activation = "gelu", lam: float | None = None,
+         dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> ArrayLike:
+    """JNTK blocks Θ(x1_i, x2_j), shape (n1, n2, d0+1, d0+1); Θ_λ when ``lam`` is given."""
+    return _blocks("jntk", x1, x2, depth, activation, lam, dtype, device)
+
+
+def jacobian_nngp(x1: ArrayLike, x2: ArrayLike | None = None, *, depth: int,
+                  activation: str | Activation = "gelu", lam: float | None = None,
+                  dtype: torch.dtype | None = None,
+                  device: torch.device | str | None = None) -> ArrayLike:
+    """Jacobian NNGP blocks Σ^(L)(x1_i, x2_j), shape (n1, n2, d0+1, d0+1)."""
+    return _blocks("nngp", x1, x2, depth, activation, lam, dtype, device)
+
+
+def _plain(kind: str, x1: ArrayLike, x2: ArrayLike | None, depth: int,
+           activation: str | Activation, dtype: torch.dtype | None,
+           device: torch.device | str | None) -> ArrayLike:
+    depth = _check_depth(depth)
+    act = get_activation(activation)
+    t1, t2, is_numpy = _prepare(x1, x2, dtype, device)
+    with torch.no_grad():
+        A, C = (t1 * t1).sum(1)[:, None], (t2 * t2).sum(1)[None, :]
+        sigma = t1 @ t2.T
+        theta = sigma
+        for _ in range(depth):
+            F, G = act.dual_values(A, sigma, C)
+            theta = F + theta * G
+            sigma = F
+            A, C = act.dual_values(A, A, A)[0], act.dual_values(C, C, C)[0]
+    return _out(theta if kind == "jntk" else sigma, is_numpy)
+
+
+def nngp(x1: ArrayLike, x2: ArrayLike | None = None, *, depth: int,
+         activation: str | Activation = "gelu", dtype: torch.dtype | None = None,
+         device: torch.device | str | None = None) -> ArrayLike:
+    """Plain NNGP Σ^(L)_00, shape (n1, n2): no Jacobian part, any activation (ReLU too)."""
+    return _plain("nngp", x1, x2, depth, activation, dtype, device)
+
+
+def ntk(x1: ArrayLike, x2: ArrayLike | None = None, *, depth: int,
+        activation: str | Activation = "gelu", dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None) -> ArrayLike:
+    """Plain NTK Θ_00, shape (n1, n2): no Jacobian part, any activation (ReLU too)."""
+    return _plain("jntk", x1, x2, depth, activation, dtype, device)
+
+
+def to_gram(blocks: ArrayLike) -> ArrayLike:
+    """(n1, n2, p, p) blocks → (n1·p, n2·p) matrix, point-major (row i·p + α)."""
+    n1, n2, p, q = blocks.shape
+    if isinstance(blocks, torch.Tensor):
+        return blocks.permute(0, 2, 1, 3).reshape(n1 * p, n2 * q)
+    return np.ascontiguousarray(np.transpose(blocks, (0, 2, 1, 3))).reshape(n1 * p, n2 * q)
+
+
+def gram(x: ArrayLike, *, depth: int, activation: str | Activation = "gelu",
+         kind: KernelKind = "jntk", lam: float | None = None, **kw: Any) -> ArrayLike:
+    """The N(d0+1)-square Gram matrix of one dataset (dense; small N only)."""
+    fn = jntk if _check_kind(kind) == "jntk" else jacobian_nngp
+    return to_gram(fn(x, depth=depth, activation=activation, lam=lam, **kw))
