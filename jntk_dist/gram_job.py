@@ -1,0 +1,382 @@
+"""The distributed Gram job: Ray actors compute tiles of the N(d0+1)-square kernel into a Zarr store.
+
+The driver validates the inputs, takes the store's writer lock, creates (or checks and resumes)
+the store, and hands the missing upper-triangle tiles to a pool of :class:`TileWorker` actors.
+Each actor opens the store itself, computes a tile's fields with :func:`jntk_dist.kernels.fields`,
+and writes the tile, its mirror and its ``done`` mark (:class:`jntk_dist.store.TileWriter`). The
+driver never holds the Gram; it only counts tiles. Used by ``jntk gram`` and ``jobs/gram.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import __version__, kernels
+from .config import DatasetSpec, JobConfig, KernelSpec, config_diff, config_hash
+from .store import (
+    StoreError,
+    StoreLayout,
+    StoreLock,
+    TileWriter,
+    create_store,
+    done_bitmap_hex,
+    is_store,
+    open_gram,
+)
+from .tiling import DEFAULT_TILE_BYTES, auto_tile_points
+
+__all__ = ["CompressionSpec", "RaySpec", "GramJobConfig", "GramRunResult", "TileWorker",
+           "run_gram", "validate_dataset"]
+
+log = logging.getLogger(__name__)
+
+# Config keys that define what a store contains; a rerun must agree on all of them.
+IDENTITY_KEYS = ("dataset", "kernel", "store", "compression")
+
+
+class CompressionSpec(BaseModel):
+    """Chunk compression of the store's arrays."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    codec: Literal["zstd", "blosc-zstd", "blosc-lz4", "none"] = "zstd"
+    level: int = Field(default=1, ge=0, le=22)
+
+
+class RaySpec(BaseModel):
+    """Where and how wide to run. No ``address``: an embedded Ray on this machine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1)  # embedded Ray only
+    num_actors: int | None = Field(default=None, ge=1)  # default: sized from the cluster
+    cpus_per_actor: float = Field(default=1.0, gt=0)
+    gpus_per_actor: float | None = Field(default=None, ge=0)  # default: 1 when GPUs exist
+    tasks_per_actor: int = Field(default=2, ge=1)  # queued per actor, hides dispatch latency
+    max_restarts: int = Field(default=3, ge=0)
+    max_task_retries: int = Field(default=3, ge=0)
+
+
+class GramJobConfig(JobConfig):
+    """``jntk gram`` config: dataset, kernel, output store and how to tile and distribute."""
+
+    dataset: DatasetSpec
+    kernel: KernelSpec
+    output: Path
+    store: Literal["dense", "fields"] = "dense"
+    tile_points: int | None = Field(default=None, ge=1)  # default: sized to tile_bytes / memory
+    tile_bytes: int | None = Field(default=None, ge=1024)
+    compression: CompressionSpec = Field(default_factory=CompressionSpec)
+    ray: RaySpec = Field(default_factory=RaySpec)
+    progress: bool = True
+
+    def identity(self) -> dict[str, Any]:
+        """The part of the config that determines the store's contents."""
+        data = self.to_dict()
+        return {k: data[k] for k in IDENTITY_KEYS}
+
+
+@dataclass
+class GramRunResult:
+    """What a run did: the store, the tiles it computed, timings."""
+
+    path: Path
+    tiles_total: int
+    tiles_computed: list[tuple[int, int]] = field(default_factory=list)
+    tiles_already_done: int = 0
+    entries: int = 0
+    seconds: float = 0.0
+    num_actors: int = 0
+
+    @property
+    def entries_per_s(self) -> float:
+        return self.entries / self.seconds if self.seconds > 0 else float("nan")
+
+
+# ---- the actor --------------------------------------------------------------------------
+
+
+class TileWorker:
+    """Ray actor: holds an open store and a device; computes and writes tiles on request."""
+
+    def __init__(self, store_path: str, kind: str, depth: int, activation: str,
+                 dtype: str) -> None:
+        self.writer = TileWriter(store_path)
+        self.kind, self.depth, self.activation = kind, depth, activation
+        self.dtype = getattr(torch, dtype)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def compute(self, i: int, j: int) -> tuple[int, int, int, float, int]:
+        """Compute tile (i, j), write it and its mirror, mark it done: (i, j, entries, s, pid)."""
+        start = time.perf_counter()
+        xi = torch.from_numpy(self.writer.points(i)).to(self.device, self.dtype)
+        xj = xi if i == j else torch.from_numpy(self.writer.points(j)).to(self.device, self.dtype)
+        f = kernels.fields(xi, xj, depth=self.depth, activation=self.activation,
+                           kind=self.kind)  # type: ignore[arg-type]
+        entries = self.writer.write(i, j, f, xi, xj)
+        return i, j, entries, time.perf_counter() - start, os.getpid()
+
+
+# ---- the driver -------------------------------------------------------------------------
+
+
+def validate_dataset(X: np.ndarray, y: np.ndarray, name: str) -> None:
+    """Reject NaN/inf/zero rows and mismatched labels before anything is written."""
+    kernels.validate_inputs(torch.from_numpy(np.asarray(X)), name=f"dataset {name!r} X")
+    if y.shape != (X.shape[0],):
+        raise ValueError(f"dataset {name!r}: y has shape {y.shape}, expected ({X.shape[0]},)")
+    if not np.isfinite(y).all():
+        raise ValueError(f"dataset {name!r}: y has non-finite values at rows "
+                         f"{np.flatnonzero(~np.isfinite(y))[:10].tolist()}")
+
+
+def _check_existing(path: Path, config: GramJobConfig, X: np.ndarray) -> StoreLayout:
+    """Refuse a store written by another config or dataset; return its layout to resume."""
+    store = open_gram(path)
+    old = store.attrs.get("identity", {})
+    diff = config_diff(old, config.identity())
+    if diff:
+        raise StoreError(f"store {path} was written by a different config: " + "; ".join(diff)
+                         + ". Use --overwrite to replace it, or choose another output")
+    lay = store.layout
+    if config.tile_points is not None and config.tile_points != lay.tile_points:
+        raise StoreError(f"store {path} has tile_points={lay.tile_points} but the config asks "
+                         f"for {config.tile_points}; use --overwrite to re-tile it")
+    if store.X.shape != X.shape or not np.array_equal(store.X, X):
+        raise StoreError(f"store {path} holds different inputs X (shape {store.X.shape}) than "
+                         f"the dataset (shape {X.shape}); use --overwrite to replace it")
+    return lay
+
+
+def _start_ray(spec: RaySpec) -> bool:
+    """Connect to (or embed) Ray unless already connected; True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    if spec.address:
+        ray.init(address=spec.address, **kwargs)
+    else:
+        ray.init(num_cpus=spec.num_cpus, **kwargs)
+    return True
+
+
+def _pool_plan(spec: RaySpec, n_tasks: int) -> tuple[int, float, float]:
+    """(actors, cpus per actor, gpus per actor) from the cluster's free resources."""
+    import ray
+
+    free = ray.available_resources()
+    gpus = float(free.get("GPU", 0.0))
+    per_gpu = spec.gpus_per_actor if spec.gpus_per_actor is not None else (1.0 if gpus else 0.0)
+    if spec.num_actors is not None:
+        n = spec.num_actors
+    elif per_gpu > 0:
+        n = int(gpus // per_gpu)
+    else:
+        n = int(float(free.get("CPU", 0.0)) // spec.cpus_per_actor)
+    if n < 1:
+        raise RuntimeError(f"no room for a tile worker: free resources {free}, each worker needs "
+                           f"{spec.cpus_per_actor} CPU and {per_gpu} GPU")
+    return max(1, min(n, n_tasks)), spec.cpus_per_actor, per_gpu
+
+
+def _worker_memory(per_gpu: float, n_actors: int) -> float | None:
+    """Memory one worker may use for a tile: free GPU memory, else Ray's memory per worker."""
+    import ray
+
+    if per_gpu > 0:
+        @ray.remote(num_gpus=per_gpu)
+        def free_gpu_memory() -> int:
+            return int(torch.cuda.mem_get_info()[0])
+        return float(ray.get(free_gpu_memory.remote()))
+    memory = ray.cluster_resources().get("memory")
+    return memory / n_actors if memory else None
+
+
+def run_gram(config: GramJobConfig, overwrite: bool = False, progress: bool | None = None,
+             on_start: Callable[[list[Any]], None] | None = None) -> GramRunResult:
+    """Compute (or complete) the Gram store described by ``config``; see the module docstring.
+
+    ``on_start`` is called with the actor handles once the pool is up (monitoring, tests).
+    """
+    path = Path(config.output)
+    data = config.dataset.load()
+    X, y = data.X, data.y
+    validate_dataset(X, y, data.name)
+    lock = StoreLock(path).acquire()
+    started_ray = False
+    actors: list[Any] = []
+    try:
+        existing = path.exists() and any(path.iterdir()) if path.is_dir() else path.exists()
+        layout: StoreLayout | None = None
+        if existing and not overwrite:
+            if not is_store(path):
+                raise StoreError(f"{path} exists and is not a jntk Gram store; choose another "
+                                 "output or pass --overwrite")
+            layout = _check_existing(path, config, X)
+        started_ray = _start_ray(config.ray)
+        if layout is None:
+            layout = _create(path, config, X, y, data.name, overwrite)
+        store = open_gram(path)
+        missing = store.missing_tiles()
+        result = GramRunResult(path=path, tiles_total=layout.total_tiles,
+                               tiles_already_done=layout.total_tiles - len(missing))
+        if missing:
+            log.info("store %s: %d of %d tiles to compute (%d points/tile)", path, len(missing),
+                     layout.total_tiles, layout.tile_points)
+            actors = _spawn_pool(config, path, len(missing), result)
+            if on_start is not None:
+                on_start(actors)
+            show = config.progress if progress is None else progress
+            _dispatch(actors, missing, config.ray.tasks_per_actor, layout, result, show)
+        else:
+            log.info("store %s is already complete (%d tiles)", path, layout.total_tiles)
+        _finish(path)
+        return result
+    finally:
+        import ray
+
+        for actor in actors:
+            ray.kill(actor)
+        if started_ray:
+            ray.shutdown()
+        lock.release()
+
+
+def _create(path: Path, config: GramJobConfig, X: np.ndarray, y: np.ndarray, name: str,
+            overwrite: bool) -> StoreLayout:
+    itemsize = np.dtype(config.kernel.dtype).itemsize
+    n, d0 = X.shape
+    if config.tile_points is not None:
+        points = min(config.tile_points, n)
+    else:
+        plan = _pool_plan(config.ray, 1 << 30)
+        memory = _worker_memory(plan[2], plan[0])
+        target = config.tile_bytes or DEFAULT_TILE_BYTES * (4 if plan[2] > 0 else 1)
+        points = auto_tile_points(n, d0, config.store, itemsize, target, memory)
+    layout = StoreLayout(mode=config.store, n_points=n, d0=d0, tile_points=points,
+                         dtype=config.kernel.dtype)
+    k = config.kernel
+    identity = config.identity()
+    attrs = {"config": config.to_dict(), "identity": identity,
+             "config_hash": config_hash(identity), "dataset": name, "kernel": k.kind,
+             "activation": k.activation, "depth": k.depth, "lam": k.lam, "dtype": k.dtype}
+    create_store(path, X, y, layout, attrs, config.compression.model_dump(), overwrite=overwrite)
+    log.info("created %s store %s: N=%d, d0=%d, %d points per tile, %d tiles", config.store,
+             path, n, d0, points, layout.total_tiles)
+    return layout
+
+
+def _spawn_pool(config: GramJobConfig, path: Path, n_tasks: int,
+                result: GramRunResult) -> list[Any]:
+    import ray
+
+    n, cpus, gpus = _pool_plan(config.ray, n_tasks)
+    remote_cls = ray.remote(TileWorker).options(
+        num_cpus=cpus, num_gpus=gpus, max_restarts=config.ray.max_restarts,
+        max_task_retries=config.ray.max_task_retries)
+    k = config.kernel
+    actors = [remote_cls.remote(str(path.resolve()), k.kind, k.depth, k.activation, k.dtype)
+              for _ in range(n)]
+    result.num_actors = n
+    log.info("pool: %d actor(s), %g CPU and %g GPU each", n, cpus, gpus)
+    return actors
+
+
+def _dispatch(actors: list[Any], tiles: list[tuple[int, int]], per_actor: int,
+              layout: StoreLayout, result: GramRunResult, show_progress: bool) -> None:
+    """Keep ``per_actor`` tiles queued on each actor until all are written."""
+    import ray
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    queue = deque(tiles)
+    pending: dict[Any, tuple[int, int, int]] = {}
+
+    def submit(k: int) -> None:
+        if queue:
+            i, j = queue.popleft()
+            pending[actors[k].compute.remote(i, j)] = (i, j, k)
+            log.debug("submitted tile (%d, %d) to actor %d", i, j, k)
+
+    start = time.perf_counter()
+    bar = tqdm(total=result.tiles_total, initial=result.tiles_already_done, unit="tile",
+               desc="gram tiles", disable=not show_progress, dynamic_ncols=True)
+    with bar, logging_redirect_tqdm():
+        for k in range(len(actors)):
+            for _ in range(per_actor):
+                submit(k)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                i, j, k = pending.pop(ref)
+                try:
+                    _, _, entries, seconds, pid = ray.get(ref)
+                except ray.exceptions.RayActorError as err:
+                    raise RuntimeError(f"tile ({i}, {j}) failed: its worker died more often than "
+                                       f"max_restarts allows ({err})") from err
+                result.tiles_computed.append((i, j))
+                result.entries += entries
+                elapsed = time.perf_counter() - start
+                log.info("tile (%d, %d) done: %d entries in %.3f s (worker pid %d)",
+                         i, j, entries, seconds, pid)
+                bar.update(1)
+                bar.set_postfix_str(f"{result.entries / max(elapsed, 1e-9):.3g} entries/s")
+                submit(k)
+    result.seconds = time.perf_counter() - start
+
+
+def _finish(path: Path) -> None:
+    """Record completion in the attributes; consolidate metadata once the store is whole."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    done = group["done"][...]
+    T = done.shape[0]
+    n_done = int(done[np.triu_indices(T)].sum())
+    total = T * (T + 1) // 2
+    group.attrs.update({"tiles_done": n_done, "complete": n_done == total,
+                        "completed_tiles": done_bitmap_hex(done),
+                        "package_version": __version__})
+    if n_done == total:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zarr notes consolidated metadata is not yet in v3 spec
+            zarr.consolidate_metadata(str(path))
+
+
+def describe(result: GramRunResult) -> str:
+    """Human summary: where the store is and how to open it."""
+    store = open_gram(result.path)
+    where = str(Path(result.path).resolve())
+    rate = (f", {result.entries_per_s:.3g} entries/s with {result.num_actors} actor(s)"
+            if result.tiles_computed else "")
+    lam = store.lam if store.lam is not None else 0.01
+    return "\n".join([
+        f"store: {where}",
+        f"  {store.kind} depth={store.depth} {store.activation}, N={store.layout.n_points}, "
+        f"d0={store.layout.d0}, {store.mode}, Gram {store.shape[0]}x{store.shape[1]}",
+        f"  tiles: {len(result.tiles_computed)} computed now, {result.tiles_already_done} already "
+        f"done, {result.tiles_total} total in {result.seconds:.1f} s{rate}",
+        "open it:",
+        f"  from jntk_dist.store import open_gram; g = open_gram({where!r})",
+        f"  g.dask_array(lam={lam})   # lazy Θ_λ, one chunk per tile;  g.tile(0, 0, lam={lam})",
+        f"  xarray.open_zarr({where!r})",
+    ])
+
