@@ -210,7 +210,7 @@ def scale_columns(X: Any, *, drop_constant: bool = False, bounds: tuple[float, f
 def normalize_rows(X: Any) -> np.ndarray:
     """Scale every row to unit Euclidean norm; a zero row (or NaN/inf) is a ValueError naming it."""
     A = _as_matrix(X)
-    validate_inputs(torch.from_numpy(A), name="X")
+    validate_inputs(torch.from_numpy(A if A.flags.writeable else A.copy()), name="X")
     return A / np.linalg.norm(A, axis=1, keepdims=True)
 
 

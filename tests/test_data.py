@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import re
 from importlib import resources
-from itertools import combinations
 
 import numpy as np
 import pytest
