@@ -98,6 +98,7 @@ class GramRunResult:
     entries: int = 0
     seconds: float = 0.0
     num_actors: int = 0
+    worker_pids: set[int] = field(default_factory=set)
 
     @property
     def entries_per_s(self) -> float:
@@ -176,11 +177,20 @@ def _start_ray(spec: RaySpec) -> bool:
     return True
 
 
-def _pool_plan(spec: RaySpec, n_tasks: int) -> tuple[int, float, float]:
-    """(actors, cpus per actor, gpus per actor) from the cluster's free resources."""
+def _pool_plan(spec: RaySpec, n_tasks: int, wait_s: float = 30.0) -> tuple[int, float, float]:
+    """(actors, cpus per actor, gpus per actor) from the cluster's free resources.
+
+    Waits up to ``wait_s`` for one worker's worth of resources (actors of a previous job may
+    still be releasing theirs).
+    """
     import ray
 
+    deadline = time.monotonic() + wait_s
     free = ray.available_resources()
+    while (float(free.get("CPU", 0.0)) < spec.cpus_per_actor and time.monotonic() < deadline
+           and spec.num_actors is None):
+        time.sleep(0.2)
+        free = ray.available_resources()
     gpus = float(free.get("GPU", 0.0))
     per_gpu = spec.gpus_per_actor if spec.gpus_per_actor is not None else (1.0 if gpus else 0.0)
     if spec.num_actors is not None:
@@ -249,13 +259,32 @@ def run_gram(config: GramJobConfig, overwrite: bool = False, progress: bool | No
         _finish(path)
         return result
     finally:
-        import ray
-
-        for actor in actors:
-            ray.kill(actor)
-        if started_ray:
-            ray.shutdown()
+        _stop_pool(actors, started_ray, config.ray.cpus_per_actor)
         lock.release()
+
+
+def _stop_pool(actors: list[Any], started_ray: bool, cpus_per_actor: float,
+               wait_s: float = 10.0) -> None:
+    """Kill the actors and, in a shared Ray session, wait until their CPUs are free again."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    if started_ray:
+        ray.shutdown()
+        return
+    if not actors:
+        return
+    before = float(ray.available_resources().get("CPU", 0.0))
+    for actor in actors:
+        ray.kill(actor)
+    deadline = time.monotonic() + wait_s
+    target = min(float(ray.cluster_resources().get("CPU", 0.0)),
+                 before + len(actors) * cpus_per_actor) - 1e-6
+    while time.monotonic() < deadline:
+        if float(ray.available_resources().get("CPU", 0.0)) >= target:
+            break
+        time.sleep(0.1)
 
 
 def _create(path: Path, config: GramJobConfig, X: np.ndarray, y: np.ndarray, name: str,
@@ -332,6 +361,7 @@ def _dispatch(actors: list[Any], tiles: list[tuple[int, int]], per_actor: int,
                                        f"max_restarts allows ({err})") from err
                 result.tiles_computed.append((i, j))
                 result.entries += entries
+                result.worker_pids.add(pid)
                 elapsed = time.perf_counter() - start
                 log.info("tile (%d, %d) done: %d entries in %.3f s (worker pid %d)",
                          i, j, entries, seconds, pid)
