@@ -1,0 +1,163 @@
+"""The Gram job end to end on a real local Ray: both store modes, resume, refusals, validation."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+import ray
+
+from jntk_dist import kernels
+from jntk_dist.config import load_config
+from jntk_dist.gram_job import GramJobConfig, describe, run_gram
+from jntk_dist.store import StoreError, StoreLock, StoreLockedError, open_gram
+
+N, D0, P, DEPTH, ACT = 23, 3, 5, 2, "gelu"  # N is not a multiple of the tile size
+
+
+@pytest.fixture(scope="module")
+def ray_session() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(N, D0))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    path = tmp_path_factory.mktemp("data") / "points.npz"
+    np.savez(path, X=X, y=np.sign(X[:, 0]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def dense_store(ray_session: None, dataset: Path, tmp_path_factory: pytest.TempPathFactory
+                ) -> tuple[Path, Any]:
+    """One complete dense JNTK store (and its run result), copied by tests that modify it."""
+    out = tmp_path_factory.mktemp("dense") / "g.zarr"
+    return out, run_gram(_config(dataset, out))
+
+
+def _copy(store: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "g.zarr"
+    shutil.copytree(store, out)
+    return out
+
+
+def _config(data: Path, out: Path, **over: Any) -> GramJobConfig:
+    cfg = {"dataset": {"path": str(data)},
+           "kernel": {"kind": "jntk", "depth": DEPTH, "activation": ACT, "lam": 0.1},
+           "output": str(out), "tile_points": P, "progress": False}
+    sets = [f"{k}={v}" for k, v in over.items()]
+    return load_config(cfg, GramJobConfig, sets)
+
+
+def _assert_store_is_the_kernel(path: Path, X: np.ndarray, kind: str) -> None:
+    store = open_gram(path)
+    assert store.is_complete and store.attrs["complete"] is True
+    fn = kernels.jntk if kind == "jntk" else kernels.jacobian_nngp
+    T = store.layout.n_tiles
+    for i in range(T):
+        for j in range(i, T):
+            (a, b), (c, d) = store.layout.points(i), store.layout.points(j)
+            ref = kernels.to_gram(fn(X[a:b], X[c:d], depth=DEPTH, activation=ACT))
+            np.testing.assert_array_equal(store.tile(i, j), ref)  # bit for bit per tile
+    G = store.dask_array().compute(scheduler="threads")
+    full = kernels.to_gram(fn(X, X, depth=DEPTH, activation=ACT))
+    # whole-X kernels differ from per-tile calls only in BLAS summation order (~1e-15 relative)
+    np.testing.assert_allclose(G, full, rtol=1e-12, atol=1e-13)
+    lam = store.lam
+    np.testing.assert_allclose(store.dask_array(lam=lam).compute(scheduler="threads"),
+                               kernels.to_gram(fn(X, X, depth=DEPTH, activation=ACT, lam=lam)),
+                               rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("mode, kind", [("dense", "jntk"), ("fields", "nngp")])
+def test_job_writes_the_kernel(dense_store: tuple[Path, Any], dataset: Path, tmp_path: Path,
+                               mode: str, kind: str) -> None:
+    if mode == "dense":
+        out, result = dense_store
+    else:
+        out = tmp_path / "g.zarr"
+        result = run_gram(_config(dataset, out, store=mode, **{"kernel.kind": kind}))
+    assert result.tiles_total == 15 and len(result.tiles_computed) == 15  # T = ceil(23/5) = 5
+    assert sorted(result.tiles_computed) == sorted((i, j) for i in range(5) for j in range(i, 5))
+    assert result.num_actors == 2
+    X = np.load(dataset)["X"]
+    _assert_store_is_the_kernel(out, X, kind)
+    store = open_gram(out)
+    assert (store.mode, store.kind, store.depth, store.activation) == (mode, kind, DEPTH, ACT)
+    assert store.attrs["config"]["kernel"]["lam"] == 0.1
+    np.testing.assert_array_equal(store.y, np.sign(X[:, 0]))
+    assert "open_gram" in describe(result) and str(out.resolve()) in describe(result)
+    # rerun: nothing to do
+    again = run_gram(_config(dataset, out, store=mode, **{"kernel.kind": kind}))
+    assert again.tiles_computed == [] and again.tiles_already_done == 15
+
+
+def test_resume_computes_only_missing_tiles(dense_store: tuple[Path, Any], dataset: Path,
+                                            tmp_path: Path) -> None:
+    out = _copy(dense_store[0], tmp_path)
+    import zarr
+
+    group = zarr.open_group(str(out), mode="r+", use_consolidated=False)
+    p = D0 + 1
+    lost = [(0, 3), (2, 2), (1, 4)]
+    for i, j in lost:  # as if the run had died while writing these tiles
+        group["done"][i, j] = 0
+        group["gram"][i * P * p:(i + 1) * P * p, j * P * p:(j + 1) * P * p] = 0.0
+        group["gram"][j * P * p:(j + 1) * P * p, i * P * p:(i + 1) * P * p] = np.nan
+    assert open_gram(out).missing_tiles() == sorted(lost)
+    result = run_gram(_config(dataset, out))
+    assert sorted(result.tiles_computed) == sorted(lost) and result.tiles_already_done == 12
+    _assert_store_is_the_kernel(out, np.load(dataset)["X"], "jntk")
+
+
+def test_config_mismatch_is_refused_naming_keys(dense_store: tuple[Path, Any], dataset: Path,
+                                                tmp_path: Path) -> None:
+    out = _copy(dense_store[0], tmp_path)
+    with pytest.raises(StoreError, match=r"kernel\.depth: 2 -> 3.*--overwrite"):
+        run_gram(_config(dataset, out, **{"kernel.depth": 3}))
+    with pytest.raises(StoreError, match=r"store: 'dense' -> 'fields'"):
+        run_gram(_config(dataset, out, store="fields"))
+    with pytest.raises(StoreError, match="tile_points=5"):
+        run_gram(_config(dataset, out, tile_points=4))
+    # execution settings are not part of the store's identity
+    assert run_gram(_config(dataset, out, **{"ray.num_actors": 1})).tiles_computed == []
+    result = run_gram(_config(dataset, out, **{"kernel.depth": 3}), overwrite=True)
+    assert len(result.tiles_computed) == 15 and open_gram(out).depth == 3
+
+
+def test_second_writer_is_refused(ray_session: None, dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "g.zarr"
+    with StoreLock(out):  # another job holds the store
+        with pytest.raises(StoreLockedError, match="being written by another job"):
+            run_gram(_config(dataset, out))
+    assert not out.exists()  # nothing was written
+
+
+@pytest.mark.parametrize("bad, message", [("nan", "NaN/inf"), ("zero", "zero row")])
+def test_bad_rows_rejected_before_any_store(ray_session: None, tmp_path: Path, bad: str,
+                                            message: str) -> None:
+    X = np.random.default_rng(1).normal(size=(6, 2))
+    X[4] = np.nan if bad == "nan" else 0.0
+    data = tmp_path / "bad.npz"
+    np.savez(data, X=X, y=np.ones(6))
+    out = tmp_path / "g.zarr"
+    with pytest.raises(ValueError, match=rf"{message}.*\b4\b"):
+        run_gram(_config(data, out))
+    assert not out.exists()
+
+
+def test_existing_non_store_is_refused(ray_session: None, dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "g.zarr"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not a jntk Gram store"):
+        run_gram(_config(dataset, out))
+    assert (out / "notes.txt").read_text() == "mine"
