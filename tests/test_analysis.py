@@ -1,0 +1,190 @@
+"""The kernel-regression analyses: properties derived from eq. (4), checked against independent
+routes (finite differences, scipy's expm, direct per-column fits, Cauchy interlacing)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import xarray as xr
+
+from jntk_dist import analysis, kernels, linalg
+from jntk_dist.analysis import KernelRegressor
+
+
+def _sphere(n: int, d: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, Xt = _sphere(24, 4, 0), _sphere(9, 4, 1)
+    y = np.where(X[:, 0] + 0.5 * X[:, 1] > 0, 1.0, -1.0)
+    yt = np.where(Xt[:, 0] + 0.5 * Xt[:, 1] > 0, 1.0, -1.0)
+    return X, y, Xt, yt
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.05])
+def test_predictor_interpolates_and_has_zero_gradient_at_training_points(data, lam):
+    # Θ_λ(x_i, X) rows are rows of Θ_λ(X, X), so f(x_i) = Y_{i0} = y_i and ∇f(x_i) ∝ Y_{iα} = 0.
+    X, y, _, _ = data
+    m = KernelRegressor(depth=2, activation="gelu", lam=lam, block_size=40).fit(X, y)
+    f, g = m.value_and_gradient(X)
+    np.testing.assert_allclose(f, y, atol=1e-9)
+    assert np.abs(g).max() <= 1e-9
+    assert m.score(X, y) == 1.0
+
+
+def test_standard_ntk_predictor_interpolates_but_keeps_its_gradient(data):
+    X, y, _, _ = data
+    m = KernelRegressor(depth=2, activation="gelu", lam=0.0).fit(X, y)
+    f, g = m.value_and_gradient(X)
+    np.testing.assert_allclose(f, y, atol=1e-9)
+    assert np.abs(g).max() > 1e-2  # nothing pins the Jacobian without regularisation
+
+
+def test_predictor_does_not_depend_on_lambda_without_ridge_but_does_with_ridge(data):
+    # Θ_λ = ΛΘΛ and Y = ΛY, so Θ_λ(x,X)_0 Θ_λ^{-1} Y = Θ(x,X)_0 Λ Λ^{-1} Θ^{-1} Λ^{-1} Y: Λ cancels.
+    X, y, Xt, _ = data
+    f1 = KernelRegressor(depth=2, activation="erf", lam=1.0).fit(X, y).decision_function(Xt)
+    f2 = KernelRegressor(depth=2, activation="erf", lam=0.01).fit(X, y).decision_function(Xt)
+    np.testing.assert_allclose(f1, f2, atol=1e-8)
+    r1 = KernelRegressor(depth=2, activation="erf", lam=1.0, ridge=0.1).fit(X, y).decision_function(Xt)
+    r2 = KernelRegressor(depth=2, activation="erf", lam=0.01, ridge=0.1).fit(X, y).decision_function(Xt)
+    assert np.abs(r1 - r2).max() > 1e-4
+
+
+def test_predictor_equals_a_dense_numpy_solve_of_eq4(data):
+    X, y, Xt, _ = data
+    lam = 0.3
+    G = kernels.gram(X, depth=3, activation="erf", lam=lam)
+    row0 = kernels.to_gram(kernels.jntk(Xt, X, depth=3, activation="erf", lam=lam))[::X.shape[1] + 1]
+    ref = row0 @ np.linalg.solve(G, analysis.training_targets(y, X.shape[1] + 1))
+    m = KernelRegressor(depth=3, activation="erf", lam=lam).fit(X, y, gram=G)
+    np.testing.assert_allclose(m.decision_function(Xt), ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_gradient_matches_central_finite_differences(data, lam):
+    X, y, Xt, _ = data
+    m = KernelRegressor(depth=2, activation="gelu", lam=lam).fit(X, y)
+    grad = m.gradient(Xt)
+    h = 1e-5
+    fd = np.empty_like(grad)
+    for a in range(X.shape[1]):
+        e = np.zeros(X.shape[1])
+        e[a] = h
+        fd[:, a] = (m.decision_function(Xt + e) - m.decision_function(Xt - e)) / (2 * h)
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-7 * np.abs(grad).max())
+
+
+def test_pgd_step_stays_on_sphere_and_lowers_the_margin(data):
+    X, y, Xt, yt = data
+    std = KernelRegressor(depth=2, activation="gelu", lam=0.0).fit(X, y)
+    f, g = std.value_and_gradient(Xt)
+    moved = analysis.pgd_perturb(Xt, yt, g, 1e-3)
+    np.testing.assert_allclose(np.linalg.norm(moved, axis=1), 1.0, atol=1e-12)
+    dist = np.linalg.norm(moved - Xt, axis=1)
+    assert (dist <= 1e-3 * (1 + 1e-9)).all() and (dist > 0).all()  # the radial part is undone
+    # first order: y f(x') − y f(x) ≈ −step·|P_T ∇f| ≤ 0 (P_T: tangent part; the radial part is undone)
+    assert (yt * std.decision_function(moved) < yt * f).all()
+
+
+def test_eigenfeatures_sum_to_the_predictor_and_project_the_targets(data):
+    X, y, Xt, _ = data
+    lam = 0.2
+    G = kernels.gram(X, depth=2, activation="erf", lam=lam)
+    eig = linalg.eigh_dense(G)
+    Y = analysis.training_targets(y, X.shape[1] + 1)
+    m = KernelRegressor(depth=2, activation="erf", lam=lam).fit(X, y, gram=G)
+    F = analysis.eigenfeatures(eig, Y, m.cross_row(Xt))
+    assert F.shape == (Xt.shape[0], G.shape[0])
+    np.testing.assert_allclose(F.sum(axis=1), m.decision_function(Xt), atol=1e-8)
+    # at training points Θ_λ(x_i, X)_0 = G[i·q], so f_k(x_i) = (v_k v_kᵀ Y)_{i·q}
+    Ftrain = analysis.eigenfeatures(eig, Y, m.cross_row(X))
+    proj = eig.vectors * (eig.vectors.T @ Y)[None, :]
+    np.testing.assert_allclose(Ftrain, proj[:: X.shape[1] + 1], atol=1e-9)
+    acc = analysis.feature_accuracies(F, np.sign(F[:, -1]))
+    assert acc.shape == (G.shape[0],) and acc[-1] == 1.0
+
+
+def test_finite_time_predictions_match_matrix_exponential(data):
+    X, y, Xt, _ = data
+    lam = 0.5
+    G = kernels.gram(X, depth=2, activation="gelu", lam=lam)
+    Y = analysis.training_targets(y, X.shape[1] + 1)
+    m = KernelRegressor(depth=2, activation="gelu", lam=lam).fit(X, y, gram=G)
+    u0 = np.random.default_rng(3).normal(size=Y.shape) * 0.1
+    f0t = np.random.default_rng(4).normal(size=Xt.shape[0]) * 0.1
+    out = analysis.finite_time_predictions(linalg.eigh_dense(G), Y, [0.0, 0.7, 5.0, 1e9],
+                                           cross_row=m.cross_row(Xt), u0_train=u0, u0_test=f0t)
+    for i, t in enumerate([0.0, 0.7, 5.0]):
+        E = scipy.linalg.expm(-G * t)
+        np.testing.assert_allclose(out["train"][i], Y + E @ (u0 - Y), atol=1e-9)
+        # test: f_t = f_0 + Θ(x,X)_0 Θ^{-1}(I − e^{−Θt})(Y − u0)
+        ref = f0t + m.cross_row(Xt) @ np.linalg.solve(G, (np.eye(G.shape[0]) - E) @ (Y - u0))
+        np.testing.assert_allclose(out["test"][i], ref, atol=1e-6)
+    # t → ∞: the kernel-regression predictor shifted by the initial function's own regression
+    ref_inf = f0t + m.cross_row(Xt) @ np.linalg.solve(G, Y - u0)
+    np.testing.assert_allclose(out["test"][-1], ref_inf, atol=1e-6)
+
+
+def test_one_vs_rest_targets_equal_separate_fits():
+    X = _sphere(30, 5, 7)
+    labels = np.argmax(X[:, :3], axis=1)
+    T = np.where(labels[:, None] == np.arange(3)[None, :], 0.9, -0.1)
+    Xt = _sphere(6, 5, 8)
+    joint = KernelRegressor(depth=2, activation="erf", lam=0.1).fit(X, T)
+    F = joint.decision_function(Xt)
+    assert F.shape == (6, 3)
+    for c in range(3):
+        single = KernelRegressor(depth=2, activation="erf", lam=0.1).fit(X, T[:, c])
+        np.testing.assert_allclose(F[:, c], single.decision_function(Xt), atol=1e-9)
+    g = joint.gradient(Xt)
+    assert g.shape == (6, 5, 3)
+    assert joint.score(X, labels) == 1.0
+    np.testing.assert_array_equal(joint.predict(Xt), np.argmax(F, axis=1))
+
+
+def test_assumption8_interlacing_and_singular_inputs():
+    X = _sphere(12, 3, 9)
+    rows = analysis.assumption8(X, depths=[1, 3], activations=["erf"], progress=False)
+    by = {(r.depth, r.kernel): r for r in rows}
+    for depth in (1, 3):
+        ntk, jntk = by[depth, "ntk"], by[depth, "jntk"]
+        assert (ntk.n, jntk.n) == (12, 48)
+        # the NTK Gram is a principal submatrix of the JNTK Gram (Cauchy interlacing)
+        assert jntk.lambda_min <= ntk.lambda_min + ntk.tolerance
+        assert jntk.lambda_max >= ntk.lambda_max - ntk.tolerance
+        assert ntk.lambda_min == pytest.approx(np.linalg.eigvalsh(
+            kernels.ntk(X, depth=depth, activation="erf"))[0], abs=ntk.tolerance)
+    dup = np.vstack([X, X[:1]])
+    rows = analysis.assumption8(dup, depths=[2], activations=["gelu"], progress=False)
+    assert not any(r.positive for r in rows)  # a repeated point makes every Gram singular
+    assert all(abs(r.lambda_min) <= 10 * r.tolerance for r in rows)
+
+
+def test_bad_inputs_are_named(data):
+    X, y, Xt, _ = data
+    with pytest.raises(ValueError, match="rows"):
+        KernelRegressor(depth=1, lam=1.0).fit(X, y[:-1])
+    bad = X.copy()
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        KernelRegressor(depth=1, lam=1.0).fit(bad, y)
+    m = KernelRegressor(depth=1, lam=1.0).fit(X, y)
+    with pytest.raises(ValueError, match="d0"):
+        m.decision_function(Xt[:, :3])
+    with pytest.raises(ValueError, match="shape"):
+        KernelRegressor(depth=1, lam=1.0).fit(X, y, gram=np.eye(5))
+
+
+def test_results_open_with_xarray(tmp_path):
+    path = analysis.write_results(tmp_path / "r.zarr", {
+        "eigenvalues": (np.arange(4.0), ["eig"]),
+        "features": (np.ones((3, 4)), ["test", "eig"]),
+    }, {"lam": 0.1, "note": np.float64(2.0)}, group="eigen_lam0.1")
+    ds = xr.open_zarr(str(path), consolidated=False)
+    assert ds["features"].dims == ("test", "eig")
+    assert ds.attrs["lam"] == 0.1
