@@ -34,6 +34,7 @@ __all__ = [
     "FieldSource",
     "InMemoryFields",
     "RecomputedFields",
+    "ArrayFields",
     "AccessorFields",
     "StructuredKernel",
     "structured_operator",
@@ -107,6 +108,37 @@ class RecomputedFields:
         return torch.cat(parts, dim=1)
 
 
+class ArrayFields:
+    """Fields read by slicing any (8, n1, n2) array-like: a Zarr array, ``np.memmap``, HDF5, ….
+
+    Only the requested row tile is read, so a fields store on disk never has to fit in memory.
+    """
+
+    def __init__(self, array: Any, dtype: torch.dtype = torch.float64,
+                 device: torch.device | str | None = None) -> None:
+        shape = tuple(int(s) for s in array.shape)
+        if len(shape) != 3 or shape[0] != len(FIELD_NAMES):
+            raise ValueError(f"fields array must have shape (8, n1, n2) in order {FIELD_NAMES}, "
+                             f"got {shape}")
+        self.array, self.shape = array, (shape[1], shape[2])
+        self.dtype, self.device = dtype, device
+
+    def tile(self, rows: slice, cols: slice | None = None) -> Tensor:
+        cols = slice(0, self.shape[1]) if cols is None else cols
+        t = torch.as_tensor(np.asarray(self.array[:, rows, cols]))
+        t = t.to(dtype=self.dtype, device=self.device)
+        if not torch.isfinite(t).all():
+            raise ValueError(f"fields rows {rows} contain NaN/inf values (incomplete store?)")
+        return t
+
+    def diagonal(self, block: int = 256) -> Tensor:
+        parts = []
+        for start in range(0, self.shape[0], block):
+            sl = slice(start, min(start + block, self.shape[0]))
+            parts.append(torch.diagonal(self.tile(sl, sl), dim1=1, dim2=2))
+        return torch.cat(parts, dim=1)
+
+
 class AccessorFields:
     """Adapter for any object with ``fields_tile(rows, cols) -> (8, r, c)`` (e.g. a fields store)."""
 
@@ -154,10 +186,8 @@ def _rows_matmat(F: Tensor, x_rows: Tensor, x2: Tensor, u: Tensor, W: Tensor, s:
     G.mul_(F[_KBB][:, :, None])  # G is now κ_bb ∘ G
     jac = torch.matmul(G.permute(2, 0, 1), x2).permute(1, 2, 0)  # (r, d0, m)
     jac = jac + (F[_KB] @ Zb + 2.0 * (F[_KBC] @ sX)).reshape(r, d0, m)
-    ku = F[[_K, _KA]].reshape(2 * r, n2) @ u
-    ks = F[[_KC, _KAC]].reshape(2 * r, n2) @ s
-    out0 = ku[:r] + t_b + 2.0 * ks[:r]
-    coef = 2.0 * ku[r:] + 2.0 * t_ab + 4.0 * ks[r:]
+    out0 = F[_K] @ u + t_b + 2.0 * (F[_KC] @ s)
+    coef = 2.0 * (F[_KA] @ u) + 2.0 * t_ab + 4.0 * (F[_KAC] @ s)
     jac.addcmul_(x_rows[:, :, None], coef[:, None, :])
     return out0, jac
 
@@ -339,8 +369,9 @@ def structured_operator(x1: Any, x2: Any | None = None, *, fields: Any = None,
     """Build the matrix-free operator of Θ_λ(X1, X2) (``kind="jntk"``) or Σ^(L) (``"nngp"``).
 
     Field source, in order of precedence:
-      * ``fields`` given: a :class:`KernelFields`, an (8, n1, n2) array, a dict of the 8 arrays,
-        or any object with ``fields_tile(rows, cols)`` (e.g. a fields store reader);
+      * ``fields`` given: a :class:`KernelFields`, an (8, n1, n2) numpy/torch array or a dict of
+        the 8 arrays (held in memory); any other (8, n1, n2) array-like such as a Zarr array
+        (read one row tile per product); or any object with ``fields_tile(rows, cols)``;
       * ``mode="memory"``: :func:`kernels.fields` once, all 8 n1×n2 fields kept (8·n1·n2 numbers);
       * ``mode="recompute"``: :func:`kernels.fields` per row tile on every product (bounded memory).
     """
@@ -353,6 +384,9 @@ def structured_operator(x1: Any, x2: Any | None = None, *, fields: Any = None,
         if hasattr(fields, "fields_tile"):
             source: FieldSource = AccessorFields(fields, (t1.shape[0], t2.shape[0]), dtype, device)
             desc["mode"] = "accessor"
+        elif not isinstance(fields, (KernelFields, dict, np.ndarray, torch.Tensor)):
+            source = ArrayFields(fields, dtype, device)  # e.g. a Zarr array read tile by tile
+            desc["mode"] = "array"
         else:
             if isinstance(fields, KernelFields):
                 desc.update(kind=fields.kind, depth=fields.depth, activation=fields.activation)

@@ -1,0 +1,482 @@
+"""Solvers for structured (matrix-free) kernel operators: PCG for f_ntk, Lanczos/LOBPCG for spectra.
+
+Any operator with ``shape``, ``dtype`` and ``matmat`` (torch in → torch out) works, in particular
+:class:`jntk_dist.structured.StructuredKernel`.  The solve of eq. 4,
+
+    (Θ_λ(X, X) + μ I) α = y,   y = (y_1, 0…0, y_2, 0…0, …),
+
+runs preconditioned conjugate gradients with progress (iteration, relative residual) and optional
+checkpointing of the iterates to an ``.npz`` file, so a killed solve resumes where it stopped.
+
+Preconditioners that use the structure:
+  * ``"kron"``:   blockdiag((K + μI)⁻¹, (λK_b + μI)⁻¹ ⊗ I_d0) -- the 00 block and the isotropic
+                  κ_b δ_αβ part of the Jacobian block, two Cholesky factors of n×n matrices;
+  * ``"jacobi"``: the exact inverse of each point's (d0+1)² diagonal block (scaled identity plus
+                  a rank-one term on span{e_0, x_i}: a 2×2 solve per point);
+  * ``"none"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Preconditioner",
+    "IdentityPreconditioner",
+    "BlockJacobiPreconditioner",
+    "KroneckerPreconditioner",
+    "make_preconditioner",
+    "SolveResult",
+    "EigResult",
+    "structured_solve",
+    "structured_eigs",
+    "labels_to_rhs",
+]
+
+log = logging.getLogger(__name__)
+Tensor = torch.Tensor
+PRECONDITIONERS = ("none", "jacobi", "kron")
+
+
+# ---- preconditioners --------------------------------------------------------------------
+
+
+class Preconditioner:
+    """Approximates (A + μI)⁻¹; ``apply`` maps (n(d0+1), m) → (n(d0+1), m)."""
+
+    name = "none"
+
+    def apply(self, R: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, R: Any) -> Any:
+        is_numpy = not isinstance(R, torch.Tensor)
+        Rt = torch.as_tensor(np.asarray(R)) if is_numpy else R
+        squeeze = Rt.ndim == 1
+        out = self.apply(Rt[:, None] if squeeze else Rt)
+        out = out[:, 0] if squeeze else out
+        return out.cpu().numpy() if is_numpy else out
+
+
+class IdentityPreconditioner(Preconditioner):
+    name = "none"
+
+    def apply(self, R: Tensor) -> Tensor:
+        return R.clone()
+
+
+class BlockJacobiPreconditioner(Preconditioner):
+    """Exact inverse of each point's diagonal block B_i + μI.
+
+    B_i = [[k, c_row xᵀ], [c_col x, iso·I + e x xᵀ]] acts as (iso + μ) on the complement of x and
+    as a 2×2 matrix on span{e_0, x̂}.
+    """
+
+    name = "jacobi"
+
+    def __init__(self, op: Any, ridge: float = 0.0) -> None:
+        p = op.block_diagonal_parts()
+        x = op.x1
+        self.d0 = op.d0
+        norm = torch.linalg.vector_norm(x, dim=1)
+        self.xhat = x / norm[:, None]
+        self.perp = p["iso"] + ridge
+        a = p["k"] + ridge
+        b = p["c_row"] * norm
+        c = p["c_col"] * norm
+        d = p["iso"] + p["rank1"] * norm ** 2 + ridge
+        det = a * d - b * c
+        bad = (det.abs() <= 1e-300) | (self.perp.abs() <= 1e-300)
+        if bad.any():
+            raise ValueError(f"{int(bad.sum())} diagonal block(s) are singular (add a ridge μ > 0)")
+        self.inv = torch.stack([d / det, -b / det, -c / det, a / det])  # [[a, b], [c, d]]⁻¹
+
+    def apply(self, R: Tensor) -> Tensor:
+        n, m = self.xhat.shape[0], R.shape[1]
+        Rb = R.reshape(n, self.d0 + 1, m)
+        r0, rj = Rb[:, 0, :], Rb[:, 1:, :]
+        rx = torch.einsum("nd,ndm->nm", self.xhat, rj)  # component along x̂
+        i00, i01, i10, i11 = (t[:, None] for t in self.inv)
+        z0 = i00 * r0 + i01 * rx
+        zx = i10 * r0 + i11 * rx
+        zj = (rj - self.xhat[:, :, None] * rx[:, None, :]) / self.perp[:, None, None]
+        zj = zj + self.xhat[:, :, None] * zx[:, None, :]
+        return torch.cat([z0[:, None, :], zj], dim=1).reshape(R.shape)
+
+
+def _psd_factor(A: Tensor, ridge: float, what: str) -> tuple[str, Tensor]:
+    A = A + ridge * torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
+    L, info = torch.linalg.cholesky_ex(A)
+    if int(info) == 0:
+        return "chol", L
+    # Not positive definite at this ridge: pseudo-inverse via eigh with the spectrum floored.
+    w, Q = torch.linalg.eigh(A)
+    floor = max(float(w.max()) * 1e-10, 1e-300)
+    log.warning("%s + μI is not positive definite (λ_min=%.3e); flooring eigenvalues at %.1e",
+                what, float(w.min()), floor)
+    return "eig", Q / w.clamp_min(floor)[None, :] @ Q.T
+
+
+def _factor_solve(fac: tuple[str, Tensor], B: Tensor) -> Tensor:
+    kind, F = fac
+    return torch.cholesky_solve(B, F) if kind == "chol" else F @ B
+
+
+class KroneckerPreconditioner(Preconditioner):
+    """blockdiag((K + μI)⁻¹, (λK_b + μI)⁻¹ ⊗ I_d0) in the point-major ordering.
+
+    Needs the n×n fields κ and κ_b once (assembled tile by tile) and two Cholesky factors:
+    O(n³) set-up, O(n² d0) per application -- the cost of one operator product.
+    """
+
+    name = "kron"
+
+    def __init__(self, op: Any, ridge: float = 0.0) -> None:
+        if not op.is_square:
+            raise ValueError("the Kronecker preconditioner needs the square X–X operator")
+        mats = op.field_matrices(["k", "k_b"])
+        lam = 1.0 if op.lam is None else op.lam
+        self.n, self.d0 = op.n1, op.d0
+        self.f00 = _psd_factor(mats["k"], ridge, "K")
+        if lam == 0.0:
+            if ridge <= 0:
+                raise ValueError("λ = 0 makes the Jacobian rows of Θ_λ zero: use a ridge μ > 0")
+            self.fjac: tuple[str, Tensor] = ("eig", torch.eye(self.n, dtype=op.dtype,
+                                                               device=op.device) / ridge)
+        else:
+            self.fjac = _psd_factor(lam * mats["k_b"], ridge, "λK_b")
+
+    def apply(self, R: Tensor) -> Tensor:
+        n, d0, m = self.n, self.d0, R.shape[1]
+        Rb = R.reshape(n, d0 + 1, m)
+        z0 = _factor_solve(self.f00, Rb[:, 0, :].contiguous())
+        zj = _factor_solve(self.fjac, Rb[:, 1:, :].reshape(n, d0 * m)).reshape(n, d0, m)
+        return torch.cat([z0[:, None, :], zj], dim=1).reshape(R.shape)
+
+
+def make_preconditioner(op: Any, kind: str | Preconditioner | None = "kron",
+                        ridge: float = 0.0) -> Preconditioner:
+    """A preconditioner for (op + ridge·I) by name: 'none', 'jacobi' or 'kron'."""
+    if isinstance(kind, Preconditioner):
+        return kind
+    kind = "none" if kind is None else kind
+    if kind == "none":
+        return IdentityPreconditioner()
+    if kind == "jacobi":
+        return BlockJacobiPreconditioner(op, ridge)
+    if kind == "kron":
+        return KroneckerPreconditioner(op, ridge)
+    raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got {kind!r}")
+
+
+# ---- conjugate gradients ----------------------------------------------------------------
+
+
+@dataclass
+class SolveResult:
+    """Outcome of :func:`structured_solve`; ``x`` is the coefficient vector α (point-major)."""
+
+    x: Any
+    converged: bool
+    iterations: int
+    residual: float                 # true relative residual |b − (A+μI)x| / |b| at the end
+    history: list[float] = field(default_factory=list)  # recurrence residual per iteration
+    wall_s: float = 0.0
+    preconditioner: str = "none"
+    setup_s: float = 0.0
+    resumed_from: int = 0
+
+
+def labels_to_rhs(y: Any, n: int, d0: int) -> np.ndarray:
+    """y of length n → (y_1, 0…0, y_2, 0…0, …) of length n(d0+1); a full-length y is kept."""
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    if y.shape[0] == n * (d0 + 1):
+        out = y
+    elif y.shape[0] == n:
+        out = np.zeros((n, d0 + 1))
+        out[:, 0] = y
+        out = out.reshape(-1)
+    else:
+        raise ValueError(f"y has length {y.shape[0]}; expected n={n} labels or the full "
+                         f"n(d0+1)={n * (d0 + 1)} right-hand side")
+    if not np.isfinite(out).all():
+        raise ValueError("y contains NaN/inf values")
+    return out
+
+
+def _fingerprint(op: Any, b: np.ndarray, ridge: float, precond: str) -> str:
+    h = hashlib.sha256()
+    desc = {"shape": list(op.shape), "lam": getattr(op, "lam", None), "ridge": float(ridge),
+            "preconditioner": precond,
+            "description": {k: str(v) for k, v in getattr(op, "description", {}).items()}}
+    h.update(json.dumps(desc, sort_keys=True).encode())
+    h.update(np.ascontiguousarray(b).tobytes())
+    x1 = getattr(op, "x1", None)
+    if x1 is not None:
+        h.update(np.ascontiguousarray(x1.detach().cpu().numpy()).tobytes())
+    return h.hexdigest()
+
+
+def _save_npz(path: Path, **arrays: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)  # atomic: a kill never leaves a half-written checkpoint
+
+
+def _as_operator_matmat(op: Any) -> Callable[[Tensor], Tensor]:
+    def mm(V: Tensor) -> Tensor:
+        out = op.matmat(V)
+        return torch.as_tensor(out, dtype=V.dtype, device=V.device)
+    return mm
+
+
+def structured_solve(op: Any, y: Any, ridge: float = 0.0, tol: float = 1e-6,
+                     maxiter: int | None = None, preconditioner: str | Preconditioner = "kron",
+                     x0: Any = None, checkpoint: str | os.PathLike | None = None,
+                     checkpoint_every: float = 60.0, progress: bool = True,
+                     callback: Callable[[int, float], None] | None = None) -> SolveResult:
+    """Solve (op + ridge·I) α = y by preconditioned conjugate gradients.
+
+    ``y``: n labels (expanded to (y_i, 0…0) blocks, eq. 4) or the full right-hand side.
+    ``tol``: relative residual |r|/|b| to reach.  ``callback(iteration, residual)`` is called each
+    iteration.  With ``checkpoint`` (an ``.npz`` path) the CG state is saved atomically every
+    ``checkpoint_every`` seconds and on exit; an existing checkpoint of the same system (same
+    operator description, inputs, y, ridge, preconditioner) is resumed exactly, one of another
+    system is refused.
+    """
+    ridge = float(ridge)
+    if not math.isfinite(ridge) or ridge < 0:
+        raise ValueError(f"ridge μ must be ≥ 0, got {ridge}")
+    if not (tol > 0):
+        raise ValueError(f"tol must be > 0, got {tol}")
+    n_rows = op.shape[0]
+    d0 = getattr(op, "d0", None)
+    b_np = labels_to_rhs(y, n_rows // (d0 + 1), d0) if d0 is not None else \
+        np.asarray(y, dtype=np.float64).reshape(-1)
+    maxiter = int(maxiter) if maxiter is not None else 10 * n_rows
+    device = getattr(op, "device", torch.device("cpu"))
+    dtype = torch.float64
+    matmat = _as_operator_matmat(op)
+    A = lambda v: matmat(v[:, None])[:, 0] + ridge * v  # noqa: E731
+    t_setup = time.perf_counter()
+    M = make_preconditioner(op, preconditioner, ridge)
+    setup_s = time.perf_counter() - t_setup
+    b = torch.as_tensor(b_np, dtype=dtype, device=device)
+    b_norm = float(torch.linalg.vector_norm(b))
+    if b_norm == 0:
+        return SolveResult(x=np.zeros_like(b_np), converged=True, iterations=0, residual=0.0,
+                           preconditioner=M.name, setup_s=setup_s)
+
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    fp = _fingerprint(op, b_np, ridge, M.name) if ckpt is not None else ""
+    history: list[float] = []
+    start_it = 0
+    if ckpt is not None and ckpt.exists():
+        with np.load(ckpt) as z:
+            if str(z["fingerprint"]) != fp:
+                raise ValueError(f"checkpoint {ckpt} was written for another system (operator, "
+                                 "inputs, y, ridge or preconditioner differ); remove it or "
+                                 "choose another path")
+            x = torch.as_tensor(z["x"], device=device)
+            r = torch.as_tensor(z["r"], device=device)
+            p = torch.as_tensor(z["p"], device=device)
+            rz = float(z["rz"])
+            start_it = int(z["iteration"])
+            history = z["history"].tolist()
+        log.info("resuming CG from %s at iteration %d (residual %.3e)", ckpt, start_it,
+                 history[-1] if history else float("nan"))
+    else:
+        x = torch.zeros_like(b) if x0 is None else torch.as_tensor(np.asarray(x0), dtype=dtype,
+                                                                     device=device).clone()
+        r = b - A(x) if x0 is not None else b.clone()
+        z = M(r[:, None])[:, 0]
+        p = z.clone()
+        rz = float(r @ z)
+
+    def save(it: int) -> None:
+        if ckpt is not None:
+            _save_npz(ckpt, x=x.cpu().numpy(), r=r.cpu().numpy(), p=p.cpu().numpy(),
+                      rz=np.float64(rz), iteration=np.int64(it),
+                      history=np.asarray(history, dtype=np.float64), fingerprint=np.str_(fp))
+
+    t0 = time.perf_counter()
+    last_save = t0
+    res = float(torch.linalg.vector_norm(r)) / b_norm
+    it = start_it
+    converged = res <= tol
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=maxiter, initial=start_it, desc=f"PCG[{M.name}]", unit="it")
+    try:
+        while not converged and it < maxiter:
+            Ap = A(p)
+            pAp = float(p @ Ap)
+            if pAp <= 0:
+                raise ValueError(f"the operator + ridge is not positive definite (pᵀAp = {pAp:.3e} "
+                                 f"at iteration {it}); use a ridge μ > 0")
+            alpha = rz / pAp
+            x.add_(p, alpha=alpha)
+            r.sub_(Ap, alpha=alpha)
+            it += 1
+            res = float(torch.linalg.vector_norm(r)) / b_norm
+            history.append(res)
+            converged = res <= tol
+            if not converged:
+                z = M(r[:, None])[:, 0]
+                rz_new = float(r @ z)
+                p.mul_(rz_new / rz).add_(z)
+                rz = rz_new
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(residual=f"{res:.2e}")
+            if callback is not None:
+                callback(it, res)
+            if ckpt is not None and time.perf_counter() - last_save >= checkpoint_every:
+                save(it)
+                last_save = time.perf_counter()
+    finally:
+        if bar is not None:
+            bar.close()
+    save(it)
+    true_res = float(torch.linalg.vector_norm(b - A(x))) / b_norm
+    x_out = x.cpu().numpy()
+    return SolveResult(x=x_out, converged=converged, iterations=it, residual=true_res,
+                       history=history, wall_s=time.perf_counter() - t0, preconditioner=M.name,
+                       setup_s=setup_s, resumed_from=start_it)
+
+
+# ---- eigenvalues ------------------------------------------------------------------------
+
+
+@dataclass
+class EigResult:
+    """Eigenpairs of a structured operator; ``values`` ascending."""
+
+    values: np.ndarray
+    vectors: np.ndarray | None
+    method: str
+    which: str
+    n_products: int
+    wall_s: float
+    residuals: np.ndarray | None = None
+
+
+def _scipy_operator(op: Any) -> Any:
+    if hasattr(op, "aslinearoperator"):
+        return op.aslinearoperator()
+    from scipy.sparse.linalg import aslinearoperator
+    return aslinearoperator(op)
+
+
+def _residual_norms(op: Any, values: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    AV = np.asarray(op.matmat(vectors))
+    return np.linalg.norm(AV - vectors * values[None, :], axis=0)
+
+
+def structured_eigs(op: Any, k: int = 1, which: str = "LA", method: str = "lanczos",
+                    tol: float = 1e-8, maxiter: int | None = None,
+                    preconditioner: str | Preconditioner | None = None, shift: float = 0.0,
+                    seed: int = 0, checkpoint: str | os.PathLike | None = None,
+                    restart_every: int = 50, progress: bool = True,
+                    return_vectors: bool = True) -> EigResult:
+    """k extreme eigenpairs of a symmetric structured operator.
+
+    ``which``: "LA" (largest) or "SA" (smallest, e.g. λ_min of Assumption 8).
+    ``method``: "lanczos" (ARPACK implicitly restarted Lanczos, scipy ``eigsh``) or "lobpcg"
+    (scipy ``lobpcg``; takes a ``preconditioner`` by name, built for op + ``shift``·I -- a good
+    choice for λ_min is "kron" with a small positive shift).  LOBPCG runs in rounds of
+    ``restart_every`` iterations; with ``checkpoint`` (``.npz``) the current block of vectors is
+    saved after each round and a killed run restarts from it.
+    """
+    if which not in ("LA", "SA"):
+        raise ValueError(f"which must be 'LA' (largest) or 'SA' (smallest), got {which!r}")
+    n = op.shape[0]
+    if not (1 <= k < n):
+        raise ValueError(f"k must be in [1, {n - 1}], got {k}")
+    A = _scipy_operator(op)
+    before = getattr(op, "n_products", 0)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    if method == "lanczos":
+        from scipy.sparse.linalg import eigsh
+
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(desc=f"Lanczos[{which}]", unit="matvec")
+            inner = A
+
+            from scipy.sparse.linalg import LinearOperator
+
+            def mv(v: np.ndarray) -> np.ndarray:
+                bar.update(1)
+                return inner.matvec(v)
+            A = LinearOperator(inner.shape, matvec=mv, dtype=np.float64)
+        try:
+            vals, vecs = eigsh(A, k=k, which=which, tol=tol, maxiter=maxiter,
+                               v0=rng.standard_normal(n))
+        finally:
+            if bar is not None:
+                bar.close()
+    elif method == "lobpcg":
+        from scipy.sparse.linalg import LinearOperator, lobpcg
+
+        M = None
+        if preconditioner is not None:
+            P = make_preconditioner(op, preconditioner, shift)
+            M = LinearOperator((n, n), matvec=P, matmat=P, dtype=np.float64)
+        maxiter = 500 if maxiter is None else int(maxiter)
+        ckpt = Path(checkpoint) if checkpoint is not None else None
+        X = rng.standard_normal((n, k))
+        done = 0
+        if ckpt is not None and ckpt.exists():
+            with np.load(ckpt) as z:
+                if tuple(z["X"].shape) != (n, k) or str(z["which"]) != which:
+                    raise ValueError(f"checkpoint {ckpt} holds vectors of shape {z['X'].shape} "
+                                     f"for which={z['which']}, not ({n}, {k}) for {which}")
+                X, done = z["X"], int(z["iterations"])
+            log.info("resuming LOBPCG from %s after %d iterations", ckpt, done)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=maxiter, initial=done, desc=f"LOBPCG[{which}]", unit="it")
+        try:
+            while True:
+                rounds = min(restart_every, maxiter - done)
+                vals, X, res_hist = lobpcg(A, X, M=M, tol=tol, maxiter=max(rounds, 1),
+                                           largest=(which == "LA"),
+                                           retResidualNormsHistory=True)
+                done += max(rounds, 1)
+                worst = float(np.max(res_hist[-1])) if len(res_hist) else float("nan")
+                if bar is not None:
+                    bar.update(max(rounds, 1))
+                    bar.set_postfix(residual=f"{worst:.2e}")
+                if ckpt is not None:
+                    _save_npz(ckpt, X=X, iterations=np.int64(done), which=np.str_(which),
+                              values=vals)
+                if worst <= tol or done >= maxiter:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        vecs = X
+    else:
+        raise ValueError(f"method must be 'lanczos' or 'lobpcg', got {method!r}")
+    order = np.argsort(vals)
+    vals, vecs = np.asarray(vals)[order], np.asarray(vecs)[:, order]
+    residuals = _residual_norms(op, vals, vecs)
+    return EigResult(values=vals, vectors=vecs if return_vectors else None, method=method,
+                     which=which, n_products=getattr(op, "n_products", 0) - before,
+                     wall_s=time.perf_counter() - t0, residuals=residuals)
