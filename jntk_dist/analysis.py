@@ -20,6 +20,7 @@ come from :func:`jntk_dist.kernels.jntk`.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,10 @@ __all__ = [
     "write_results",
 ]
 
+log = logging.getLogger(__name__)
+
 BLOCK_BYTES = 2 ** 27  # cross-kernel blocks held at once when predicting (128 MiB)
+DENSE_GRAM_MAX = 24_000  # largest training Gram side computed in memory (4.3 GiB in float64)
 
 
 def _as_inputs(X: Any, name: str, d0: int | None = None) -> np.ndarray:
@@ -110,6 +114,11 @@ class KernelRegressor:
 
     def train_gram(self, X: np.ndarray) -> np.ndarray:
         """The dense training Gram this regressor solves with (small N; stores are used otherwise)."""
+        size = X.shape[0] * (X.shape[1] + 1 if self.lam > 0 else 1)
+        if size > DENSE_GRAM_MAX:
+            raise ValueError(f"the training Gram would be {size}×{size} ({8 * size * size / 2**30:.1f} "
+                             f"GiB): too large to compute in memory; write a Gram store with "
+                             "`jntk gram` and pass it (config key 'store')")
         if self.lam > 0:
             return kernels.gram(X, depth=self.depth, activation=self.activation, lam=self.lam)
         return kernels.ntk(X, depth=self.depth, activation=self.activation)
@@ -137,6 +146,15 @@ class KernelRegressor:
         self.coef_ = linalg.cholesky_solve(gram, targets, ridge=self.ridge,
                                            block_size=self.block_size,
                                            scheduler_name=self.scheduler)  # type: ignore[arg-type]
+        # one more pass over the Gram: how well the float64 solve satisfies its equations
+        g = linalg.add_ridge(linalg.as_dask(gram), self.ridge)
+        with linalg.scheduler(self.scheduler):  # type: ignore[arg-type]
+            resid = np.asarray((g @ self.coef_).compute()) - targets
+        self.residual_ = float(np.linalg.norm(resid) / max(np.linalg.norm(targets), 1e-300))
+        if self.residual_ > 1e-6:
+            log.warning("kernel regression: relative residual %.2e of the solve; the Gram is "
+                        "ill-conditioned (check λ_min with `jntk eigen`, or add a ridge)",
+                        self.residual_)
         return self
 
     # -- prediction --------------------------------------------------------------------
