@@ -170,8 +170,11 @@ def _start_ray(spec: RaySpec) -> bool:
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
-    if spec.address:
-        ray.init(address=spec.address, **kwargs)
+    address = spec.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
+    if address:
+        if spec.num_cpus is not None:
+            log.info("joining the Ray cluster at %s: ray.num_cpus is ignored", address)
+        ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=spec.num_cpus, **kwargs)
     return True
@@ -323,7 +326,10 @@ def _spawn_pool(config: GramJobConfig, path: Path, n_tasks: int,
     actors = [remote_cls.remote(str(path.resolve()), k.kind, k.depth, k.activation, k.dtype)
               for _ in range(n)]
     result.num_actors = n
-    log.info("pool: %d actor(s), %g CPU and %g GPU each", n, cpus, gpus)
+    start = time.perf_counter()
+    ray.get([a.pid.remote() for a in actors])  # tile timings then exclude worker start-up
+    log.info("pool: %d actor(s), %g CPU and %g GPU each, ready in %.1f s", n, cpus, gpus,
+             time.perf_counter() - start)
     return actors
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "StoreLayout",
     "StoreLock",
     "create_store",
+    "zarr_compressors",
     "is_store",
     "TileWriter",
     "GramStore",
@@ -131,7 +132,7 @@ class StoreLayout:
         return cls(**attrs["layout"])
 
 
-def _compressors(spec: dict[str, Any] | None) -> Any:
+def zarr_compressors(spec: dict[str, Any] | None) -> Any:
     """Zarr v3 compressor list from ``{"codec": "zstd"|"blosc-zstd"|"blosc-lz4"|"none", "level": int}``."""
     spec = spec or {"codec": "zstd", "level": 1}
     codec, level = spec.get("codec", "zstd"), int(spec.get("level", 1))
@@ -164,7 +165,7 @@ def create_store(path: str | Path, X: np.ndarray, y: np.ndarray, layout: StoreLa
     """Create the group with X, y, norms, the (empty, NaN-filled) data array and ``done``."""
     P, p, T = layout.tile_points, layout.block, layout.n_tiles
     group = zarr.open_group(str(path), mode="w" if overwrite else "w-", zarr_format=3)
-    compressors = _compressors(compression)
+    compressors = zarr_compressors(compression)
     for name, data, dims, chunks in (
             ("X", X, ("point", "feature"), (P, layout.d0)),
             ("y", y, ("point",), (P,)),
@@ -359,6 +360,7 @@ class GramStore:
         self.layout = StoreLayout.from_attrs(self.attrs)
         self.data = self.group[self.layout.data_name]
         self._X: np.ndarray | None = None
+        self._done: np.ndarray | None = None
 
     # -- description
     @property
@@ -408,13 +410,19 @@ class GramStore:
     def norms(self) -> np.ndarray:
         return self.group["norms"][...]
 
-    def done_mask(self) -> np.ndarray:
-        """(T, T) bool: tile (i, j) present (mirrored, so symmetric)."""
-        done = self.group["done"][...].astype(bool)
-        return done | done.T
+    def done_mask(self, refresh: bool = True) -> np.ndarray:
+        """(T, T) bool: tile (i, j) present (mirrored, so symmetric).
+
+        ``refresh=False`` reuses the last reading while it shows every tile done (a complete
+        store does not change) -- one small read per tile would dominate region reads.
+        """
+        if refresh or self._done is None or not self._done.all():
+            done = self.group["done"][...].astype(bool)
+            self._done = done | done.T
+        return self._done
 
     def missing_tiles(self) -> list[tuple[int, int]]:
-        done = self.group["done"][...]
+        done = self.done_mask()
         T = self.layout.n_tiles
         return [(i, j) for i in range(T) for j in range(i, T) if not done[i, j]]
 
@@ -442,7 +450,7 @@ class GramStore:
                                        activation=self.activation)
 
     def _require_done(self, i0: int, i1: int, j0: int, j1: int) -> None:
-        mask = self.done_mask()[i0:i1, j0:j1]
+        mask = self.done_mask(refresh=False)[i0:i1, j0:j1]
         if not mask.all():
             i, j = np.argwhere(~mask)[0]
             raise StoreError(f"tile ({i0 + i}, {j0 + j}) of {self.path} is not computed yet; "

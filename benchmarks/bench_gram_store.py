@@ -1,0 +1,178 @@
+"""Gram job throughput against raw Zarr writes of random data with the same chunking, same run.
+
+For a dense store and a fields store, with 1 and 2 Ray actors:
+
+* ``gram``: :func:`jntk_dist.gram_job.run_gram` (fields -> tile -> Zarr, mirror chunk, done mark),
+  entries/s over the tile phase (the pool is started and ready before the clock starts) and
+  end to end (validation, store creation, pool start-up, tiles, finish);
+* ``raw``: the same number of actors writing pre-generated random tiles into an array of the same
+  shape, chunking, dtype and compression (tile and mirror chunk per task, no kernel maths).
+
+Prints entries/s, gram/raw ratios and the 1 -> 2 actor scaling efficiency
+(throughput(2) / (2 · throughput(1))). Targets: gram ≥ 50 % of raw; scaling ≥ 80 %.
+
+    python benchmarks/bench_gram_store.py                 # defaults below (about 2-4 minutes)
+    python benchmarks/bench_gram_store.py --dense-n 240 --fields-n 1000 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import zarr
+
+from jntk_dist.config import load_config
+from jntk_dist.gram_job import GramJobConfig, run_gram
+from jntk_dist.store import zarr_compressors
+from jntk_dist.tiling import tile_range, upper_tiles
+
+
+class RawWriter:
+    """Ray actor writing one pre-generated random tile (and its mirror) per call."""
+
+    def __init__(self, path: str, name: str, tile_shape: tuple[int, ...], seed: int) -> None:
+        self.array = zarr.open_group(path, mode="r+")[name]
+        self.tile = np.random.default_rng(seed).normal(size=tile_shape)
+
+    def ready(self) -> bool:
+        return True
+
+    def write(self, region: tuple[slice, ...], mirror: tuple[slice, ...] | None) -> int:
+        shape = tuple(s.stop - s.start for s in region)
+        data = self.tile[tuple(slice(0, k) for k in shape)]
+        self.array[region] = data
+        if mirror is not None:
+            self.array[mirror] = np.swapaxes(data, -1, -2)
+        return data.size * (2 if mirror is not None else 1)
+
+
+def _regions(mode: str, n: int, d0: int, P: int) -> list[tuple[tuple[slice, ...], Any]]:
+    p = d0 + 1
+    out = []
+    for i, j in upper_tiles(-(-n // P)):
+        (a, b), (c, d) = tile_range(i, n, P), tile_range(j, n, P)
+        if mode == "dense":
+            region = (slice(a * p, b * p), slice(c * p, d * p))
+            mirror = (slice(c * p, d * p), slice(a * p, b * p))
+        else:
+            region = (slice(0, 8), slice(a, b), slice(c, d))
+            mirror = (slice(0, 8), slice(c, d), slice(a, b))
+        out.append((region, None if i == j else mirror))
+    return out
+
+
+def raw_write(root: Path, mode: str, n: int, d0: int, P: int, actors: int,
+              compression: dict[str, Any]) -> tuple[float, int]:
+    """Seconds and values written by ``actors`` writers of random tiles (same chunking)."""
+    p = d0 + 1
+    shape, chunks = (((n * p, n * p), (P * p, P * p)) if mode == "dense"
+                     else ((8, n, n), (8, P, P)))
+    path = root / f"raw-{mode}-{actors}.zarr"
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("data", shape=shape, chunks=chunks, dtype="float64", fill_value=np.nan,
+                       compressors=zarr_compressors(compression))
+    cls = ray.remote(RawWriter).options(num_cpus=1)
+    pool = [cls.remote(str(path), "data", chunks, seed) for seed in range(actors)]
+    ray.get([w.ready.remote() for w in pool])
+    work = _regions(mode, n, d0, P)
+    start = time.perf_counter()
+    refs = [pool[k % actors].write.remote(*w) for k, w in enumerate(work)]
+    values = sum(ray.get(refs))
+    seconds = time.perf_counter() - start
+    for w in pool:
+        ray.kill(w)
+    shutil.rmtree(path)
+    time.sleep(1.0)  # let Ray hand the CPUs back
+    return seconds, values
+
+
+def gram_run(root: Path, data: Path, mode: str, P: int, actors: int, depth: int,
+             compression: dict[str, Any]) -> dict[str, float]:
+    out = root / f"gram-{mode}-{actors}.zarr"
+    config = load_config({"dataset": {"path": str(data)},
+                          "kernel": {"kind": "jntk", "depth": depth, "activation": "gelu"},
+                          "output": str(out), "store": mode, "tile_points": P,
+                          "compression": compression, "progress": False,
+                          "ray": {"num_actors": actors}}, GramJobConfig)
+    start = time.perf_counter()
+    result = run_gram(config)
+    wall = time.perf_counter() - start
+    shutil.rmtree(out)
+    time.sleep(1.0)
+    return {"tile_s": result.seconds, "wall_s": wall, "entries": result.entries}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dense-n", type=int, default=480, help="points, dense store")
+    parser.add_argument("--dense-tile", type=int, default=60)
+    parser.add_argument("--fields-n", type=int, default=2400, help="points, fields store")
+    parser.add_argument("--fields-tile", type=int, default=300)
+    parser.add_argument("--d0", type=int, default=11)
+    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--codec", default="zstd")
+    parser.add_argument("--level", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2, help="best of this many runs")
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    args = parser.parse_args()
+    compression = {"codec": args.codec, "level": args.level}
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    root = Path(tempfile.mkdtemp(prefix="bench_gram_"))
+    rows: list[dict[str, Any]] = []
+    try:
+        for mode, n, P in (("dense", args.dense_n, args.dense_tile),
+                           ("fields", args.fields_n, args.fields_tile)):
+            X = np.random.default_rng(0).normal(size=(n, args.d0))
+            X /= np.linalg.norm(X, axis=1, keepdims=True)
+            data = root / f"{mode}.npz"
+            np.savez(data, X=X, y=np.ones(n))
+            per_value = (args.d0 + 1) ** 2 / 8 if mode == "fields" else 1.0
+            for actors in (1, 2):
+                raw = min((raw_write(root, mode, n, args.d0, P, actors, compression)
+                           for _ in range(args.repeats)), key=lambda r: r[0])
+                gram = min((gram_run(root, data, mode, P, actors, args.depth, compression)
+                            for _ in range(args.repeats)), key=lambda r: r["tile_s"])
+                stored_values = raw[1]  # both write exactly the same chunks
+                row = {
+                    "mode": mode, "n": n, "d0": args.d0, "tile_points": P, "actors": actors,
+                    "raw_values_per_s": stored_values / raw[0],
+                    "gram_values_per_s": stored_values / gram["tile_s"],
+                    "gram_entries_per_s": gram["entries"] / gram["tile_s"],
+                    "gram_entries_per_s_end_to_end": gram["entries"] / gram["wall_s"],
+                    "gram_wall_s": gram["wall_s"], "gram_tile_s": gram["tile_s"],
+                    "raw_s": raw[0], "dense_entries_per_stored_value": per_value,
+                }
+                row["gram_over_raw"] = row["gram_values_per_s"] / row["raw_values_per_s"]
+                rows.append(row)
+                print(f"{mode:6s} N={n} P={P} actors={actors}: raw {row['raw_values_per_s']:.3g} "
+                      f"values/s, gram {row['gram_values_per_s']:.3g} values/s "
+                      f"({row['gram_entries_per_s']:.3g} Gram entries/s; end to end "
+                      f"{row['gram_entries_per_s_end_to_end']:.3g}) -> gram/raw "
+                      f"{row['gram_over_raw']:.0%}", flush=True)
+        print("\nmode    actors  gram/raw   scaling 1->2 (gram)  scaling 1->2 (raw)")
+        for mode in ("dense", "fields"):
+            one, two = [r for r in rows if r["mode"] == mode]
+            g = two["gram_values_per_s"] / (2 * one["gram_values_per_s"])
+            r = two["raw_values_per_s"] / (2 * one["raw_values_per_s"])
+            one["scaling_gram"], one["scaling_raw"] = g, r
+            print(f"{mode:6s}  1 / 2   {one['gram_over_raw']:.0%} / {two['gram_over_raw']:.0%}"
+                  f"   {g:.0%}                  {r:.0%}")
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
