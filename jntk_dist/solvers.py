@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -341,11 +342,11 @@ def structured_solve(op: Any, y: Any, ridge: float = 0.0, tol: float = 1e-6,
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(residual=f"{res:.2e}")
-            if callback is not None:
-                callback(it, res)
             if ckpt is not None and time.perf_counter() - last_save >= checkpoint_every:
                 save(it)
                 last_save = time.perf_counter()
+            if callback is not None:
+                callback(it, res)
     finally:
         if bar is not None:
             bar.close()
@@ -455,9 +456,12 @@ def structured_eigs(op: Any, k: int = 1, which: str = "LA", method: str = "lancz
         try:
             while True:
                 rounds = min(restart_every, maxiter - done)
-                vals, X, res_hist = lobpcg(A, X, M=M, tol=tol, maxiter=max(rounds, 1),
-                                           largest=(which == "LA"),
-                                           retResidualNormsHistory=True)
+                with warnings.catch_warnings():  # rounds end early on purpose; we check below
+                    warnings.filterwarnings("ignore", message=".*not reaching the requested",
+                                            category=UserWarning)
+                    vals, X, res_hist = lobpcg(A, X, M=M, tol=tol, maxiter=max(rounds, 1),
+                                               largest=(which == "LA"),
+                                               retResidualNormsHistory=True)
                 done += max(rounds, 1)
                 worst = float(np.max(res_hist[-1])) if len(res_hist) else float("nan")
                 if bar is not None:
