@@ -63,6 +63,7 @@ LAYOUT_DESCRIPTION = (
     "input-Jacobian); full symmetric matrix, the tile (J, I) below the diagonal is the exact "
     "transpose of the computed tile (I, J); unscaled kernel (apply lambda when reading)")
 LOCK_SUFFIX = ".lock"
+X_CACHE_BYTES = 256 * 2**20
 # fields of (x2, x1) = transpose of fields of (x1, x2) with k_a<->k_c and k_ab<->k_bc swapped.
 _MIRROR_NAMES = {"k_a": "k_c", "k_c": "k_a", "k_ab": "k_bc", "k_bc": "k_ab"}
 MIRROR_ORDER = tuple(FIELD_NAMES.index(_MIRROR_NAMES.get(n, n)) for n in FIELD_NAMES)
@@ -218,11 +219,13 @@ class TileWriter:
         self.data = self.group[self.layout.data_name]
         self.done = self.group["done"]
         self.X = self.group["X"]
+        # X is small next to the Gram (N·d0 vs N²(d0+1)²): keep it in memory unless huge
+        self._X_cache = self.X[...] if self.X.nbytes <= X_CACHE_BYTES else None
 
     def points(self, i: int) -> np.ndarray:
         """Inputs of tile row ``i`` (float64, (≤P, d0))."""
         a, b = self.layout.points(i)
-        return self.X[a:b]
+        return self._X_cache[a:b] if self._X_cache is not None else self.X[a:b]
 
     def write(self, i: int, j: int, f: KernelFields, xi: torch.Tensor, xj: torch.Tensor) -> int:
         """Store tile (i, j) (i ≤ j) from its fields and its mirror; mark it done; return entries."""
