@@ -188,3 +188,102 @@ def test_results_open_with_xarray(tmp_path):
     ds = xr.open_zarr(str(path), consolidated=False)
     assert ds["features"].dims == ("test", "eig")
     assert ds.attrs["lam"] == 0.1
+
+
+# ---- the jobs, end to end on real Zarr stores -----------------------------------------------
+
+
+def _write_store(path, X, y, depth, activation, lam, mode="dense", tile_points=7):
+    """A complete Gram store written tile by tile with the store's own writer (no Ray needed)."""
+    import torch
+
+    from jntk_dist import store
+
+    layout = store.StoreLayout(mode=mode, n_points=X.shape[0], d0=X.shape[1],
+                               tile_points=tile_points, dtype="float64")
+    store.create_store(path, X, y, layout, {"kernel": "jntk", "depth": depth,
+                                            "activation": activation, "lam": lam})
+    writer = store.TileWriter(path)
+    for i in range(layout.n_tiles):
+        for j in range(i, layout.n_tiles):
+            xi, xj = (torch.from_numpy(writer.points(k)) for k in (i, j))
+            writer.write(i, j, kernels.fields(xi, xj, depth=depth, activation=activation), xi, xj)
+    return path
+
+
+@pytest.fixture(scope="module")
+def npz_dataset(tmp_path_factory):
+    X = _sphere(30, 3, 11)
+    y = np.where(X[:, 0] > 0.1, 1.0, -1.0)
+    path = tmp_path_factory.mktemp("data") / "toy.npz"
+    np.savez(path, X=X, y=y)
+    return path, X, y
+
+
+@pytest.mark.parametrize("mode", ["dense", "fields"])
+def test_solve_job_from_store_equals_direct_computation(tmp_path, npz_dataset, mode):
+    from jntk_dist.commands.solve import SolveJobConfig, run_solve
+    from jntk_dist.config import load_config
+
+    path, X, y = npz_dataset
+    store_path = _write_store(tmp_path / "g.zarr", X, y, depth=2, activation="gelu", lam=0.1,
+                              mode=mode)
+    cfg = load_config({"store": str(store_path), "test_fraction": 0.3, "seed": 1,
+                       "compute": {"block_size": 32}, "output": str(tmp_path / "out.zarr")},
+                      SolveJobConfig)
+    s = run_solve(cfg)
+    assert s["lam"] == 0.1 and s["train_accuracy"] == 1.0 and s["relative_residual"] < 1e-8
+    res = xr.open_zarr(str(tmp_path / "out.zarr"), group="solve", consolidated=False)
+    train, test = res["train_index"].values, res["test_index"].values
+    direct = KernelRegressor(depth=2, activation="gelu", lam=0.1).fit(X[train], y[train])
+    np.testing.assert_allclose(res["f_test"].values, direct.decision_function(X[test]), atol=1e-9)
+    # coefficients of an ill-conditioned Gram agree only to cond·eps; the equations they solve must hold
+    G = kernels.gram(X[train], depth=2, activation="gelu", lam=0.1)
+    Y = analysis.training_targets(y[train], X.shape[1] + 1)
+    assert np.linalg.norm(G @ res["coef"].values - Y) <= 1e-8 * np.linalg.norm(Y)
+
+
+def test_eigen_and_eigenfeatures_jobs_from_a_dataset_file(tmp_path, npz_dataset):
+    from jntk_dist.commands.eigen import EigenJobConfig, run_eigen
+    from jntk_dist.commands.eigenfeatures import EigenfeaturesJobConfig, run_eigenfeatures
+    from jntk_dist.config import load_config
+
+    path, X, y = npz_dataset
+    base = {"dataset": {"path": str(path)}, "kernel": {"depth": 2, "activation": "erf"},
+            "test_fraction": 0.25, "output": str(tmp_path / "r.zarr")}
+    s = run_eigen(load_config({**base, "lam": 0.5, "times": [0.0, 1.0, 1e12]}, EigenJobConfig))
+    G = kernels.gram(X[xr.open_zarr(str(tmp_path / "r.zarr"), group="eigen_jntk",
+                                    consolidated=False)["train_index"].values],
+                     depth=2, activation="erf", lam=0.5)
+    ref = np.linalg.eigvalsh(G)
+    assert s["lambda_min"] == pytest.approx(ref[0], abs=s["tolerance"])
+    assert s["positive_definite"] == bool(ref[0] > s["tolerance"])
+    assert s["train_accuracy_vs_time"][-1] == 1.0  # t → ∞ interpolates
+    assert (tmp_path / "r_eigen_jntk.png").exists()
+    e = run_eigenfeatures(load_config({**base, "lams": [1.0, 0.01], "steps": [0.01, 0.1]},
+                                      EigenfeaturesJobConfig), progress=False)
+    assert set(e["runs"]) == {"lam_1", "lam_0.01", "standard"}
+    # without ridge the λ > 0 predictors coincide (Λ cancels), the standard one differs
+    assert e["runs"]["lam_1"]["predictor_test_accuracy"] == e["runs"]["lam_0.01"]["predictor_test_accuracy"]
+    g = xr.open_zarr(str(tmp_path / "r.zarr"), group="eigenfeatures/lam_1", consolidated=False)
+    n_train = e["n_train"]
+    assert g["f_test"].shape == (e["n_test"], n_train * (X.shape[1] + 1))  # one f_i per eigenpair
+    assert g["test_accuracy"].shape == (n_train * (X.shape[1] + 1),)
+    assert (tmp_path / "r_eigenfeatures.png").exists()
+
+
+def test_assumption8_job_writes_table_and_plot(tmp_path, npz_dataset):
+    from jntk_dist.commands.assumption8 import Assumption8JobConfig, run_assumption8
+    from jntk_dist.config import load_config
+
+    path, X, _ = npz_dataset
+    cfg = load_config({"datasets": [{"dataset": {"path": str(path)}, "max_points": 10}],
+                       "activations": ["gelu"], "depths": [1, 2],
+                       "output": str(tmp_path / "a8.zarr")}, Assumption8JobConfig)
+    rows = run_assumption8(cfg, progress=False)
+    assert [(r["depth"], r["kernel"], r["n"]) for r in rows] == [
+        (1, "ntk", 10), (1, "jntk", 40), (2, "ntk", 10), (2, "jntk", 40)]
+    table = xr.open_zarr(str(tmp_path / "a8.zarr"), group="assumption8", consolidated=False)
+    np.testing.assert_allclose(table["lambda_min"].values, [r["lambda_min"] for r in rows])
+    assert (tmp_path / "a8_assumption8.png").exists()
+    assert "| positive |" in (tmp_path / "a8_assumption8.md").read_text()
