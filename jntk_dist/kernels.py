@@ -213,13 +213,26 @@ def _out(t: Tensor, is_numpy: bool) -> ArrayLike:
 # ---- the recursion ----------------------------------------------------------------------
 
 
+def _inner_products(x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """a = |x|² (n1, 1), b = <x, x'> (n1, n2), c = |x'|² (1, n2).
+
+    For one point set the norms are read off the diagonal of the same product, so that
+    a = b = c holds bitwise on diagonal pairs (the arc-cosine kernels have a √ singularity
+    there, where one ulp of mismatch costs √eps).
+    """
+    b = x1 @ x2.T
+    if x2 is x1:
+        diag = b.diagonal()
+        return diag[:, None], b, diag[None, :]
+    return (x1 * x1).sum(dim=1)[:, None], b, (x2 * x2).sum(dim=1)[None, :]
+
+
 def _field_recursion(x1: Tensor, x2: Tensor, depth: int, act: Activation, kind: str) -> Jet:
     """Σ^(L) or Θ^(L) as a Jet in (a, b, c) for all pairs of rows of x1, x2."""
     act.require_smooth()
-    a = (x1 * x1).sum(dim=1)[:, None]
-    c = (x2 * x2).sum(dim=1)[None, :]
+    a, b, c = _inner_products(x1, x2)
     A, C = Diagonal(a, 1.0), Diagonal(c, 1.0)
-    sigma = Jet(k=x1 @ x2.T, k_b=1.0)  # Σ^(0) = <x, x'>
+    sigma = Jet(k=b, k_b=1.0)  # Σ^(0) = <x, x'>
     theta = sigma
     for _ in range(depth):
         F, G = act.dual_jets(A.v, sigma.k, C.v)
@@ -277,24 +290,45 @@ def expand_blocks(f: KernelFields, x1: ArrayLike, x2: ArrayLike | None = None,
     n2 = t2.shape[0]
     if f.shape != (n1, n2):
         raise ValueError(f"fields of shape {f.shape} do not match inputs ({n1}, {n2})")
+    p = d0 + 1
     if out is None:
-        out = torch.empty((n1, n2, d0 + 1, d0 + 1), dtype=f.k.dtype, device=f.k.device)
-    out[:, :, 0, 0] = f.k
-    xi = t1[:, None, :]
-    xj = t2[None, :, :]
-    torch.addcmul(2 * f.k_a[..., None] * xi, f.k_b[..., None], xj, out=out[:, :, 1:, 0])
-    torch.addcmul(f.k_b[..., None] * xi, 2 * f.k_c[..., None], xj, out=out[:, :, 0, 1:])
-    # K_αβ = [x, x']_α M [x, x']_β^T with M = [[2κ_ab, 4κ_ac], [κ_bb, 2κ_bc]], plus κ_b δ_αβ.
-    left = torch.stack((t1[:, None, :].expand(n1, n2, d0), t2[None, :, :].expand(n1, n2, d0)), -1)
-    M = torch.stack((torch.stack((2 * f.k_ab, 4 * f.k_ac), -1),
-                     torch.stack((f.k_bb, 2 * f.k_bc), -1)), -2)
-    jac = out[:, :, 1:, 1:]
-    torch.matmul(left @ M, left.transpose(-1, -2), out=jac) if jac.is_contiguous() else \
-        jac.copy_((left @ M) @ left.transpose(-1, -2))
-    jac.diagonal(dim1=-2, dim2=-1).add_(f.k_b[..., None])
+        out = torch.empty((n1, n2, p, p), dtype=f.k.dtype, device=f.k.device)
+    # Rows of blocks are written a few at a time so the temporaries stay in cache.
+    rows = max(1, _EXPANSION_CHUNK // max(1, n2 * p * p)) if out.device.type == "cpu" else n1
+    for r0 in range(0, n1, rows):
+        r1 = min(n1, r0 + rows)
+        _expand_rows(f, t1, t2, r0, r1, out[r0:r1])
     if lam is not None:
         lambda_scale(out, lam)
     return out
+
+
+_EXPANSION_CHUNK = 1 << 20  # block entries per row chunk (8 MiB of float64)
+
+
+def _expand_rows(f: KernelFields, t1: Tensor, t2: Tensor, r0: int, r1: int, out: Tensor) -> None:
+    """Blocks for rows r0:r1. With e0 the output index and x̂ = (0, x):
+
+        K = e0 ⊗ (κ e0 + κ_b x̂ + 2κ_c x̂')  +  x̂ ⊗ (2κ_a e0 + 2κ_ab x̂ + 4κ_ac x̂')
+            + x̂' ⊗ (κ_b e0 + κ_bb x̂ + 2κ_bc x̂')  +  κ_b (I − e0 e0ᵀ),
+
+    which is DESIGN.md §2's block formula grouped by its left factor.
+    """
+    sl = slice(r0, r1)
+    k, k_a, k_b, k_c = f.k[sl, :, None], f.k_a[sl, :, None], f.k_b[sl, :, None], f.k_c[sl, :, None]
+    k_ab, k_ac, k_bb, k_bc = f.k_ab[sl, :, None], f.k_ac[sl, :, None], f.k_bb[sl, :, None], \
+        f.k_bc[sl, :, None]
+    xi, xj = t1[sl, None, :], t2[None, :, :]
+    # right factors, each (r, n2, d0) on the x̂ part; their e0 parts go to column 0
+    right_i = 2 * k_ab * xi + 4 * k_ac * xj
+    right_j = k_bb * xi + 2 * k_bc * xj
+    out[:, :, 0, 0] = k[..., 0]
+    torch.add(k_b * xi, 2 * k_c * xj, out=out[:, :, 0, 1:])
+    torch.add(2 * k_a * xi, k_b * xj, out=out[:, :, 1:, 0])
+    jac = out[:, :, 1:, 1:]
+    torch.mul(xi[..., :, None], right_i[..., None, :], out=jac)
+    jac.addcmul_(xj[..., :, None], right_j[..., None, :])
+    jac.diagonal(dim1=-2, dim2=-1).add_(k_b)
 
 
 def lambda_scale(blocks: ArrayLike, lam: float) -> ArrayLike:
@@ -340,8 +374,7 @@ def _plain(kind: str, x1: ArrayLike, x2: ArrayLike | None, depth: int,
     act = get_activation(activation)
     t1, t2, is_numpy = _prepare(x1, x2, dtype, device)
     with torch.no_grad():
-        A, C = (t1 * t1).sum(1)[:, None], (t2 * t2).sum(1)[None, :]
-        sigma = t1 @ t2.T
+        A, sigma, C = _inner_products(t1, t2)
         theta = sigma
         for _ in range(depth):
             F, G = act.dual_values(A, sigma, C)
