@@ -161,3 +161,25 @@ def test_existing_non_store_is_refused(ray_session: None, dataset: Path, tmp_pat
     with pytest.raises(StoreError, match="not a jntk Gram store"):
         run_gram(_config(dataset, out))
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_command_line_entry(dense_store: tuple[Path, Any], dataset: Path, tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from jntk_dist.commands import gram as gram_command
+
+    parser = argparse.ArgumentParser()
+    gram_command.register(parser.add_subparsers())
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(f"dataset: {{path: {dataset}}}\nkernel: {{depth: 1, activation: {ACT}}}\n"
+                   f"output: {dense_store[0]}\ntile_points: {P}\n")
+    args = parser.parse_args(["gram", str(cfg), "--set", f"kernel.depth={DEPTH}",
+                              "--set", "kernel.lam=0.1", "--no-progress"])
+    assert args.func(args) == 0  # the store is complete: nothing to compute
+    out = capsys.readouterr().out
+    assert f"store: {dense_store[0].resolve()}" in out and "0 computed now, 15 already done" in out
+    assert "open_gram(" in out and "xarray.open_zarr(" in out
+    args = parser.parse_args(["gram", str(cfg), "--no-progress"])  # depth 1 ≠ the store's 2
+    with pytest.raises(StoreError, match=r"kernel\.depth: 2 -> 1"):
+        args.func(args)
