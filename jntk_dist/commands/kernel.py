@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__, kernels
-from ..activations import available_activations
+from ..activations import available_activations, get_activation
 from ..config import DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -88,38 +89,49 @@ def run(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype)
     x = torch.as_tensor(X, dtype=dtype)
     kernels.validate_inputs(x, "X")
+    if not args.plain:
+        get_activation(args.activation).require_smooth()
     meta = {"dataset": name, "kind": args.kind, "depth": args.depth,
             "activation": args.activation, "lam": args.lam, "plain": args.plain,
             "dtype": args.dtype, "layout": "point-major: row i*(d0+1)+alpha, alpha=0 output",
             "package_version": __version__, "scaling": "kappa^-2"}
     out.parent.mkdir(parents=True, exist_ok=True)
-    if args.plain:
-        fn = kernels.ntk if args.kind == "jntk" else kernels.nngp
-        gram = fn(x, depth=args.depth, activation=args.activation).numpy()
-        _save(out, gram, X, y, meta)
-    else:
-        n, d0 = x.shape
-        side = n * (d0 + 1)
-        gram = (np.lib.format.open_memmap(out, mode="w+", dtype=args.dtype, shape=(side, side))
-                if suffix == ".npy" else np.empty((side, side), dtype=args.dtype))
-        rows = max(1, ROW_BLOCK_ENTRIES // (side * (d0 + 1)))
-        with tqdm(total=n, unit="pt", desc=f"{args.kind} L={args.depth} {args.activation}",
-                  disable=args.no_progress) as bar:
-            for r0 in range(0, n, rows):
-                r1 = min(n, r0 + rows)
-                f = kernels.fields(x[r0:r1], x, depth=args.depth, activation=args.activation,
-                                   kind=args.kind)
-                blocks = kernels.expand_blocks(f, x[r0:r1], x, lam=args.lam)
-                gram[r0 * (d0 + 1):r1 * (d0 + 1)] = kernels.to_gram(blocks).numpy()
-                bar.update(r1 - r0)
-        if suffix == ".npy":
-            gram.flush()
-            del gram
-        else:
-            _save(out, gram, X, y, meta)
+    partial = out.with_name(out.stem + ".partial" + suffix)  # renamed into place when complete
+    try:
+        _compute_and_save(args, x, X, y, meta, partial)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
     print(f"wrote {out} ({args.kind}{' 00' if args.plain else ''}, {name}, "
           f"N={X.shape[0]}, d0={X.shape[1]})")
     return 0
+
+
+def _compute_and_save(args: argparse.Namespace, x: torch.Tensor, X: np.ndarray, y: np.ndarray,
+                      meta: dict[str, Any], path: Path) -> None:
+    if args.plain:
+        fn = kernels.ntk if args.kind == "jntk" else kernels.nngp
+        _save(path, fn(x, depth=args.depth, activation=args.activation).numpy(), X, y, meta)
+        return
+    n, d0 = x.shape
+    side = n * (d0 + 1)
+    to_npy = path.suffix.lower() == ".npy"
+    gram = (np.lib.format.open_memmap(path, mode="w+", dtype=args.dtype, shape=(side, side))
+            if to_npy else np.empty((side, side), dtype=args.dtype))
+    rows = max(1, ROW_BLOCK_ENTRIES // (side * (d0 + 1)))
+    with tqdm(total=n, unit="pt", desc=f"{args.kind} L={args.depth} {args.activation}",
+              disable=args.no_progress) as bar:
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            f = kernels.fields(x[r0:r1], x, depth=args.depth, activation=args.activation,
+                               kind=args.kind)
+            blocks = kernels.expand_blocks(f, x[r0:r1], x, lam=args.lam)
+            gram[r0 * (d0 + 1):r1 * (d0 + 1)] = kernels.to_gram(blocks).numpy()
+            bar.update(r1 - r0)
+    if to_npy:
+        gram.flush()
+    else:
+        _save(path, gram, X, y, meta)
 
 
 def _save(out: Path, gram: np.ndarray, X: np.ndarray, y: np.ndarray, meta: dict[str, Any]) -> None:
