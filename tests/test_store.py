@@ -39,17 +39,18 @@ def _unit_rows(n: int, d0: int, seed: int = 0) -> np.ndarray:
 
 
 def _write_store(path: Path, X: np.ndarray, mode: str, P: int, kind: str = "jntk",
-                 skip: set[tuple[int, int]] = frozenset()) -> GramStore:
+                 skip: set[tuple[int, int]] = frozenset(), dtype: str = "float64") -> GramStore:
     """Fill a store tile by tile with TileWriter (what a Ray actor does), skipping ``skip``."""
     n, d0 = X.shape
-    layout = StoreLayout(mode=mode, n_points=n, d0=d0, tile_points=P, dtype="float64")
+    layout = StoreLayout(mode=mode, n_points=n, d0=d0, tile_points=P, dtype=dtype)
     create_store(path, X, np.ones(n), layout, {"kernel": kind, "depth": DEPTH,
                                                "activation": ACT, "lam": 0.3})
     writer = TileWriter(path)
     for i, j in upper_tiles(layout.n_tiles):
         if (i, j) in skip:
             continue
-        xi, xj = torch.from_numpy(writer.points(i)), torch.from_numpy(writer.points(j))
+        xi = torch.from_numpy(writer.points(i)).to(getattr(torch, dtype))
+        xj = torch.from_numpy(writer.points(j)).to(getattr(torch, dtype))
         f = kernels.fields(xi, xj, depth=DEPTH, activation=ACT, kind=kind)
         writer.write(i, j, f, xi, xj)
     return open_gram(path)
@@ -84,6 +85,23 @@ def test_dense_tiles_are_the_kernels_tiles(tmp_path: Path, kind: str) -> None:
     full = kernels.gram(X, depth=DEPTH, activation=ACT, kind=kind)
     # one-shot kernels on all of X differ from per-tile calls only by BLAS summation order
     np.testing.assert_allclose(store.to_numpy(), full, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("mode", ["dense", "fields"])
+def test_float32_stores(tmp_path: Path, mode: str) -> None:
+    X = _unit_rows(9, 3, seed=8)
+    store = _write_store(tmp_path / "g.zarr", X, mode, P=4, dtype="float32")
+    assert store.dtype == np.float32 and store.data.dtype == np.float32
+    X32 = X.astype(np.float32)
+    for i, j in upper_tiles(3):
+        (a, b), (c, d) = store.layout.points(i), store.layout.points(j)
+        ref = kernels.to_gram(kernels.jntk(X32[a:b], X32[c:d], depth=DEPTH, activation=ACT))
+        assert ref.dtype == np.float32
+        # a fields store expands float32 fields with float64 X (the stored inputs)
+        tol = {"rtol": 0, "atol": 0} if mode == "dense" else {"rtol": 1e-5, "atol": 1e-5}
+        np.testing.assert_allclose(store.tile(i, j), ref, **tol)
+    np.testing.assert_allclose(store.to_numpy(), kernels.gram(X, depth=DEPTH, activation=ACT),
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_fields_store_expands_to_the_same_gram(tmp_path: Path) -> None:
