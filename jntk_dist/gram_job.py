@@ -256,7 +256,8 @@ def run_gram(config: GramJobConfig, overwrite: bool = False, progress: bool | No
             if on_start is not None:
                 on_start(actors)
             show = config.progress if progress is None else progress
-            _dispatch(actors, missing, config.ray.tasks_per_actor, layout, result, show)
+            _dispatch(actors, missing, config.ray.tasks_per_actor, layout, result, show,
+                      on_progress=lambda tiles: _record_progress(path, layout, tiles, missing))
         else:
             log.info("store %s is already complete (%d tiles)", path, layout.total_tiles)
         _finish(path)
@@ -334,8 +335,13 @@ def _spawn_pool(config: GramJobConfig, path: Path, n_tasks: int,
 
 
 def _dispatch(actors: list[Any], tiles: list[tuple[int, int]], per_actor: int,
-              layout: StoreLayout, result: GramRunResult, show_progress: bool) -> None:
-    """Keep ``per_actor`` tiles queued on each actor until all are written."""
+              layout: StoreLayout, result: GramRunResult, show_progress: bool,
+              on_progress: Callable[[list[tuple[int, int]]], None] | None = None,
+              progress_every_s: float = 30.0) -> None:
+    """Keep ``per_actor`` tiles queued on each actor until all are written.
+
+    ``on_progress`` gets the tiles computed so far every ``progress_every_s`` seconds.
+    """
     import ray
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -349,7 +355,7 @@ def _dispatch(actors: list[Any], tiles: list[tuple[int, int]], per_actor: int,
             pending[actors[k].compute.remote(i, j)] = (i, j, k)
             log.debug("submitted tile (%d, %d) to actor %d", i, j, k)
 
-    start = time.perf_counter()
+    start = last_record = time.perf_counter()
     bar = tqdm(total=result.tiles_total, initial=result.tiles_already_done, unit="tile",
                desc="gram tiles", disable=not show_progress, dynamic_ncols=True)
     with bar, logging_redirect_tqdm():
@@ -374,7 +380,25 @@ def _dispatch(actors: list[Any], tiles: list[tuple[int, int]], per_actor: int,
                 bar.update(1)
                 bar.set_postfix_str(f"{result.entries / max(elapsed, 1e-9):.3g} entries/s")
                 submit(k)
+                if on_progress is not None and time.perf_counter() - last_record > progress_every_s:
+                    on_progress(result.tiles_computed)
+                    last_record = time.perf_counter()
     result.seconds = time.perf_counter() - start
+
+
+def _record_progress(path: Path, layout: StoreLayout, computed: list[tuple[int, int]],
+                     missing_at_start: list[tuple[int, int]]) -> None:
+    """Refresh the completion attributes from what the driver knows (no store reads)."""
+    import zarr
+
+    T = layout.n_tiles
+    done = np.triu(np.ones((T, T), dtype=np.uint8))
+    lacking = set(missing_at_start) - set(computed)
+    for i, j in lacking:
+        done[i, j] = 0
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    group.attrs.update({"tiles_done": layout.total_tiles - len(lacking),
+                        "completed_tiles": done_bitmap_hex(done)})
 
 
 def _finish(path: Path) -> None:
