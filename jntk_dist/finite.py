@@ -295,6 +295,7 @@ def mc_jacobian_nngp(x: Any, *, depth: int, width: int, activation: str | Activa
     act = get_activation(activation)
     act.require_smooth()
     t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=dtype)
+    device = t.device
     validate_inputs(t, "x")
     n, d0 = t.shape
     idx = _check_indices(indices, d0)
@@ -306,14 +307,15 @@ def mc_jacobian_nngp(x: Any, *, depth: int, width: int, activation: str | Activa
     gen = torch.Generator().manual_seed(int(seed))
     shapes = [(width, d0)] + [(width, width)] * (depth - 1) + [(1, width)]
     rows = n * len(idx)
-    total = torch.zeros((rows, rows), dtype=dtype)
-    total_sq = torch.zeros((rows, rows), dtype=dtype)
+    total = torch.zeros((rows, rows), dtype=dtype, device=device)
+    total_sq = torch.zeros((rows, rows), dtype=dtype, device=device)
     done = 0
     with torch.no_grad(), tqdm(total=n_networks, disable=not progress, desc="MC NNGP") as bar:
         while done < n_networks:
             b = min(batch_size, n_networks - done)
             # float32 draws are 3x faster; the arithmetic is done in ``dtype``
-            ws = [torch.randn((b,) + s, generator=gen).to(dtype) for s in shapes]
+            ws = [torch.randn((b,) + s, generator=gen).to(device=device, dtype=dtype)
+                  for s in shapes]
             F = jet_forward(ws, t, act, 1.0)[0][..., idx].reshape(b, rows)
             total += F.T @ F
             F2 = F * F
