@@ -242,8 +242,8 @@ def run_gram(config: GramJobConfig, overwrite: bool = False, progress: bool | No
                 raise StoreError(f"{path} exists and is not a jntk Gram store; choose another "
                                  "output or pass --overwrite")
             layout = _check_existing(path, config, X)
-        started_ray = _start_ray(config.ray)
         if layout is None:
+            started_ray = _start_ray(config.ray)  # automatic tile sizes look at the workers
             layout = _create(path, config, X, y, data.name, overwrite)
         store = open_gram(path)
         missing = store.missing_tiles()
@@ -252,6 +252,7 @@ def run_gram(config: GramJobConfig, overwrite: bool = False, progress: bool | No
         if missing:
             log.info("store %s: %d of %d tiles to compute (%d points/tile)", path, len(missing),
                      layout.total_tiles, layout.tile_points)
+            started_ray = _start_ray(config.ray) or started_ray
             actors = _spawn_pool(config, path, len(missing), result)
             if on_start is not None:
                 on_start(actors)
