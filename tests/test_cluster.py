@@ -1,0 +1,358 @@
+"""Cluster operation on loopback, and the shipped job configs.
+
+A real Ray head (``ray start --head --block``) on 127.0.0.1 with free ports, its own temp dir and
+its own random auth token; ``ray job submit --working-dir . --runtime-env deploy/runtime_env.yaml``
+of the quickstart; the job is polled to SUCCEEDED; ``ray job logs`` / ``ray job status`` are read;
+the store it wrote is opened with xarray and checked against the kernels computed here. The head
+is stopped by killing exactly the processes it started (never ``ray stop``: that stops every Ray
+on the machine).
+
+The config half: every YAML in configs/ validates against its job's model, and every job entry
+point in jobs/ turns a typo or a bad value into exit code 2 and a message naming the key.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import psutil
+import pytest
+import yaml
+
+from jntk_dist.config import ConfigError, JobConfig, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+RAY_CLI = str(Path(sys.executable).with_name("ray"))
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+# ---- the shipped configs ----------------------------------------------------------------
+
+
+def _job_models() -> dict[str, type[JobConfig]]:
+    """Job name (jobs/<name>.py) -> the config model its entry point validates."""
+    from jntk_dist.commands.assumption8 import Assumption8JobConfig
+    from jntk_dist.commands.eigen import EigenJobConfig
+    from jntk_dist.commands.eigenfeatures import EigenfeaturesJobConfig
+    from jntk_dist.commands.solve import SolveJobConfig
+    from jntk_dist.drift import DriftConfig
+    from jntk_dist.gram_job import GramJobConfig
+
+    return {"gram": GramJobConfig, "solve": SolveJobConfig, "eigen": EigenJobConfig,
+            "eigenfeatures": EigenfeaturesJobConfig, "assumption8": Assumption8JobConfig,
+            "drift": DriftConfig}
+
+
+def _job_of_config(path: Path) -> str:
+    """configs/<job>_<variant>.yaml belongs to jobs/<job>.py; the quickstart is a Gram job."""
+    stem = path.stem
+    if stem == "quickstart":
+        return "gram"
+    jobs = sorted((p.stem for p in (REPO / "jobs").glob("*.py")), key=len, reverse=True)
+    for job in jobs:  # longest first: eigenfeatures_* is not an eigen config
+        if stem == job or stem.startswith(job + "_"):
+            return job
+    raise AssertionError(f"{path.name}: no jobs/<job>.py matches its name; name shipped configs "
+                         f"<job>_<variant>.yaml so users (and this test) know which job runs them")
+
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def test_every_job_has_a_model_and_a_config() -> None:
+    jobs = {p.stem for p in (REPO / "jobs").glob("*.py")}
+    models = _job_models()
+    assert jobs == set(models), f"jobs/ {sorted(jobs)} vs known models {sorted(models)}"
+    covered = {_job_of_config(p) for p in CONFIGS}
+    assert covered == jobs, f"jobs without a config in configs/: {sorted(jobs - covered)}"
+    assert (REPO / "configs" / "quickstart.yaml").exists()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_config_validates(path: Path) -> None:
+    model = _job_models()[_job_of_config(path)]
+    config = load_config(path, model)
+    assert isinstance(config, model)
+    # Round trip: what a store records as its config validates again to the same thing.
+    assert model.model_validate(config.to_dict()).to_dict() == config.to_dict()
+
+
+def _load_job_main(job: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"_jobs_{job}", REPO / "jobs" / f"{job}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _run_job_main(job: str, argv: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    with redirect_stdout(out), redirect_stderr(out):
+        try:
+            rc = _load_job_main(job)(argv)
+        except SystemExit as exc:  # argparse (--help, bad flags)
+            rc = int(exc.code or 0)
+    return rc, out.getvalue()
+
+
+@pytest.mark.parametrize("job", sorted(p.stem for p in (REPO / "jobs").glob("*.py")))
+def test_job_entry_point_rejects_typos_naming_the_key(job: str, tmp_path: Path) -> None:
+    config = next(p for p in CONFIGS if _job_of_config(p) == job)
+    data = yaml.safe_load(config.read_text())
+    first = next(iter(data))
+    rc, text = _run_job_main(job, ["--help"])
+    assert rc == 0 and "--set" in text, text
+
+    # A misspelt top-level key in the file.
+    data[first + "x"] = data.pop(first)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml.safe_dump(data))
+    rc, text = _run_job_main(job, [str(typo)])
+    assert rc == 2, text
+    assert f"{first}x: unknown key" in text and str(typo) in text, text
+
+    # A misspelt key given on the command line.
+    rc, text = _run_job_main(job, [str(config), "--set", "outptu=somewhere.zarr"])
+    assert rc == 2 and "outptu: unknown key" in text, text
+
+
+@pytest.mark.parametrize("override, key", [("kernel.depth=0", "kernel.depth"),
+                                           ("kernel.activation=relu", "kernel.activation"),
+                                           ("kernel.dtype=float16", "kernel.dtype"),
+                                           ("store=sparse", "store"),
+                                           ("ray.num_actors=-1", "ray.num_actors")])
+def test_quickstart_bad_values_name_the_key(override: str, key: str) -> None:
+    from jntk_dist.gram_job import GramJobConfig
+
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "configs" / "quickstart.yaml", GramJobConfig, [override])
+    assert f"  {key}:" in str(err.value)
+
+
+# ---- a head on loopback -----------------------------------------------------------------
+
+
+def _free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+@dataclass
+class Head:
+    address: str          # the Jobs API (dashboard), http://127.0.0.1:<port>
+    port: int
+    env: dict[str, str]   # RAY_AUTH_MODE=token, RAY_AUTH_TOKEN=<this head's token>
+    token: str
+    temp_dir: Path
+    proc: subprocess.Popen
+
+
+def _ours(p: psutil.Process, temp_dir: Path, token: str) -> bool:
+    try:
+        if any(str(temp_dir) in part for part in p.cmdline()):
+            return True
+        return p.environ().get("RAY_AUTH_TOKEN") == token
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def _stop_head(head: Head) -> list[int]:
+    """Kill what this head started: its process group, then any process carrying its temp dir in
+    the command line or its token in the environment (job drivers run in sessions of their own)."""
+    def group() -> list[psutil.Process]:
+        out = []
+        for p in psutil.process_iter():
+            try:
+                if os.getpgid(p.pid) == head.proc.pid:
+                    out.append(p)
+            except (ProcessLookupError, psutil.NoSuchProcess):
+                pass
+        return out
+
+    try:
+        os.killpg(head.proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    _, alive = psutil.wait_procs(group(), timeout=5)
+    try:
+        os.killpg(head.proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    head.proc.wait(timeout=30)
+    strays = [p for p in psutil.process_iter() if p.pid != os.getpid()
+              and _ours(p, head.temp_dir, head.token)]
+    for p in strays:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(strays, timeout=10)
+    return [p.pid for p in alive + strays]
+
+
+def _get(url: str, token: str | None, timeout: float = 5.0) -> int:
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+@pytest.fixture(scope="module")
+def head() -> Iterator[Head]:
+    temp_dir = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: socket paths are limited
+    token = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH", "RAY_API_SERVER_ADDRESS")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
+               PYTHONUNBUFFERED="1")
+    (gcs, dash, client, agent_http, agent_grpc, env_agent, metrics, node_mgr, obj_mgr,
+     worker_lo) = _free_ports(10)
+    cmd = [RAY_CLI, "start", "--head", "--block", "--temp-dir", str(temp_dir),
+           "--node-ip-address", "127.0.0.1", "--port", str(gcs),
+           "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+           "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
+           "--dashboard-agent-listen-port", str(agent_http),
+           "--dashboard-agent-grpc-port", str(agent_grpc),
+           "--runtime-env-agent-port", str(env_agent), "--metrics-export-port", str(metrics),
+           "--node-manager-port", str(node_mgr), "--object-manager-port", str(obj_mgr),
+           "--num-cpus", "2", "--object-store-memory", str(200 * 1024 ** 2),
+           "--disable-usage-stats"]
+    log = open(temp_dir / "head.log", "wb")
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    h = Head(f"http://127.0.0.1:{dash}", dash, env, token, temp_dir, proc)
+    try:
+        deadline = time.monotonic() + 150
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("ray start exited:\n" + (temp_dir / "head.log").read_text())
+            try:
+                if _get(f"{h.address}/api/version", token) == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("dashboard did not come up:\n"
+                                   + (temp_dir / "head.log").read_text()[-3000:])
+            time.sleep(1)
+        yield h
+    finally:
+        _stop_head(h)
+        log.close()
+        leftover = [p.pid for p in psutil.process_iter() if _ours(p, temp_dir, token)]
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not leftover, f"processes of the test cluster survived: {leftover}"
+
+
+def _ray(head: Head, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([RAY_CLI, *args], env=head.env, cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _client(head: Head) -> Any:
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(head.address, headers={"Authorization": f"Bearer {head.token}"})
+
+
+def _wait(head: Head, job_id: str, timeout: float = 240) -> str:
+    client = _client(head)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = str(client.get_job_status(job_id).value)
+        if status in TERMINAL:
+            return status
+        time.sleep(1)
+    raise TimeoutError(f"job {job_id} not finished after {timeout} s; logs:\n"
+                       + client.get_job_logs(job_id)[-3000:])
+
+
+def test_jobs_api_needs_the_token_and_stays_on_loopback(head: Head) -> None:
+    assert _get(f"{head.address}/api/jobs/", head.token) == 200
+    assert _get(f"{head.address}/api/jobs/", None) in (401, 403)
+    assert _get(f"{head.address}/api/jobs/", "not-the-token") in (401, 403)
+    listening = {c.laddr.ip for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == head.port}
+    assert listening == {"127.0.0.1"}, f"dashboard port {head.port} listens on {listening}"
+
+
+def test_submit_quickstart_poll_logs_status_and_open_store(head: Head, tmp_path: Path) -> None:
+    import xarray as xr
+
+    from jntk_dist import kernels
+    from jntk_dist.data import load_dataset
+    from jntk_dist.store import open_gram
+
+    out = tmp_path / "quickstart.zarr"
+    job_id = f"quickstart-{uuid.uuid4().hex[:8]}"
+    submitted = _ray(head, "job", "submit", "--address", head.address, "--submission-id", job_id,
+                     "--working-dir", ".", "--runtime-env", "deploy/runtime_env.yaml",
+                     "--no-wait", "--", "python", "jobs/gram.py", "configs/quickstart.yaml",
+                     "--set", f"output={out}", "--no-progress")
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert _wait(head, job_id) == "SUCCEEDED", _client(head).get_job_logs(job_id)
+
+    logs = _ray(head, "job", "logs", "--address", head.address, job_id)
+    assert logs.returncode == 0, logs.stderr
+    # The driver joined this cluster (RAY_ADDRESS) instead of embedding a Ray of its own.
+    assert "joining the Ray cluster" in logs.stdout, logs.stdout[-3000:]
+    assert f"store: {out}" in logs.stdout
+    status = _ray(head, "job", "status", "--address", head.address, job_id)
+    assert status.returncode == 0 and f"Job '{job_id}' succeeded" in status.stdout, status.stdout
+
+    ds = xr.open_zarr(str(out))
+    assert ds["gram"].dims == ("gram_row", "gram_col")
+    X = load_dataset("forest_fires").X
+    n, d0 = X.shape
+    assert ds["gram"].shape == (n * (d0 + 1), n * (d0 + 1))
+    np.testing.assert_array_equal(ds["X"].values, X)
+    store = open_gram(out)
+    assert store.is_complete and store.depth == 3 and store.activation == "gelu"
+    # Rows of points 0..2 against points 0..2 and the last three (different tiles), computed here.
+    idx = np.r_[0:3, n - 3:n]
+    expected = kernels.to_gram(kernels.jntk(X[:3], X[idx], depth=3, activation="gelu"))
+    rows = np.arange(3 * (d0 + 1))
+    cols = (idx[:, None] * (d0 + 1) + np.arange(d0 + 1)).ravel()
+    got = ds["gram"].values[np.ix_(rows, cols)]
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_config_typo_fails_the_submitted_job_with_the_key(head: Head, tmp_path: Path) -> None:
+    job_id = f"typo-{uuid.uuid4().hex[:8]}"
+    submitted = _ray(head, "job", "submit", "--address", head.address, "--submission-id", job_id,
+                     "--working-dir", ".", "--runtime-env", "deploy/runtime_env.yaml",
+                     "--no-wait", "--", "python", "jobs/gram.py", "configs/quickstart.yaml",
+                     "--set", "kernel.depht=3", "--set", f"output={tmp_path / 'never.zarr'}")
+    assert submitted.returncode == 0, submitted.stderr
+    assert _wait(head, job_id) == "FAILED"
+    logs = _client(head).get_job_logs(job_id)
+    assert "kernel.depht: unknown key" in logs, logs[-2000:]
+    assert not (tmp_path / "never.zarr").exists()
