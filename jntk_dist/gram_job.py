@@ -99,6 +99,7 @@ class GramRunResult:
     seconds: float = 0.0
     num_actors: int = 0
     worker_pids: set[int] = field(default_factory=set)
+    worker_cpu_seconds: float = 0.0  # summed over tiles (compute + write, all threads)
 
     @property
     def entries_per_s(self) -> float:
@@ -121,15 +122,19 @@ class TileWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def compute(self, i: int, j: int) -> tuple[int, int, int, float, int]:
-        """Compute tile (i, j), write it and its mirror, mark it done: (i, j, entries, s, pid)."""
-        start = time.perf_counter()
+    def compute(self, i: int, j: int) -> tuple[int, int, int, float, float, int]:
+        """Compute tile (i, j), write it and its mirror, mark it done.
+
+        Returns (i, j, entries, wall seconds, CPU seconds of this process, pid).
+        """
+        start, cpu = time.perf_counter(), time.process_time()
         xi = torch.from_numpy(self.writer.points(i)).to(self.device, self.dtype)
         xj = xi if i == j else torch.from_numpy(self.writer.points(j)).to(self.device, self.dtype)
         f = kernels.fields(xi, xj, depth=self.depth, activation=self.activation,
                            kind=self.kind)  # type: ignore[arg-type]
         entries = self.writer.write(i, j, f, xi, xj)
-        return i, j, entries, time.perf_counter() - start, os.getpid()
+        return (i, j, entries, time.perf_counter() - start, time.process_time() - cpu,
+                os.getpid())
 
 
 # ---- the driver -------------------------------------------------------------------------
@@ -368,13 +373,14 @@ def _dispatch(actors: list[Any], tiles: list[tuple[int, int]], per_actor: int,
             for ref in ready:
                 i, j, k = pending.pop(ref)
                 try:
-                    _, _, entries, seconds, pid = ray.get(ref)
+                    _, _, entries, seconds, cpu, pid = ray.get(ref)
                 except ray.exceptions.RayActorError as err:
                     raise RuntimeError(f"tile ({i}, {j}) failed: its worker died more often than "
                                        f"max_restarts allows ({err})") from err
                 result.tiles_computed.append((i, j))
                 result.entries += entries
                 result.worker_pids.add(pid)
+                result.worker_cpu_seconds += cpu
                 elapsed = time.perf_counter() - start
                 log.info("tile (%d, %d) done: %d entries in %.3f s (worker pid %d)",
                          i, j, entries, seconds, pid)
