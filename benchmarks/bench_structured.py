@@ -3,6 +3,7 @@
     python benchmarks/bench_structured.py matvec  [--d0 11 64 784] [--dense-mb 600]
     python benchmarks/bench_structured.py precond [--n 120 --d0 64]
     python benchmarks/bench_structured.py large   [--n 2000 --d0 784 --tol 1e-6]
+    python benchmarks/bench_structured.py eigen   [--n 1797 --d0 64 --k 3]
 
 ``matvec``: for each d0 the largest N whose dense Gram fits in ``--dense-mb``; both operators are
 built from the same fields, checked against each other, and timed (median of repeats) in the same
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from jntk_dist import kernels
-from jntk_dist.solvers import structured_solve
+from jntk_dist.solvers import structured_eigs, structured_solve
 from jntk_dist.structured import structured_operator
 
 
@@ -93,7 +94,7 @@ def bench_precond(args: argparse.Namespace) -> None:
           f"λ={args.lam}, ridge μ={args.ridge}; load avg {os.getloadavg()[0]:.1f}")
     print("| preconditioner | iterations | true rel. residual | set-up s | solve s |")
     print("|---|---|---|---|---|")
-    for pc in ("none", "jacobi", "kron"):
+    for pc in ("none", "jacobi", "kron", "two_level"):
         r = structured_solve(op, y, ridge=args.ridge, tol=args.tol, preconditioner=pc,
                              maxiter=args.maxiter, progress=False)
         flag = "" if r.converged else " (not converged)"
@@ -129,6 +130,25 @@ def bench_large(args: argparse.Namespace) -> None:
           f"resumed from iteration {r.resumed_from}", flush=True)
 
 
+def bench_eigen(args: argparse.Namespace) -> None:
+    X, _ = _digits(args.n, upsample=args.d0 == 784)
+    n, d0 = X.shape
+    op = structured_operator(X, depth=args.depth, activation=args.activation, lam=args.lam)
+    print(f"# extreme eigenvalues of Θ_λ: digits N={n}, d0={d0} ({n * (d0 + 1):,} unknowns), "
+          f"{args.activation} depth {args.depth}, λ={args.lam}; load avg {os.getloadavg()[0]:.1f}",
+          flush=True)
+    top = structured_eigs(op, k=args.k, which="LA", method="lanczos", tol=1e-8, progress=False)
+    print(f"Lanczos top-{args.k}: {np.array2string(top.values[::-1], precision=6)} "
+          f"({top.n_products} products, {top.wall_s:.1f} s, max residual "
+          f"{top.residuals.max():.1e})", flush=True)
+    low = structured_eigs(op, k=1, which="SA", method="lobpcg", preconditioner="kron",
+                          shift=args.shift, tol=args.eig_tol, maxiter=args.maxiter,
+                          restart_every=50, checkpoint=args.checkpoint, progress=True)
+    print(f"LOBPCG(kron) λ_min: {low.values[0]:.6e} ({low.n_products} products, "
+          f"{low.wall_s:.1f} s, residual |Av-λv| {low.residuals[0]:.1e}); "
+          f"λ_min/λ_max = {low.values[0] / top.values[-1]:.2e}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,7 +159,7 @@ def main() -> None:
     m.add_argument("--depth", type=int, default=3)
     m.add_argument("--lam", type=float, default=0.1)
     m.add_argument("--repeats", type=int, default=5)
-    for name, n, d0 in (("precond", 120, 64), ("large", 2000, 784)):
+    for name, n, d0 in (("precond", 120, 64), ("large", 2000, 784), ("eigen", None, 64)):
         s = sub.add_parser(name)
         s.add_argument("--n", type=int, default=n)
         s.add_argument("--d0", type=int, default=d0, help="64: digits; 784: 28×28 upsampled")
@@ -149,13 +169,24 @@ def main() -> None:
         s.add_argument("--ridge", type=float, default=1e-3)
         s.add_argument("--tol", type=float, default=1e-6)
         s.add_argument("--maxiter", type=int, default=2000)
+    eig = sub.choices["eigen"]
+    eig.add_argument("--k", type=int, default=3)
+    eig.add_argument("--shift", type=float, default=1e-8)
+    eig.add_argument("--eig-tol", type=float, default=1e-6)
+    eig.add_argument("--checkpoint", default=None)
     large = sub.choices["large"]
     large.add_argument("--digits", action="store_true", help="digits instead of synthetic inputs")
     large.add_argument("--mode", default="memory", choices=["memory", "recompute"])
-    large.add_argument("--precond", default="kron", choices=["none", "jacobi", "kron"])
+    large.add_argument("--precond", default="kron",
+                       choices=["none", "jacobi", "kron", "two_level"])
     large.add_argument("--checkpoint", default=None, help=".npz path: resume after a kill")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (1 is steadier on a shared, oversubscribed machine)")
     args = parser.parse_args()
-    {"matvec": bench_matvec, "precond": bench_precond, "large": bench_large}[args.part](args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    {"matvec": bench_matvec, "precond": bench_precond, "large": bench_large,
+     "eigen": bench_eigen}[args.part](args)
 
 
 if __name__ == "__main__":

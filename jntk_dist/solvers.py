@@ -13,6 +13,8 @@ Preconditioners that use the structure:
                   κ_b δ_αβ part of the Jacobian block, two Cholesky factors of n×n matrices;
   * ``"jacobi"``: the exact inverse of each point's (d0+1)² diagonal block (scaled identity plus
                   a rank-one term on span{e_0, x_i}: a 2×2 solve per point);
+  * ``"two_level"``: exact on span{e_0, x̂_i} of every point (a 2n×2n compression that holds the
+                  00 block and every term living in the span of x_i), Kronecker on the rest;
   * ``"none"``.
 """
 
@@ -37,6 +39,7 @@ __all__ = [
     "IdentityPreconditioner",
     "BlockJacobiPreconditioner",
     "KroneckerPreconditioner",
+    "TwoLevelPreconditioner",
     "make_preconditioner",
     "SolveResult",
     "EigResult",
@@ -47,7 +50,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
-PRECONDITIONERS = ("none", "jacobi", "kron")
+PRECONDITIONERS = ("none", "jacobi", "kron", "two_level")
 
 
 # ---- preconditioners --------------------------------------------------------------------
@@ -166,9 +169,53 @@ class KroneckerPreconditioner(Preconditioner):
         return torch.cat([z0[:, None, :], zj], dim=1).reshape(R.shape)
 
 
+class TwoLevelPreconditioner(Preconditioner):
+    """Exact on span{e_0, x̂_i} of every point, Kronecker on the rest.
+
+    With the orthonormal Q = [e_i⊗e_0, e_i⊗x̂_i] (2n columns) and P⊥ = I − QQᵀ:
+        M = Q (QᵀAQ + μI)⁻¹ Qᵀ + P⊥ ((λK_b + μI)⁻¹ ⊗ I_d0) P⊥.
+    QᵀAQ holds the whole 00 block and all the κ_a, κ_c, κ_ab, κ_ac, κ_bc terms (they live in the
+    span of x_i); on the complement only κ_b δ_αβ and the κ_bb x_j x_iᵀ term remain.
+    Set-up: all 8 fields (n×n), a 2n Cholesky and an n Cholesky.
+    """
+
+    name = "two_level"
+
+    def __init__(self, op: Any, ridge: float = 0.0) -> None:
+        if not op.is_square:
+            raise ValueError("the two-level preconditioner needs the square X–X operator")
+        from .kernels import FIELD_NAMES
+
+        F = op.field_matrices(FIELD_NAMES)
+        lam = 1.0 if op.lam is None else op.lam
+        self.n, self.d0 = op.n1, op.d0
+        self.xhat = op.x1 / torch.linalg.vector_norm(op.x1, dim=1)[:, None]
+        C = op.compressed_on_inputs(F)
+        self.fq = _psd_factor(0.5 * (C + C.T), ridge, "QᵀKQ")
+        if lam == 0.0:
+            if ridge <= 0:
+                raise ValueError("λ = 0 makes the Jacobian rows of Θ_λ zero: use a ridge μ > 0")
+            self.fjac: tuple[str, Tensor] = ("eig", torch.eye(self.n, dtype=op.dtype,
+                                                               device=op.device) / ridge)
+        else:
+            self.fjac = _psd_factor(lam * F["k_b"], ridge, "λK_b")
+
+    def apply(self, R: Tensor) -> Tensor:
+        n, d0, m = self.n, self.d0, R.shape[1]
+        Rb = R.reshape(n, d0 + 1, m)
+        rj = Rb[:, 1:, :]
+        cx = torch.einsum("nd,ndm->nm", self.xhat, rj)
+        zq = _factor_solve(self.fq, torch.cat([Rb[:, 0, :], cx], 0))
+        perp = rj - self.xhat[:, :, None] * cx[:, None, :]
+        zj = _factor_solve(self.fjac, perp.reshape(n, d0 * m)).reshape(n, d0, m)
+        zj = zj - self.xhat[:, :, None] * torch.einsum("nd,ndm->nm", self.xhat, zj)[:, None, :]
+        zj = zj + self.xhat[:, :, None] * zq[n:, None, :]
+        return torch.cat([zq[:n, None, :], zj], dim=1).reshape(R.shape)
+
+
 def make_preconditioner(op: Any, kind: str | Preconditioner | None = "kron",
                         ridge: float = 0.0) -> Preconditioner:
-    """A preconditioner for (op + ridge·I) by name: 'none', 'jacobi' or 'kron'."""
+    """A preconditioner for (op + ridge·I) by name: 'none', 'jacobi', 'kron' or 'two_level'."""
     if isinstance(kind, Preconditioner):
         return kind
     kind = "none" if kind is None else kind
@@ -178,6 +225,8 @@ def make_preconditioner(op: Any, kind: str | Preconditioner | None = "kron",
         return BlockJacobiPreconditioner(op, ridge)
     if kind == "kron":
         return KroneckerPreconditioner(op, ridge)
+    if kind == "two_level":
+        return TwoLevelPreconditioner(op, ridge)
     raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got {kind!r}")
 
 

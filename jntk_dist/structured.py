@@ -344,6 +344,28 @@ class StructuredKernel:
                 out[n][rows] = F[i]
         return out
 
+    def compressed_on_inputs(self, fields: dict[str, Tensor] | None = None) -> Tensor:
+        """QᵀKQ for the orthonormal Q = [e_i⊗e_0 (all i), e_i⊗x̂_i (all i)]: a 2n×2n matrix.
+
+        The block formula contracted with x̂_i on the left and x̂_j on the right (B = X Xᵀ):
+        ⟨x̂_i, x_i⟩ = |x_i|, ⟨x̂_i, x_j⟩ = B_ij/|x_i|.  O(n² d0) for B, O(n²) for the rest.
+        """
+        if not self.is_square:
+            raise ValueError("the compression is only defined for the square X–X operator")
+        F = fields if fields is not None else self.field_matrices(FIELD_NAMES)
+        x = self.x1
+        norm = torch.linalg.vector_norm(x, dim=1)
+        B = x @ x.T
+        ni, nj = norm[:, None], norm[None, :]
+        lam = 1.0 if self.lam is None else self.lam
+        c00 = F["k"]
+        c0x = self.root_lam * (F["k_b"] * B / nj + 2 * F["k_c"] * nj)
+        cx0 = self.root_lam * (2 * F["k_a"] * ni + F["k_b"] * B / ni)
+        cxx = lam * (F["k_b"] * B / (ni * nj) + 2 * F["k_ab"] * ni * B / nj
+                     + 4 * F["k_ac"] * ni * nj + F["k_bb"] * B * B / (ni * nj)
+                     + 2 * F["k_bc"] * B * nj / ni)
+        return torch.cat([torch.cat([c00, c0x], 1), torch.cat([cx0, cxx], 1)], 0)
+
     def to_dense(self) -> Tensor:
         """The dense Gram (small problems only; for checks)."""
         return self._matmat(torch.eye(self.shape[1], dtype=self.dtype, device=self.device))

@@ -16,6 +16,15 @@ from jntk_dist.image_data import image_dataset, load_cifar10, load_mnist, read_i
 from jntk_dist.structured import structured_operator, structured_predict
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """These problems are tiny: one thread avoids thread-pool stalls on a busy 2-core runner."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _sphere(n: int, d0: int, seed: int) -> np.ndarray:
     x = np.random.default_rng(seed).standard_normal((n, d0))
     return x / np.linalg.norm(x, axis=1, keepdims=True)
