@@ -336,7 +336,7 @@ def execute_run(config: DriftConfig, spec: RunSpec, data: RunData,
     started = time.time() if state is None else float(state["started"])
     attempts = 1 if state is None else int(state["attempts"]) + 1
     resumed_from = -1 if state is None else int(state["position"])
-    x = torch.as_tensor(data.x, dtype=dtype, device=device)
+    x = torch.tensor(data.x, dtype=dtype, device=device)  # a copy: Ray hands out read-only arrays
     n_steps = len(config.training.record_steps)
     n_comp = len(config.components)
 
@@ -355,10 +355,10 @@ def execute_run(config: DriftConfig, spec: RunSpec, data: RunData,
                     config.network.kappa, seed=spec.seed, dtype=dtype, device=device)
     t = config.training
     trainer = RobustTrainer(
-        net, x, torch.as_tensor(data.y, dtype=dtype, device=device), lam=t.lam, lr=t.lr,
-        x_test=None if data.x_test is None else torch.as_tensor(data.x_test, dtype=dtype,
+        net, x, torch.tensor(data.y, dtype=dtype, device=device), lam=t.lam, lr=t.lr,
+        x_test=None if data.x_test is None else torch.tensor(data.x_test, dtype=dtype,
                                                                  device=device),
-        y_test=None if data.y_test is None else torch.as_tensor(data.y_test, dtype=dtype,
+        y_test=None if data.y_test is None else torch.tensor(data.y_test, dtype=dtype,
                                                                  device=device),
         components=config.components, substeps=t.substeps)
     if state is not None:

@@ -183,7 +183,7 @@ def _kernel_factors(weights: Sequence[Tensor], x: Tensor, act: Activation, kappa
     onehot[torch.arange(len(indices)), :, idx] = 1.0
     sens = torch.func.vmap(vjp_fn)(onehot)  # per layer (C, m, S, d_out)
     # F_c depends on the value stream 0 and (for c ≥ 1) its own tangent stream c only.
-    second = idx.clamp(min=0)
+    second = idx
     is_output = (idx == 0).to(x.dtype)[None, :, None]
     factors = []
     for layer in range(depth):
