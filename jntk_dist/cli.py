@@ -12,7 +12,7 @@ from . import __version__
 
 # Each entry is a module of jntk_dist.commands exposing ``register(subparsers)``; the parser it
 # adds must ``set_defaults(func=...)`` with a function taking the parsed namespace.
-COMMAND_MODULES = ["kernel", "gram", "drift", "solve", "eigen", "assumption8", "eigenfeatures"]
+COMMAND_MODULES = ["kernel", "gram", "drift", "solve", "eigen", "assumption8", "eigenfeatures", "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:
