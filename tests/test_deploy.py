@@ -1,4 +1,4 @@
-"""deploy/: every file is checked as far as this machine allows (no cloud, no Kubernetes, no Docker).
+"""deploy/: every file checked as far as this machine allows (no cloud, Kubernetes or Docker).
 
 * runtime_env.yaml: a Ray runtime_env; the package Ray would upload for ``--working-dir .`` is
   built with Ray's own packaging code and must hold the jobs, configs and package, and none of
