@@ -144,7 +144,7 @@ def _kill_after_first_checkpoint(progress: Path, stop: threading.Event) -> dict:
     return {}
 
 
-@pytest.mark.slow  # Ray Train starts a controller and a worker process per run (~1 min unloaded)
+@pytest.mark.slow  # Ray Train: a controller + worker process per run; 3-5 min at load 10-30
 def test_ray_train_grid_concurrent_zarr_and_killed_worker_resumes(tmp_path: Path) -> None:
     """4 small runs at once under Ray Train; one worker is killed mid-run and resumes."""
     import ray
