@@ -118,11 +118,14 @@ def part(name: str, store_path: str, ridge: float, block: int, worker_memory: st
                                   scheduler_name="threads")
         result["solve_seconds"] = time.perf_counter() - t0
     elif name == "dask-limited":
+        import shutil
+
         from distributed import Client, LocalCluster
 
+        spill = tempfile.mkdtemp(prefix="dask-spill-")
         with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=worker_memory,
                           processes=True, dashboard_address=None,
-                          local_directory=tempfile.mkdtemp(prefix="dask-spill-")) as cluster, \
+                          local_directory=spill) as cluster, \
                 Client(cluster) as client:
             pids = list(client.run(os.getpid).values())
             with RssSampler(lambda: pids) as sampler:
@@ -132,6 +135,7 @@ def part(name: str, store_path: str, ridge: float, block: int, worker_memory: st
                 result["solve_seconds"] = time.perf_counter() - t1
             result["workers_peak_rss_gib"] = sampler.peak / 2 ** 30
             result["worker_memory_limit"] = worker_memory
+        shutil.rmtree(spill, ignore_errors=True)
     else:
         raise ValueError(name)
     result["total_seconds"] = time.perf_counter() - t0

@@ -337,10 +337,8 @@ class DaskOperator(scipy.sparse.linalg.LinearOperator):
 def eigh_dense(matrix: MatrixLike, vectors: bool = True,
                device: Literal["auto", "cpu", "cuda"] = "auto") -> EigenResult:
     """Full spectrum of a symmetric matrix that fits one worker (torch on a GPU when present)."""
-    a = matrix.compute() if isinstance(matrix, da.Array) else \
-        np.asarray(as_dask(matrix).compute() if isinstance(matrix, (str, os.PathLike))
-                   or type(matrix).__module__.startswith("zarr") else matrix, dtype=np.float64)
-    a = np.asarray(a, dtype=np.float64)
+    a = np.asarray(matrix if isinstance(matrix, np.ndarray) else as_dask(matrix).compute(),
+                   dtype=np.float64)
     n = a.shape[0]
     if a.ndim != 2 or n != a.shape[1]:
         raise ValueError(f"matrix must be square, got shape {a.shape}")

@@ -63,12 +63,32 @@ def test_dask_solve_from_zarr_path_with_ridge(gram, tmp_path):
     assert _rel(x2, ref) <= 1e-10
 
 
+def _gram_store(path, X: np.ndarray, depth: int, activation: str, tile_points: int):
+    """A complete dense Gram store written with the store's own tile writer."""
+    import torch
+
+    from jntk_dist import store
+
+    layout = store.StoreLayout(mode="dense", n_points=X.shape[0], d0=X.shape[1],
+                               tile_points=tile_points, dtype="float64")
+    store.create_store(path, X, np.ones(X.shape[0]), layout,
+                       {"kernel": "jntk", "depth": depth, "activation": activation, "lam": None})
+    writer = store.TileWriter(path)
+    for i in range(layout.n_tiles):
+        for j in range(i, layout.n_tiles):
+            xi, xj = (torch.from_numpy(writer.points(k)) for k in (i, j))
+            writer.write(i, j, kernels.fields(xi, xj, depth=depth, activation=activation), xi, xj)
+    return store.open_gram(path)
+
+
 def test_dask_solve_on_ray_scheduler_reads_zarr_inside_tasks(gram, tmp_path):
     ray = pytest.importorskip("ray")
     path = tmp_path / "g.zarr"
     _write_zarr(path, gram, chunks=82)
     rhs = np.random.default_rng(3).standard_normal((gram.shape[0], 2))
     ref = scipy.linalg.solve(gram, rhs, assume_a="pos")
+    X = _sphere(41, 5, 0)
+    st = _gram_store(tmp_path / "store.zarr", X, depth=2, activation="erf", tile_points=15)
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -76,10 +96,13 @@ def test_dask_solve_on_ray_scheduler_reads_zarr_inside_tasks(gram, tmp_path):
         with linalg.scheduler("auto") as used:
             assert used == "ray"
         x = linalg.cholesky_solve(path, rhs, block_size=82)
+        # the Gram store's own lazy reader (λ applied in the tasks) on the same cluster
+        x_store = linalg.cholesky_solve(st.dask_array(lam=0.5), rhs, block_size=100)
     finally:
         if started:
             ray.shutdown()
     assert _rel(x, ref) <= 1e-10
+    assert _rel(x_store, ref) <= 1e-10
 
 
 def test_not_positive_definite_names_a_ridge_that_works(gram):
