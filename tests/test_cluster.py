@@ -74,15 +74,35 @@ def _job_of_config(path: Path) -> str:
 
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+# Entry points that take no job config: they run other jobs (configs/paper/) or read results.
+RUNNERS = {"reproduce", "report"}
+CONFIG_JOBS = sorted(p.stem for p in (REPO / "jobs").glob("*.py") if p.stem not in RUNNERS)
 
 
 def test_every_job_has_a_model_and_a_config() -> None:
-    jobs = {p.stem for p in (REPO / "jobs").glob("*.py")}
     models = _job_models()
-    assert jobs == set(models), f"jobs/ {sorted(jobs)} vs known models {sorted(models)}"
+    assert set(CONFIG_JOBS) == set(models), \
+        f"jobs/ {CONFIG_JOBS} vs known models {sorted(models)} (runners: {sorted(RUNNERS)})"
     covered = {_job_of_config(p) for p in CONFIGS}
-    assert covered == jobs, f"jobs without a config in configs/: {sorted(jobs - covered)}"
+    assert covered == set(CONFIG_JOBS), f"jobs without a config: {set(CONFIG_JOBS) - covered}"
     assert (REPO / "configs" / "quickstart.yaml").exists()
+
+
+def test_paper_configs_validate_as_job_configs(tmp_path: Path) -> None:
+    from jntk_dist.report import job_config, paper_configs
+
+    experiments = paper_configs()
+    assert experiments
+    for exp in experiments:
+        for quick in (False, True):
+            cfg = job_config(exp, tmp_path, quick=quick, materialise=False)
+            assert isinstance(cfg, _job_models()[exp.job])
+
+
+@pytest.mark.parametrize("job", sorted(RUNNERS))
+def test_runner_entry_points_answer_help(job: str) -> None:
+    rc, text = _run_job_main(job, ["--help"])
+    assert rc == 0 and "usage:" in text, text
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -112,7 +132,7 @@ def _run_job_main(job: str, argv: list[str]) -> tuple[int, str]:
     return rc, out.getvalue()
 
 
-@pytest.mark.parametrize("job", sorted(p.stem for p in (REPO / "jobs").glob("*.py")))
+@pytest.mark.parametrize("job", CONFIG_JOBS)
 def test_job_entry_point_rejects_typos_naming_the_key(job: str, tmp_path: Path) -> None:
     config = next(p for p in CONFIGS if _job_of_config(p) == job)
     data = yaml.safe_load(config.read_text())
@@ -304,22 +324,35 @@ def test_jobs_api_needs_the_token_and_stays_on_loopback(head: Head) -> None:
     assert listening == {"127.0.0.1"}, f"dashboard port {head.port} listens on {listening}"
 
 
+def _submit(head: Head, job_id: str, *entrypoint: str) -> None:
+    submitted = _ray(head, "job", "submit", "--address", head.address, "--submission-id", job_id,
+                     "--working-dir", ".", "--runtime-env", "deploy/runtime_env.yaml",
+                     "--no-wait", "--", *entrypoint)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+
+
 def test_submit_quickstart_poll_logs_status_and_open_store(head: Head, tmp_path: Path) -> None:
+    """Two jobs at once: the quickstart (must succeed) and one with a config typo (must fail)."""
     import xarray as xr
 
     from jntk_dist import kernels
     from jntk_dist.data import load_dataset
     from jntk_dist.store import open_gram
 
+    typo_id = f"typo-{uuid.uuid4().hex[:8]}"
+    _submit(head, typo_id, "python", "jobs/gram.py", "configs/quickstart.yaml",
+            "--set", "kernel.depht=3", "--set", f"output={tmp_path / 'never.zarr'}")
     out = tmp_path / "quickstart.zarr"
     job_id = f"quickstart-{uuid.uuid4().hex[:8]}"
-    submitted = _ray(head, "job", "submit", "--address", head.address, "--submission-id", job_id,
-                     "--working-dir", ".", "--runtime-env", "deploy/runtime_env.yaml",
-                     "--no-wait", "--", "python", "jobs/gram.py", "configs/quickstart.yaml",
-                     "--set", f"output={out}", "--no-progress")
-    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    assert _wait(head, job_id) == "SUCCEEDED", _client(head).get_job_logs(job_id)
+    _submit(head, job_id, "python", "jobs/gram.py", "configs/quickstart.yaml",
+            "--set", f"output={out}", "--no-progress")
 
+    assert _wait(head, typo_id) == "FAILED"
+    typo_logs = _client(head).get_job_logs(typo_id)
+    assert "kernel.depht: unknown key" in typo_logs, typo_logs[-2000:]
+    assert not (tmp_path / "never.zarr").exists()
+
+    assert _wait(head, job_id) == "SUCCEEDED", _client(head).get_job_logs(job_id)
     logs = _ray(head, "job", "logs", "--address", head.address, job_id)
     assert logs.returncode == 0, logs.stderr
     # The driver joined this cluster (RAY_ADDRESS) instead of embedding a Ray of its own.
@@ -343,16 +376,3 @@ def test_submit_quickstart_poll_logs_status_and_open_store(head: Head, tmp_path:
     cols = (idx[:, None] * (d0 + 1) + np.arange(d0 + 1)).ravel()
     got = ds["gram"].values[np.ix_(rows, cols)]
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
-
-
-def test_config_typo_fails_the_submitted_job_with_the_key(head: Head, tmp_path: Path) -> None:
-    job_id = f"typo-{uuid.uuid4().hex[:8]}"
-    submitted = _ray(head, "job", "submit", "--address", head.address, "--submission-id", job_id,
-                     "--working-dir", ".", "--runtime-env", "deploy/runtime_env.yaml",
-                     "--no-wait", "--", "python", "jobs/gram.py", "configs/quickstart.yaml",
-                     "--set", "kernel.depht=3", "--set", f"output={tmp_path / 'never.zarr'}")
-    assert submitted.returncode == 0, submitted.stderr
-    assert _wait(head, job_id) == "FAILED"
-    logs = _client(head).get_job_logs(job_id)
-    assert "kernel.depht: unknown key" in logs, logs[-2000:]
-    assert not (tmp_path / "never.zarr").exists()
