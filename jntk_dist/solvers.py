@@ -506,7 +506,7 @@ def structured_eigs(op: Any, k: int = 1, which: str = "LA", method: str = "lancz
             while True:
                 rounds = min(restart_every, maxiter - done)
                 with warnings.catch_warnings():  # rounds end early on purpose; we check below
-                    warnings.filterwarnings("ignore", message=".*not reaching the requested",
+                    warnings.filterwarnings("ignore", message="(?s).*not reaching the requested",
                                             category=UserWarning)
                     vals, X, res_hist = lobpcg(A, X, M=M, tol=tol, maxiter=max(rounds, 1),
                                                largest=(which == "LA"),
