@@ -618,6 +618,10 @@ def evaluate(exp: PaperConfig, runs_dir: str | Path) -> ExperimentReport:
     if not path.exists():
         return ExperimentReport(exp, None, problem=f"not run ({path} missing)")
     record = json.loads(path.read_text())
+    if record.get("output"):  # the runs folder may have been moved since: look inside it
+        moved = path.parent / Path(record["output"]).name
+        if moved.exists():
+            record["output"] = str(moved)
     rep = ExperimentReport(exp, record)
     if record.get("status") != "ok":
         rep.problem = f"the job failed: {record.get('error', 'unknown error')}"
