@@ -17,11 +17,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence, TypeVar
+from typing import Annotated, Any, Literal, Mapping, Sequence, TypeVar
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 __all__ = [
     "ConfigError",
@@ -36,6 +36,17 @@ __all__ = [
 ]
 
 ConfigT = TypeVar("ConfigT", bound="JobConfig")
+
+
+def _local_output(value: Any) -> Any:
+    if isinstance(value, str) and "://" in value:
+        raise ValueError(f"object-store URLs are not supported for outputs yet ({value!r}); "
+                         "use a path on a file system all nodes share")
+    return value
+
+
+OutputPath = Annotated[Path, BeforeValidator(_local_output)]
+"""An output location: a local or shared-file-system path (URLs are refused, not mangled)."""
 
 
 class ConfigError(ValueError):

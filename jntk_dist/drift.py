@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from . import kernels
 from .activations import get_activation
-from .config import DatasetSpec, JobConfig, config_diff
+from .config import DatasetSpec, JobConfig, OutputPath, config_diff
 from .finite import FiniteMLP, mc_jacobian_nngp
 from .training import PAPER_COMPONENTS, RobustTrainer, component_label, default_record_steps
 
@@ -166,7 +166,7 @@ class DriftConfig(JobConfig):
     monte_carlo: MonteCarloSpec = Field(default_factory=MonteCarloSpec)
     components: list[tuple[int, int]] = Field(default_factory=lambda: list(PAPER_COMPONENTS))
     dtype: Literal["float64", "float32"] = "float64"
-    output: Path
+    output: OutputPath
     plots: Path | None = None  # default: <output stem>_plots next to the store
     checkpoints: Path | None = None  # default: <output stem>_checkpoints next to the store
     ray: DriftRaySpec = Field(default_factory=DriftRaySpec)

@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__, kernels
-from .config import DatasetSpec, JobConfig, KernelSpec, config_diff, config_hash
+from .config import DatasetSpec, JobConfig, KernelSpec, OutputPath, config_diff, config_hash
 from .store import (
     StoreError,
     StoreLayout,
@@ -73,7 +73,7 @@ class GramJobConfig(JobConfig):
 
     dataset: DatasetSpec
     kernel: KernelSpec
-    output: Path
+    output: OutputPath
     store: Literal["dense", "fields"] = "dense"
     tile_points: int | None = Field(default=None, ge=1)  # default: sized to tile_bytes / memory
     tile_bytes: int | None = Field(default=None, ge=1024)

@@ -103,3 +103,11 @@ def test_hash_and_diff() -> None:
     b = load_config({"dataset": {"name": "x"}, "kernel": {"depth": 3}}, DemoJob)
     assert config_hash(a) == config_hash(a.to_dict()) != config_hash(b)
     assert config_diff(a.to_dict(), b.to_dict()) == ["kernel.depth: 2 -> 3"]
+
+
+def test_object_store_outputs_are_refused_not_mangled():
+    from jntk_dist.gram_job import GramJobConfig
+
+    with pytest.raises(ValueError, match="object-store URLs"):
+        GramJobConfig.model_validate({"dataset": {"name": "sonar"}, "output": "s3://b/x.zarr",
+                                      "kernel": {"depth": 2}})

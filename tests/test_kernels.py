@@ -366,3 +366,16 @@ def test_user_callable_activation():
     via_callable = kernels.jntk(x, depth=2, activation=torch.sin)
     via_name = kernels.jntk(x, depth=2, activation="sin")
     torch.testing.assert_close(via_callable, via_name, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.slow
+def test_compiled_recursion_matches_eager():
+    """torch.compile of the layer step (opt-in speed path) gives the eager fields."""
+    x1, x2 = unit_rows(6, 3, seed=31), unit_rows(5, 3, seed=32)
+    eager = kernels.fields(x1, x2, depth=3, activation="erf", kind="jntk").stack()
+    compiled = kernels.fields(x1, x2, depth=3, activation="erf", kind="jntk", compile=True).stack()
+    torch.testing.assert_close(compiled, eager, rtol=1e-13, atol=1e-14)
+    other = kernels.fields(x1[:4], x2, depth=5, activation="erf", kind="jntk", compile=True)
+    torch.testing.assert_close(other.stack(), kernels.fields(x1[:4], x2, depth=5,
+                                                             activation="erf").stack(),
+                               rtol=1e-13, atol=1e-14)
