@@ -446,9 +446,10 @@ def structured_eigs(op: Any, k: int = 1, which: str = "LA", method: str = "lancz
     ``which``: "LA" (largest) or "SA" (smallest, e.g. λ_min of Assumption 8).
     ``method``: "lanczos" (ARPACK implicitly restarted Lanczos, scipy ``eigsh``) or "lobpcg"
     (scipy ``lobpcg``; takes a ``preconditioner`` by name, built for op + ``shift``·I -- a good
-    choice for λ_min is "kron" with a small positive shift).  LOBPCG runs in rounds of
-    ``restart_every`` iterations; with ``checkpoint`` (``.npz``) the current block of vectors is
-    saved after each round and a killed run restarts from it.
+    choice for λ_min is "two_level" or "kron" with a small positive shift).  With ``checkpoint``
+    (``.npz``) LOBPCG runs in rounds of ``restart_every`` iterations, the current block of vectors
+    is saved after each round and a killed run restarts from it (each round restarts the search
+    directions, which slows convergence); without one it runs uninterrupted.
     """
     if which not in ("LA", "SA"):
         raise ValueError(f"which must be 'LA' (largest) or 'SA' (smallest), got {which!r}")
@@ -504,7 +505,9 @@ def structured_eigs(op: Any, k: int = 1, which: str = "LA", method: str = "lancz
             bar = tqdm(total=maxiter, initial=done, desc=f"LOBPCG[{which}]", unit="it")
         try:
             while True:
-                rounds = min(restart_every, maxiter - done)
+                # without a checkpoint, one uninterrupted run keeps LOBPCG's search directions
+                every = restart_every if ckpt is not None else maxiter
+                rounds = min(every, maxiter - done)
                 with warnings.catch_warnings():  # rounds end early on purpose; we check below
                     warnings.filterwarnings("ignore", message="(?s).*not reaching the requested",
                                             category=UserWarning)
