@@ -33,6 +33,8 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=11)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the torch.compile'd recursion (compiles once, untimed)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -54,17 +56,27 @@ def main() -> None:
           f"{nbytes/t_copy/2**30:.2f} GiB/s)")
     out = torch.empty((args.n, args.n, args.d0 + 1, args.d0 + 1), dtype=torch.float64)
     del src, dst
-    for act in ("erf", "gelu"):
+    modes = [("erf", False), ("gelu", False)]
+    if args.compile:
+        modes += [("erf", True), ("gelu", True)]
+    for act, compiled in modes:
         f_holder = {}
 
         def make_fields():
-            f_holder["f"] = kernels.fields(xt, depth=args.depth, activation=act, kind="jntk")
+            f_holder["f"] = kernels.fields(xt, depth=args.depth, activation=act, kind="jntk",
+                                           compile=compiled)
+
+        if compiled:
+            t0 = time.perf_counter()
+            make_fields()
+            print(f"{act}: torch.compile warm-up {time.perf_counter() - t0:.1f} s (untimed)")
 
         t_fields = best_of(make_fields, args.repeats)
         t_expand = best_of(lambda: kernels.expand_blocks(f_holder["f"], xt, out=out), args.repeats)
         total = t_fields + t_expand
         rate = entries / total
-        print(f"{act:5s}: fields {t_fields*1e3:8.1f} ms, expansion {t_expand*1e3:8.1f} ms, "
+        label = f"{act}{'+compile' if compiled else ''}"
+        print(f"{label:13s}: fields {t_fields*1e3:8.1f} ms, expansion {t_expand*1e3:8.1f} ms, "
               f"total {total*1e3:8.1f} ms -> {rate/1e6:8.1f} M entries/s = "
               f"{rate/copy_rate:6.1%} of copy bandwidth (expansion alone {entries/t_expand/copy_rate:6.1%})")
 
