@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import DatasetSpec, JobConfig
+from ..config import DatasetSpec, JobConfig, OutputPath
 from .solve import add_arguments
 
 
@@ -40,7 +40,7 @@ class Assumption8JobConfig(JobConfig):
     kernels: list[Literal["ntk", "jntk"]] = Field(default_factory=lambda: ["ntk", "jntk"])
     max_dense: int = Field(default=12000, ge=2)
     seed: int = 0
-    output: Path
+    output: OutputPath
 
 
 def run_assumption8(cfg: Assumption8JobConfig, progress: bool = True) -> list[dict[str, Any]]:

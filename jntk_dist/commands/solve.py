@@ -22,7 +22,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..config import DatasetSpec, JobConfig, KernelSpec
+from ..config import DatasetSpec, JobConfig, KernelSpec, OutputPath
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class ProblemSpec(JobConfig):
     test_fraction: float = Field(default=0.25, ge=0.0, lt=1.0)
     seed: int = 0
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
-    output: Path
+    output: OutputPath
 
     @model_validator(mode="after")
     def _one_source(self) -> "ProblemSpec":
