@@ -38,5 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def run_job(command: str, argv: Sequence[str] | None = None) -> int:
+    """``python jobs/<command>.py CONFIG …`` (what ``ray job submit`` runs) = ``jntk <command> …``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = [a for a in args if a in ("-v", "--verbose")]
+    rest = [a for a in args if a not in ("-v", "--verbose")]
+    return main([*verbose, command, *rest])
+
+
 if __name__ == "__main__":
     sys.exit(main())
