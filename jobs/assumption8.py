@@ -8,5 +8,11 @@ import sys
 
 from jntk_dist.cli import run_job
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: the command line) as ``jntk assumption8`` does and run the job."""
+    return run_job("assumption8", argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_job("assumption8"))
+    sys.exit(main())

@@ -8,5 +8,11 @@ import sys
 
 from jntk_dist.cli import run_job
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: the command line) as ``jntk drift`` does and run the job."""
+    return run_job("drift", argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_job("drift"))
+    sys.exit(main())

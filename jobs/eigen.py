@@ -8,5 +8,11 @@ import sys
 
 from jntk_dist.cli import run_job
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: the command line) as ``jntk eigen`` does and run the job."""
+    return run_job("eigen", argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_job("eigen"))
+    sys.exit(main())

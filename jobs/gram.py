@@ -7,5 +7,11 @@ import sys
 
 from jntk_dist.cli import run_job
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: the command line) as ``jntk gram`` does and run the job."""
+    return run_job("gram", argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_job("gram"))
+    sys.exit(main())
