@@ -4,6 +4,8 @@ the finite-time predictions u(t) = Y + e^{−Θt}(u₀ − Y) of the paper's lin
 Full spectrum (scipy, or torch on a GPU) when the Gram has at most ``max_dense`` rows; otherwise
 the top-k eigenpairs and the smallest eigenvalue by Lanczos on the Dask array (shift-invert with a
 blockwise Cholesky factor for the small end). Results go to a Zarr group with a spectrum plot.
+With ``structured:`` (``--structured``) the dense Gram is never formed: the top-k by Lanczos and
+λ_min by preconditioned LOBPCG on the matrix-free operator (:func:`jntk_dist.solvers.structured_eigs`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from .solve import ProblemSpec, add_arguments, compute_context, load_problem
+from .solve import ProblemSpec, StructuredSpec, add_arguments, add_structured_flag, \
+    compute_context, load_job_config, load_problem, structured_off, structured_train_operator
 
 
 class EigenJobConfig(ProblemSpec):
@@ -28,18 +31,25 @@ class EigenJobConfig(ProblemSpec):
     vectors: bool = True
     times: list[float] = Field(default_factory=list)  # finite-time predictions (dense path only)
     test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    structured: StructuredSpec = Field(default_factory=structured_off)  # matrix-free extremes
 
 
-def run_eigen(cfg: EigenJobConfig) -> dict[str, Any]:
+def run_eigen(cfg: EigenJobConfig, progress: bool = True) -> dict[str, Any]:
     """Decompose, write eigenpairs (and finite-time predictions), plot; returns the summary."""
     from .. import linalg
-    from ..analysis import KernelRegressor, accuracy, finite_time_predictions, training_targets, \
-        write_results
+    from ..analysis import KernelRegressor, accuracy, finite_time_predictions, training_targets
 
+    if cfg.structured.enabled and (cfg.times or cfg.part == "ntk"):
+        raise ValueError("structured mode gives the extreme eigenvalues (λ_min, λ_max, top-k) of "
+                         "the JNTK Θ_λ only: no full spectrum, so no finite-time predictions "
+                         "(drop 'times', e.g. --set times=[]) and no part: ntk (its N×N Gram "
+                         "needs no structured operator)")
     prob = load_problem(cfg)
     lam = 0.0 if cfg.part == "ntk" else prob.lam
     if cfg.part == "jntk" and lam == 0:
         raise ValueError("part: jntk with lam: 0 has a zero Jacobian part; use part: ntk")
+    if cfg.structured.enabled:
+        return _run_structured(cfg, prob, lam, progress)
     model = KernelRegressor(prob.depth, prob.activation, lam=lam)
     gram = prob.train_gram(lam)
     if gram is None:
@@ -85,10 +95,61 @@ def run_eigen(cfg: EigenJobConfig) -> dict[str, Any]:
             arrays["f_test"] = (ode["test"], ["time", "test"])
             summary["test_accuracy_vs_time"] = [float(accuracy(f, prob.y[prob.test]))
                                                 for f in ode["test"]]
-    group = f"eigen_{cfg.part}"
-    write_results(cfg.output, arrays, summary, group=group)
+    return _write(cfg, arrays, summary, main)
+
+
+def _write(cfg: EigenJobConfig, arrays: dict[str, tuple[np.ndarray, list[str]]],
+           summary: dict[str, Any], main: Any) -> dict[str, Any]:
+    from ..analysis import write_results
+
+    write_results(cfg.output, arrays, summary, group=f"eigen_{cfg.part}")
     summary["plot"] = str(_plot(cfg, main, summary, Path(cfg.output).with_suffix("")))
     return summary
+
+
+def _run_structured(cfg: EigenJobConfig, prob: Any, lam: float, progress: bool) -> dict[str, Any]:
+    """Top-k (Lanczos) and λ_min (LOBPCG with the structured preconditioner) of the matrix-free
+    Θ_λ. The Ritz value θ ≥ λ_min and |Av − θv| bounds the gap, so positivity is decided on
+    θ − |Av − θv| > τ (a certified lower bound), not on θ alone."""
+    from .. import linalg
+    from ..solvers import structured_eigs
+
+    spec = cfg.structured
+    t0 = time.perf_counter()
+    op = structured_train_operator(prob, spec, lam)
+    n = op.shape[0]
+    top = structured_eigs(op, k=min(cfg.k, n - 1), which="LA", method="lanczos", tol=spec.tol,
+                          maxiter=spec.maxiter, progress=progress, return_vectors=cfg.vectors)
+    hi = float(top.values[-1])
+    tau = linalg.positivity_tolerance(hi, n)
+    # LOBPCG rounds with a checkpoint restart the search directions (slower; docs/benchmarks.md),
+    # so λ_min is checkpointed only when a path is given
+    bottom = structured_eigs(op, k=1, which="SA", method="lobpcg", tol=spec.tol * hi,
+                             maxiter=spec.maxiter, preconditioner=spec.preconditioner,
+                             shift=1000 * tau, checkpoint=spec.checkpoint, progress=progress,
+                             return_vectors=False)
+    lo, lo_res = float(bottom.values[0]), float(bottom.residuals[0])
+    summary: dict[str, Any] = {
+        "job": "eigen", "source": prob.source, "part": cfg.part, "lam": lam, "depth": prob.depth,
+        "activation": prob.activation, "n": n, "structured": True,
+        "method": f"structured: top-{top.values.size} lanczos; λ_min: lobpcg[{spec.preconditioner}]",
+        "lambda_min": lo, "lambda_min_residual": lo_res, "lambda_max": hi,
+        "lambda_max_residual": float(top.residuals[-1]), "tolerance": tau,
+        "positive_definite": bool(lo - lo_res > tau),
+        "tolerance_rule": "positive iff λ_min > τ = n·eps(float64)·λ_max, with λ_min ≥ θ − |Av − θv| "
+                          "(θ: LOBPCG's Ritz value, an upper bound)",
+        "operator_products": int(top.n_products + bottom.n_products),
+        "seconds": time.perf_counter() - t0, "scheduler": f"matrix-free on {op.device}",
+        "config": cfg.to_dict(),
+    }
+    arrays: dict[str, tuple[np.ndarray, list[str]]] = {
+        "eigenvalues": (top.values, ["eig"]),
+        "smallest_eigenvalues": (bottom.values, ["eig_low"]),
+        "train_index": (prob.train, ["train"]), "test_index": (prob.test, ["test"]),
+    }
+    if top.vectors is not None:
+        arrays["eigenvectors"] = (top.vectors, ["gram_entry", "eig"])
+    return _write(cfg, arrays, summary, top)
 
 
 def _plot(cfg: EigenJobConfig, res: Any, summary: dict[str, Any], stem: Path) -> Path:
@@ -134,14 +195,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "the Dask array otherwise), decide positive definiteness with τ = n·eps·λ_max, "
                     "and optionally evaluate u(t) = Y + e^{−Θt}(u₀ − Y).")
     add_arguments(parser)
+    add_structured_flag(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
-
-    cfg = load_config(args.config, EigenJobConfig, args.overrides)
-    s = run_eigen(cfg)
+    cfg = load_job_config(args, EigenJobConfig)
+    s = run_eigen(cfg, progress=not args.no_progress)
     verdict = "positive definite" if s["positive_definite"] else "NOT numerically positive definite"
     print(f"eigen: {s['source']}, {s['part']} Gram n={s['n']} ({s['method']}, {s['seconds']:.2f}s): "
           f"λ_min={s['lambda_min']:.3e}, λ_max={s['lambda_max']:.3e}, τ={s['tolerance']:.2e} -> "

@@ -1,0 +1,162 @@
+"""`jntk solve --structured` / `jntk eigen --structured`: the matrix-free jobs against the dense jobs
+(independent route: the dense Gram solved by Dask Cholesky, eigendecomposed by numpy/scipy)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from jntk_dist import kernels, store
+from jntk_dist.commands.eigen import EigenJobConfig, run_eigen
+from jntk_dist.commands.solve import SolveJobConfig, run_solve
+from jntk_dist.config import load_config
+
+DEPTH, ACT, LAM = 2, "erf", 0.5
+
+
+def _sphere(n: int, d: int, seed: int) -> np.ndarray:
+    X = np.random.default_rng(seed).standard_normal((n, d))
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    X = _sphere(36, 4, 3)
+    y = np.where(X[:, 0] + 0.3 * X[:, 1] > 0, 1.0, -1.0)
+    path = tmp_path_factory.mktemp("data") / "toy.npz"
+    np.savez(path, X=X, y=y)
+    return path, X, y
+
+
+def _write_store(path, X, y, mode):
+    layout = store.StoreLayout(mode=mode, n_points=X.shape[0], d0=X.shape[1], tile_points=10,
+                               dtype="float64")
+    store.create_store(path, X, y, layout, {"kernel": "jntk", "depth": DEPTH,
+                                            "activation": ACT, "lam": LAM})
+    writer = store.TileWriter(path)
+    for i in range(layout.n_tiles):
+        for j in range(i, layout.n_tiles):
+            xi, xj = (torch.from_numpy(writer.points(k)) for k in (i, j))
+            writer.write(i, j, kernels.fields(xi, xj, depth=DEPTH, activation=ACT), xi, xj)
+    return path
+
+
+def _open(path, group):
+    return xr.open_zarr(str(path), group=group, consolidated=False)
+
+
+def _rel(a, b):
+    return np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b))
+
+
+@pytest.mark.parametrize("source", ["dataset", "fields_store"])
+def test_structured_solve_job_equals_dense_solve_job(tmp_path, data, source):
+    path, X, y = data
+    if source == "dataset":
+        base = {"dataset": {"path": str(path)}, "kernel": {"depth": DEPTH, "activation": ACT},
+                "lam": LAM}
+    else:
+        base = {"store": str(_write_store(tmp_path / "f.zarr", X, y, "fields"))}
+    base.update(ridge=1e-3, test_fraction=0.25, seed=2)
+    dense = run_solve(load_config({**base, "output": str(tmp_path / "d.zarr")}, SolveJobConfig),
+                      progress=False)
+    out = tmp_path / "s.zarr"
+    s = run_solve(load_config({**base, "output": str(out),
+                               "structured": {"tol": 1e-12, "checkpoint_every": 1e-9}},
+                              SolveJobConfig), progress=False)
+    d_res, s_res = _open(tmp_path / "d.zarr", "solve"), _open(out, "solve")
+    np.testing.assert_array_equal(s_res["test_index"].values, d_res["test_index"].values)
+    assert s_res["f_test"].shape == d_res["f_test"].shape and s_res["f_test"].size > 0
+    assert _rel(s_res["f_test"].values, d_res["f_test"].values) <= 1e-6
+    assert _rel(s_res["f_train"].values, d_res["f_train"].values) <= 1e-6
+    assert _rel(s_res["coef"].values, d_res["coef"].values) <= 1e-6
+    assert s["structured"] and s["pcg_converged"] and s["relative_residual"] <= 1e-10
+    assert (s["train_accuracy"], s["test_accuracy"]) == (dense["train_accuracy"],
+                                                        dense["test_accuracy"])
+    assert s["gram_size"] == dense["gram_size"]
+    # the default checkpoint beside the output was written and, once converged, removed
+    assert s["checkpoints"] == [str(tmp_path / "s_pcg.npz")] and not (tmp_path / "s_pcg.npz").exists()
+
+
+def test_structured_solve_resumes_from_its_checkpoint(tmp_path, data):
+    path, X, y = data
+    cfg = {"dataset": {"path": str(path)}, "kernel": {"depth": DEPTH, "activation": ACT},
+           "lam": LAM, "ridge": 1e-3, "output": str(tmp_path / "o.zarr")}
+    ckpt = tmp_path / "cg.npz"
+    stopped = run_solve(load_config({**cfg, "structured": {"checkpoint": str(ckpt), "maxiter": 3,
+                                                           "tol": 1e-12}}, SolveJobConfig),
+                        progress=False)
+    assert not stopped["pcg_converged"] and ckpt.exists()  # kept: not converged
+    with np.load(ckpt) as z:
+        assert int(z["iteration"]) == 3
+    done = run_solve(load_config({**cfg, "structured": {"checkpoint": str(ckpt), "tol": 1e-12}},
+                                 SolveJobConfig), progress=False)
+    full = run_solve(load_config({**cfg, "output": str(tmp_path / "f.zarr"),
+                                  "structured": {"checkpoint": str(tmp_path / "x.npz"),
+                                                 "tol": 1e-12}}, SolveJobConfig), progress=False)
+    assert done["pcg_converged"] and done["pcg_iterations"] == full["pcg_iterations"]
+    assert ckpt.exists()  # an explicit checkpoint path is kept
+    np.testing.assert_array_equal(_open(tmp_path / "o.zarr", "solve")["coef"].values,
+                                  _open(tmp_path / "f.zarr", "solve")["coef"].values)
+
+
+def test_structured_eigen_job_extremes_equal_dense_spectrum(tmp_path, data):
+    path, X, y = data
+    base = {"dataset": {"path": str(path)}, "kernel": {"depth": DEPTH, "activation": ACT},
+            "lam": LAM, "k": 4, "test_fraction": 0.25}
+    dense = run_eigen(load_config({**base, "output": str(tmp_path / "d.zarr")}, EigenJobConfig),
+                      progress=False)
+    s = run_eigen(load_config({**base, "output": str(tmp_path / "s.zarr"), "structured": True},
+                              EigenJobConfig), progress=False)
+    train = _open(tmp_path / "s.zarr", "eigen_jntk")["train_index"].values
+    np.testing.assert_array_equal(train, _open(tmp_path / "d.zarr", "eigen_jntk")["train_index"])
+    ref = np.linalg.eigvalsh(kernels.gram(X[train], depth=DEPTH, activation=ACT, lam=LAM))
+    assert s["n"] == dense["n"] == ref.size
+    assert s["lambda_max"] == pytest.approx(dense["lambda_max"], rel=1e-9)
+    scale = dense["lambda_max"]
+    assert abs(s["lambda_min"] - dense["lambda_min"]) <= 1e-7 * scale
+    assert abs(s["lambda_min"] - ref[0]) <= s["lambda_min_residual"] + 1e-12 * scale
+    assert s["lambda_min"] > 1e-6 * scale  # a well-conditioned case: the verdicts must agree
+    assert s["positive_definite"] == dense["positive_definite"] is True
+    top = _open(tmp_path / "s.zarr", "eigen_jntk")["eigenvalues"].values
+    np.testing.assert_allclose(top, ref[-4:], rtol=1e-9)
+    assert (tmp_path / "s_eigen_jntk.png").exists()
+
+
+def test_structured_mode_refuses_what_it_cannot_do(tmp_path, data):
+    path, X, y = data
+    dense_store = _write_store(tmp_path / "d.zarr", X, y, "dense")
+    cfg = load_config({"store": str(dense_store), "ridge": 1e-3, "structured": True,
+                       "output": str(tmp_path / "o.zarr")}, SolveJobConfig)
+    with pytest.raises(ValueError, match="'dense' store.*store: fields"):
+        run_solve(cfg, progress=False)
+    base = {"dataset": {"path": str(path)}, "kernel": {"depth": DEPTH, "activation": ACT},
+            "lam": LAM, "output": str(tmp_path / "e.zarr"), "structured": True}
+    with pytest.raises(ValueError, match="no finite-time predictions"):
+        run_eigen(load_config({**base, "times": [1.0]}, EigenJobConfig))
+    with pytest.raises(ValueError, match="λ > 0"):
+        run_solve(load_config({**base, "lam": 0.0, "ridge": 1e-3}, SolveJobConfig))
+    assert not (tmp_path / "o.zarr" / "solve").exists()
+
+
+def test_structured_flag_and_config_forms(tmp_path, data):
+    from jntk_dist.cli import build_parser
+    from jntk_dist.commands.solve import load_job_config
+
+    path, X, y = data
+    conf = tmp_path / "c.yaml"
+    conf.write_text(f"dataset: {{path: {path}}}\nkernel: {{depth: 2, activation: erf}}\n"
+                    f"ridge: 0.001\nstructured: {{preconditioner: kron, enabled: false}}\n"
+                    f"output: {tmp_path / 'o.zarr'}\n")
+    off = load_job_config(build_parser().parse_args(["solve", str(conf)]), SolveJobConfig)
+    on = load_job_config(build_parser().parse_args(["solve", str(conf), "--structured"]),
+                         SolveJobConfig)
+    assert not off.structured.enabled and on.structured.enabled
+    assert on.structured.preconditioner == "kron"  # the flag keeps the sub-options
+    assert not load_config({"dataset": {"path": str(path)}, "kernel": {"depth": 2},
+                            "output": "o.zarr"}, SolveJobConfig).structured.enabled
+    assert load_config({"dataset": {"path": str(path)}, "kernel": {"depth": 2},
+                        "output": "o.zarr", "structured": {"tol": 1e-6}},
+                       SolveJobConfig).structured.preconditioner == "two_level"
