@@ -455,7 +455,8 @@ def assumption8_rows(rows: Sequence[dict[str, Any]], claim: dict[str, Any],
     for r in rows:
         pos = float(r["lambda_min"]) > float(r["tolerance"])
         groups.setdefault((str(r["dataset"]), str(r["activation"]), str(r["kernel"])), []).append(
-            (int(r["depth"]), pos, float(r["lambda_min"]), float(r["tolerance"])))
+            (int(r["depth"]), pos, float(r["lambda_min"]), float(r["tolerance"]),
+             float(r.get("lambda_max", math.nan))))
     small = "; quick run on a subset: λ_min depends on the points" if quick else ""
     for (dataset, act, kind), vals in groups.items():
         vals.sort()
@@ -473,9 +474,15 @@ def assumption8_rows(rows: Sequence[dict[str, Any]], claim: dict[str, Any],
                            "" if not bad else f"λ_min ≤ τ = n·eps·λ_max at L={bad}{small}"))
         if kind != "jntk":
             continue
-        ours = ("positive from L=" + str(onset) if onset is not None else "not positive at any "
-                "computed depth") + f" (depths {depths}; λ_min at L={depths[-1]}: {vals[-1][2]:.2e}, " \
-            f"τ={vals[-1][3]:.1e})"
+        if onset is None:
+            state = "not positive at any computed depth"
+        elif onset == depths[0] and depths[0] > 1:
+            state = f"positive at every computed depth (onset ≤ L={onset}, the shallowest computed)"
+        else:
+            state = f"positive from L={onset}"
+        cond = "" if not math.isfinite(vals[-1][4]) else f", λ_min/λ_max={vals[-1][2] / vals[-1][4]:.1e}"
+        ours = (f"{state} (depths {depths}; at L={depths[-1]}: λ_min={vals[-1][2]:.2e}, "
+                f"τ={vals[-1][3]:.1e}{cond})")
         target = claim.get("jntk_pd_from_depth", {}).get(act)
         if target is not None:
             target = int(target)
@@ -489,8 +496,14 @@ def assumption8_rows(rows: Sequence[dict[str, Any]], claim: dict[str, Any],
                     f"consistent on the computed depths {depths} (coarse grid)"
             else:
                 verdict = "disagree"
-                why = (f"the onset is L={onset}" if onset is not None else "never positive") + \
-                    f" on these points, not L={target}" + small
+                if onset is None:
+                    why = "never positive on these points"
+                elif onset < target:
+                    why = (f"already positive at L={onset} (< {target}) on these points; the paper's "
+                           "positivity criterion is not published (ours: λ_min > n·eps·λ_max)")
+                else:
+                    why = f"positive only from L={onset} (> {target}) on these points"
+                why += small
             out.append(Row(f"{where}: JNTK Gram positive definite from depth {target}", ours,
                            verdict, why))
         elif claim.get("jntk_pd_eventually", False):
@@ -505,7 +518,8 @@ def _evaluate_assumption8(exp: PaperConfig, record: dict[str, Any], rep: Experim
     import zarr
 
     g = zarr.open_group(str(Path(record["output"]) / "assumption8"), mode="r")
-    cols = ["dataset", "activation", "depth", "kernel", "n", "lambda_min", "tolerance"]
+    cols = ["dataset", "activation", "depth", "kernel", "n", "lambda_min", "lambda_max",
+            "tolerance"]
     arrays = {c: np.asarray(g[c][...]) for c in cols}
     rows = [{c: arrays[c][i] for c in cols} for i in range(arrays["depth"].shape[0])]
     rep.rows = assumption8_rows(rows, exp.claim, bool(record.get("quick")))
