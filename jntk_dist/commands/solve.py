@@ -201,8 +201,8 @@ class StructuredSpec(BaseModel):
     checkpoint: Path | None = None  # solve default: <output stem>_pcg.npz beside the output
     checkpoint_every: float = Field(default=60.0, gt=0.0)  # seconds between checkpoints
     memory_mb: float = Field(default=512.0, gt=0.0)  # working set of a product's row tile
-    fields: Literal["auto", "memory", "recompute"] = "auto"  # dataset source; auto: memory if the
-    # 8 N² fields fit in memory_mb, else recomputed per row tile on every product
+    fields: Literal["auto", "memory", "recompute"] = "auto"  # auto: held in memory if the 8 N²
+    # fields fit in memory_mb, else recomputed (a store: read) per row tile on every product
 
     @model_validator(mode="before")
     @classmethod
@@ -243,17 +243,20 @@ def structured_train_operator(prob: Problem, spec: StructuredSpec, lam: float) -
     X_train = prob.X[prob.train]
     kw: dict[str, Any] = {"depth": prob.depth, "activation": prob.activation, "lam": lam,
                           "memory_mb": spec.memory_mb}
+    mode = spec.fields
+    if mode == "auto":
+        mode = "memory" if 8 * 8 * X_train.shape[0] ** 2 <= spec.memory_mb * 2**20 else "recompute"
     if prob.store is not None:
         if prob.store.mode != "fields":
             raise ValueError(f"structured mode reads the kernel's 8 scalar fields, but "
                              f"{prob.source} is a {prob.store.mode!r} store (Gram entries only); "
                              "write it with `store: fields` in the gram config, or give "
                              "'dataset' + 'kernel' to compute the fields per tile")
-        fields = _StoreFieldsView(prob.store.data, prob.train, prob.train)
+        fields: Any = _StoreFieldsView(prob.store.data, prob.train, prob.train)
+        if mode == "memory":  # read once; otherwise one row tile per product
+            n = prob.train.size
+            fields = np.asarray(fields.fields_tile(slice(0, n), slice(0, n)), dtype=np.float64)
         return structured_operator(X_train, fields=fields, **kw)
-    mode = spec.fields
-    if mode == "auto":
-        mode = "memory" if 8 * 8 * X_train.shape[0] ** 2 <= spec.memory_mb * 2**20 else "recompute"
     return structured_operator(X_train, mode=mode, **kw)
 
 
@@ -277,7 +280,7 @@ def _fit_structured(prob: Problem, cfg: "SolveJobConfig", y_fit: np.ndarray,
     default_ckpt = spec.checkpoint is None
     base = spec.checkpoint or output_stem(cfg.output).with_name(
         output_stem(cfg.output).name + "_pcg.npz")
-    coefs, iterations, residuals, paths, converged = [], [], [], [], True
+    coefs, iterations, resumed, residuals, paths, converged = [], [], [], [], [], True
     t0 = time.perf_counter()
     for j, yj in enumerate(columns):
         path = base if len(columns) == 1 else base.with_name(f"{base.stem}_c{j}{base.suffix}")
@@ -292,6 +295,7 @@ def _fit_structured(prob: Problem, cfg: "SolveJobConfig", y_fit: np.ndarray,
         converged &= res.converged
         coefs.append(res.x)
         iterations.append(res.iterations)
+        resumed.append(res.resumed_from)
         residuals.append(res.residual)
         paths.append(path)
     t_solve = time.perf_counter() - t0
@@ -308,7 +312,8 @@ def _fit_structured(prob: Problem, cfg: "SolveJobConfig", y_fit: np.ndarray,
     coef = C.reshape((C.shape[0],) + shape)
     f_train, f_test = f_train.reshape(f_train.shape[:1] + shape), f_test.reshape(f_test.shape[:1] + shape)
     return {"coef": coef, "f_train": f_train, "f_test": f_test, "q": q,
-            "residual": max(residuals), "seconds": t_solve, "iterations": iterations, "converged": converged,
+            "residual": max(residuals), "seconds": t_solve, "iterations": iterations, "resumed_from": resumed,
+            "converged": converged,
             "checkpoints": [str(p) for p in paths], "remove": paths if default_ckpt else [],
             "scheduler": f"matrix-free PCG[{spec.preconditioner}] on {op.device}"}
 
@@ -357,7 +362,8 @@ def run_solve(cfg: SolveJobConfig, progress: bool = True) -> dict[str, Any]:
         "structured": cfg.structured.enabled,
     }
     if cfg.structured.enabled:
-        summary.update(pcg_iterations=fit["iterations"], pcg_converged=fit["converged"],
+        summary.update(pcg_iterations=fit["iterations"], pcg_resumed_from=fit["resumed_from"],
+                       pcg_converged=fit["converged"],
                        preconditioner=cfg.structured.preconditioner,
                        checkpoints=fit["checkpoints"])
     out_dims = ["output"] if f_train.ndim == 2 else []
