@@ -362,7 +362,7 @@ def write_results(path: str | Path, arrays: dict[str, tuple[np.ndarray, Sequence
         if overwrite and name in g:
             del g[name]
         z = g.create_array(name, shape=arr.shape, dtype=arr.dtype,
-                           chunks=arr.shape if arr.size else None,
+                           chunks=arr.shape if arr.size else (1,) * arr.ndim,
                            dimension_names=list(dims))
         z[...] = arr
     g.attrs.update(_jsonable(attrs))

@@ -287,3 +287,15 @@ def test_assumption8_job_writes_table_and_plot(tmp_path, npz_dataset):
     np.testing.assert_allclose(table["lambda_min"].values, [r["lambda_min"] for r in rows])
     assert (tmp_path / "a8_assumption8.png").exists()
     assert "| positive |" in (tmp_path / "a8_assumption8.md").read_text()
+
+
+def test_write_results_accepts_empty_arrays(tmp_path):
+    """An empty test split (test_fraction 0, the eigen job's default) must be writable."""
+    import zarr
+
+    from jntk_dist.analysis import write_results
+
+    write_results(tmp_path / "r.zarr", {"test_index": (np.zeros(0, dtype=np.int64), ("test",)),
+                                        "lam": (np.ones(3), ("k",))}, {"note": "x"})
+    g = zarr.open_group(str(tmp_path / "r.zarr"), mode="r")
+    assert g["test_index"].shape == (0,) and g["lam"][...].tolist() == [1.0, 1.0, 1.0]
