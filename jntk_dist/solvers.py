@@ -137,6 +137,15 @@ def _factor_solve(fac: tuple[str, Tensor], B: Tensor) -> Tensor:
     return torch.cholesky_solve(B, F) if kind == "chol" else F @ B
 
 
+def _jacobian_factor(K_b: Tensor, lam: float, ridge: float) -> tuple[str, Tensor]:
+    """Factor of (λK_b + μI), the Jacobian part's n×n matrix; λ = 0 leaves μI alone."""
+    if lam == 0.0:
+        if ridge <= 0:
+            raise ValueError("λ = 0 makes the Jacobian rows of Θ_λ zero: use a ridge μ > 0")
+        return ("eig", torch.eye(K_b.shape[0], dtype=K_b.dtype, device=K_b.device) / ridge)
+    return _psd_factor(lam * K_b, ridge, "λK_b")
+
+
 class KroneckerPreconditioner(Preconditioner):
     """blockdiag((K + μI)⁻¹, (λK_b + μI)⁻¹ ⊗ I_d0) in the point-major ordering.
 
@@ -153,13 +162,7 @@ class KroneckerPreconditioner(Preconditioner):
         lam = 1.0 if op.lam is None else op.lam
         self.n, self.d0 = op.n1, op.d0
         self.f00 = _psd_factor(mats["k"], ridge, "K")
-        if lam == 0.0:
-            if ridge <= 0:
-                raise ValueError("λ = 0 makes the Jacobian rows of Θ_λ zero: use a ridge μ > 0")
-            self.fjac: tuple[str, Tensor] = ("eig", torch.eye(self.n, dtype=op.dtype,
-                                                               device=op.device) / ridge)
-        else:
-            self.fjac = _psd_factor(lam * mats["k_b"], ridge, "λK_b")
+        self.fjac = _jacobian_factor(mats["k_b"], lam, ridge)
 
     def apply(self, R: Tensor) -> Tensor:
         n, d0, m = self.n, self.d0, R.shape[1]
@@ -192,13 +195,7 @@ class TwoLevelPreconditioner(Preconditioner):
         self.xhat = op.x1 / torch.linalg.vector_norm(op.x1, dim=1)[:, None]
         C = op.compressed_on_inputs(F)
         self.fq = _psd_factor(0.5 * (C + C.T), ridge, "QᵀKQ")
-        if lam == 0.0:
-            if ridge <= 0:
-                raise ValueError("λ = 0 makes the Jacobian rows of Θ_λ zero: use a ridge μ > 0")
-            self.fjac: tuple[str, Tensor] = ("eig", torch.eye(self.n, dtype=op.dtype,
-                                                               device=op.device) / ridge)
-        else:
-            self.fjac = _psd_factor(lam * F["k_b"], ridge, "λK_b")
+        self.fjac = _jacobian_factor(F["k_b"], lam, ridge)
 
     def apply(self, R: Tensor) -> Tensor:
         n, d0, m = self.n, self.d0, R.shape[1]

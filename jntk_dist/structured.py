@@ -86,7 +86,23 @@ class InMemoryFields:
         return torch.diagonal(self.stacked, dim1=1, dim2=2)
 
 
-class RecomputedFields:
+class _TiledDiagonal:
+    """``diagonal()`` of a tiled field source: (8, n) diagonal fields, read block by block."""
+
+    shape: tuple[int, int]
+
+    def tile(self, rows: slice, cols: slice | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def diagonal(self, block: int = 256) -> Tensor:
+        parts = []
+        for start in range(0, self.shape[0], block):
+            sl = slice(start, min(start + block, self.shape[0]))
+            parts.append(torch.diagonal(self.tile(sl, sl), dim1=1, dim2=2))
+        return torch.cat(parts, dim=1)
+
+
+class RecomputedFields(_TiledDiagonal):
     """Fields recomputed by :func:`kernels.fields` for each requested tile (nothing is stored)."""
 
     def __init__(self, x1: Tensor, x2: Tensor | None, *, depth: int,
@@ -100,15 +116,9 @@ class RecomputedFields:
         return kernels.fields(self.x1[rows], x2, depth=self.depth, activation=self.activation,
                               kind=self.kind).stack()  # type: ignore[arg-type]
 
-    def diagonal(self, block: int = 256) -> Tensor:
-        parts = []
-        for start in range(0, self.shape[0], block):
-            sl = slice(start, min(start + block, self.shape[0]))
-            parts.append(torch.diagonal(self.tile(sl, sl), dim1=1, dim2=2))
-        return torch.cat(parts, dim=1)
 
 
-class ArrayFields:
+class ArrayFields(_TiledDiagonal):
     """Fields read by slicing any (8, n1, n2) array-like: a Zarr array, ``np.memmap``, HDF5, ….
 
     Only the requested row tile is read, so a fields store on disk never has to fit in memory.
@@ -131,15 +141,9 @@ class ArrayFields:
             raise ValueError(f"fields rows {rows} contain NaN/inf values (incomplete store?)")
         return t
 
-    def diagonal(self, block: int = 256) -> Tensor:
-        parts = []
-        for start in range(0, self.shape[0], block):
-            sl = slice(start, min(start + block, self.shape[0]))
-            parts.append(torch.diagonal(self.tile(sl, sl), dim1=1, dim2=2))
-        return torch.cat(parts, dim=1)
 
 
-class AccessorFields:
+class AccessorFields(_TiledDiagonal):
     """Adapter for any object with ``fields_tile(rows, cols) -> (8, r, c)`` (e.g. a fields store)."""
 
     def __init__(self, accessor: Any, shape: tuple[int, int], dtype: torch.dtype = torch.float64,
@@ -160,12 +164,6 @@ class AccessorFields:
                              f"expected (8, {r}, {c})")
         return t
 
-    def diagonal(self, block: int = 256) -> Tensor:
-        parts = []
-        for start in range(0, self.shape[0], block):
-            sl = slice(start, min(start + block, self.shape[0]))
-            parts.append(torch.diagonal(self.tile(sl, sl), dim1=1, dim2=2))
-        return torch.cat(parts, dim=1)
 
 
 # ---- the row-tile product (the one place the structured formula lives) ------------------
