@@ -102,13 +102,13 @@ def raw_write(root: Path, mode: str, n: int, d0: int, P: int, actors: int,
 
 
 def gram_run(root: Path, data: Path, mode: str, P: int, actors: int, depth: int,
-             compression: dict[str, Any]) -> dict[str, float]:
+             compression: dict[str, Any], compile: bool = False) -> dict[str, float]:
     out = root / f"gram-{mode}-{actors}.zarr"
     config = load_config({"dataset": {"path": str(data)},
                           "kernel": {"kind": "jntk", "depth": depth, "activation": "gelu"},
                           "output": str(out), "store": mode, "tile_points": P,
                           "compression": compression, "progress": False,
-                          "ray": {"num_actors": actors}}, GramJobConfig)
+                          "ray": {"num_actors": actors}, "compile": compile}, GramJobConfig)
     start = time.perf_counter()
     result = run_gram(config)
     wall = time.perf_counter() - start
@@ -130,6 +130,8 @@ def main() -> None:
     parser.add_argument("--codec", default="zstd")
     parser.add_argument("--level", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2, help="best of this many runs")
+    parser.add_argument("--compile", action="store_true",
+                        help="workers run the torch.compile'd field recursion (warm-up included)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     compression = {"codec": args.codec, "level": args.level}
@@ -149,7 +151,8 @@ def main() -> None:
                 raws, grams = [], []
                 for _ in range(args.repeats):  # interleaved: both see the same machine load
                     raws.append(raw_write(root, mode, n, args.d0, P, actors, compression))
-                    grams.append(gram_run(root, data, mode, P, actors, args.depth, compression))
+                    grams.append(gram_run(root, data, mode, P, actors, args.depth, compression,
+                                          args.compile))
                 raw = min(raws, key=lambda r: r["wall_s"])
                 gram = min(grams, key=lambda r: r["tile_s"])
                 raw_cpu = min(r["cpu_s"] for r in raws)

@@ -80,6 +80,9 @@ class GramJobConfig(JobConfig):
     compression: CompressionSpec = Field(default_factory=CompressionSpec)
     ray: RaySpec = Field(default_factory=RaySpec)
     progress: bool = True
+    # torch.compile the field recursion in each worker (erf/gelu): 3-4x faster fields after a
+    # one-off compile of 5-60 s per worker; values agree with eager to rounding (~1e-13)
+    compile: bool = False
 
     def identity(self) -> dict[str, Any]:
         """The part of the config that determines the store's contents."""
@@ -113,9 +116,10 @@ class TileWorker:
     """Ray actor: holds an open store and a device; computes and writes tiles on request."""
 
     def __init__(self, store_path: str, kind: str, depth: int, activation: str,
-                 dtype: str) -> None:
+                 dtype: str, compile: bool = False) -> None:
         self.writer = TileWriter(store_path)
         self.kind, self.depth, self.activation = kind, depth, activation
+        self.compile = compile
         self.dtype = getattr(torch, dtype)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -131,7 +135,7 @@ class TileWorker:
         xi = torch.from_numpy(self.writer.points(i)).to(self.device, self.dtype)
         xj = xi if i == j else torch.from_numpy(self.writer.points(j)).to(self.device, self.dtype)
         f = kernels.fields(xi, xj, depth=self.depth, activation=self.activation,
-                           kind=self.kind)  # type: ignore[arg-type]
+                           kind=self.kind, compile=self.compile)  # type: ignore[arg-type]
         entries = self.writer.write(i, j, f, xi, xj)
         return (i, j, entries, time.perf_counter() - start, time.process_time() - cpu,
                 os.getpid())
@@ -330,7 +334,8 @@ def _spawn_pool(config: GramJobConfig, path: Path, n_tasks: int,
         num_cpus=cpus, num_gpus=gpus, max_restarts=config.ray.max_restarts,
         max_task_retries=config.ray.max_task_retries)
     k = config.kernel
-    actors = [remote_cls.remote(str(path.resolve()), k.kind, k.depth, k.activation, k.dtype)
+    actors = [remote_cls.remote(str(path.resolve()), k.kind, k.depth, k.activation, k.dtype,
+                                config.compile)
               for _ in range(n)]
     result.num_actors = n
     start = time.perf_counter()
