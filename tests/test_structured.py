@@ -16,13 +16,7 @@ from jntk_dist.image_data import image_dataset, load_cifar10, load_mnist, read_i
 from jntk_dist.structured import structured_operator, structured_predict
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These problems are tiny: one thread avoids thread-pool stalls on a busy 2-core runner."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sphere(n: int, d0: int, seed: int) -> np.ndarray:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import add_config_arguments
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``drift`` sub-command."""
@@ -20,13 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by ``jntk drift`` and ``jobs/drift.py``."""
-    parser.add_argument("config", help="YAML config (see configs/drift_quick.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a config key, e.g. "
-                        "grid.widths=[64,128] (repeatable; values parsed as YAML)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing store (and its checkpoints)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_arguments(parser, "configs/drift_quick.yaml",
+                         "replace an existing store (and its checkpoints)")
 
 
 def run(args: argparse.Namespace) -> int:

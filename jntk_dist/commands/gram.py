@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import add_config_arguments
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``gram`` sub-command."""
@@ -17,13 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by ``jntk gram`` and ``jobs/gram.py``."""
-    parser.add_argument("config", help="YAML job config (see configs/quickstart.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a config key, e.g. kernel.depth=3 "
-                        "(repeatable; values parsed as YAML)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing store written by a different config")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_arguments(parser, "configs/quickstart.yaml",
+                         "replace an existing store written by a different config")
 
 
 def run(args: argparse.Namespace) -> int:

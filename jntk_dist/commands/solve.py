@@ -25,6 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..config import DatasetSpec, JobConfig, KernelSpec, OutputPath
+from . import add_config_arguments
 
 log = logging.getLogger(__name__)
 
@@ -401,11 +402,7 @@ def _fit_dense(prob: Problem, cfg: SolveJobConfig, y_fit: np.ndarray) -> dict[st
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by the analysis commands and their ``jobs/*.py`` entry points."""
-    parser.add_argument("config", help="YAML job config")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a config key, e.g. lam=0.1 "
-                        "(repeatable; values parsed as YAML)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_config_arguments(parser, "configs/solve_quick.yaml")
 
 
 def add_structured_flag(parser: argparse.ArgumentParser) -> None:
