@@ -15,13 +15,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Sequence, TypeVar
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 __all__ = [
     "ConfigError",
@@ -33,6 +35,9 @@ __all__ = [
     "apply_overrides",
     "config_hash",
     "config_diff",
+    "OutputPath",
+    "StoreOutput",
+    "ray_job_submission_id",
 ]
 
 ConfigT = TypeVar("ConfigT", bound="JobConfig")
@@ -40,13 +45,61 @@ ConfigT = TypeVar("ConfigT", bound="JobConfig")
 
 def _local_output(value: Any) -> Any:
     if isinstance(value, str) and "://" in value:
-        raise ValueError(f"object-store URLs are not supported for outputs yet ({value!r}); "
-                         "use a path on a file system all nodes share")
+        raise ValueError(f"object-store URLs are not supported for this job's outputs "
+                         f"({value!r}; only the gram job writes to URLs); use a path on a file "
+                         "system all nodes share")
     return value
 
 
-OutputPath = Annotated[Path, BeforeValidator(_local_output)]
-"""An output location: a local or shared-file-system path (URLs are refused, not mangled)."""
+def _store_output(value: Any) -> Any:
+    """A URL stays a string (checked to name an fsspec protocol); anything else is a path."""
+    if isinstance(value, str) and "://" in value:
+        import fsspec
+
+        scheme = value.split("://", 1)[0].lower()
+        if scheme not in fsspec.available_protocols():
+            raise ValueError(f"unknown URL scheme {scheme!r} in {value!r}: not an fsspec "
+                             "protocol (use a path, file://, s3://, gs://, …)")
+        return value
+    return Path(value) if isinstance(value, str) else value
+
+
+def ray_job_submission_id() -> str | None:
+    """The submission id when this process is the driver of a ``ray job submit`` job, else None."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return None
+    try:
+        metadata = json.loads(raw).get("metadata") or {}
+    except (json.JSONDecodeError, AttributeError):
+        metadata = {}
+    return str(metadata.get("job_submission_id") or "(unknown id)")
+
+
+def _warn_relative_in_ray_job(value: Any) -> Any:
+    if isinstance(value, Path) and not value.is_absolute():
+        job = ray_job_submission_id()
+        if job is not None:
+            logging.getLogger(__name__).warning(
+                "output %r is a relative path inside the Ray job %s: it resolves to %s, in the "
+                "job's working directory (under `ray job submit --working-dir` Ray's unpacked "
+                "copy, deleted with the session). Use an absolute path on a shared file system "
+                "or an object-store URL (s3://, gs://) for results you want to keep",
+                str(value), job, Path(value).resolve())
+    return value
+
+
+OutputPath = Annotated[Path, BeforeValidator(_local_output),
+                       AfterValidator(_warn_relative_in_ray_job)]
+"""An output location: a local or shared-file-system path (URLs are refused, not mangled).
+
+A relative path inside a ``ray job submit`` job logs a warning (it lands in Ray's temporary
+working directory)."""
+
+StoreOutput = Annotated[Path | str, BeforeValidator(_store_output),
+                        AfterValidator(_warn_relative_in_ray_job)]
+"""A Zarr store's location: a local path (``Path``) or an fsspec URL (``str``: s3://, gs://,
+file://…); relative paths in a Ray job warn as for :data:`OutputPath`."""
 
 
 class ConfigError(ValueError):

@@ -19,19 +19,23 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import __version__, kernels
-from .config import DatasetSpec, JobConfig, KernelSpec, OutputPath, config_diff, config_hash
+from .config import DatasetSpec, JobConfig, KernelSpec, StoreOutput, config_diff, config_hash
 from .store import (
     StoreError,
     StoreLayout,
-    StoreLock,
     TileWriter,
     create_store,
     done_bitmap_hex,
     is_store,
+    is_url,
+    location_name,
     open_gram,
+    store_exists,
+    store_lock,
+    zarr_target,
 )
 from .tiling import DEFAULT_TILE_BYTES, auto_tile_points
 
@@ -73,7 +77,10 @@ class GramJobConfig(JobConfig):
 
     dataset: DatasetSpec
     kernel: KernelSpec
-    output: OutputPath
+    output: StoreOutput  # a local path or an fsspec URL (s3://bucket/g.zarr, gs://…, file://…)
+    # fsspec options of a URL output (endpoint_url, profile, …); keep secrets in the environment
+    # (AWS_*, GOOGLE_APPLICATION_CREDENTIALS): values here are not recorded in the store
+    storage_options: dict[str, Any] = Field(default_factory=dict)
     store: Literal["dense", "fields"] = "dense"
     tile_points: int | None = Field(default=None, ge=1)  # default: sized to tile_bytes / memory
     tile_bytes: int | None = Field(default=None, ge=1024)
@@ -84,17 +91,30 @@ class GramJobConfig(JobConfig):
     # one-off compile of 5-60 s per worker; values agree with eager to rounding (~1e-13)
     compile: bool = False
 
+    @model_validator(mode="after")
+    def _options_need_a_url(self) -> "GramJobConfig":
+        if self.storage_options and not is_url(self.output):
+            raise ValueError(f"storage_options apply to URL outputs (s3://, gs://, …), not to "
+                             f"the path {self.output}")
+        return self
+
     def identity(self) -> dict[str, Any]:
         """The part of the config that determines the store's contents."""
         data = self.to_dict()
         return {k: data[k] for k in IDENTITY_KEYS}
+
+    def recorded(self) -> dict[str, Any]:
+        """The config as the store records it: storage option values left out (credentials)."""
+        data = self.to_dict()
+        data["storage_options"] = {k: "<not recorded>" for k in data["storage_options"]}
+        return data
 
 
 @dataclass
 class GramRunResult:
     """What a run did: the store, the tiles it computed, timings."""
 
-    path: Path
+    path: Path | str  # a local path or a URL
     tiles_total: int
     tiles_computed: list[tuple[int, int]] = field(default_factory=list)
     tiles_already_done: int = 0
@@ -103,6 +123,7 @@ class GramRunResult:
     num_actors: int = 0
     worker_pids: set[int] = field(default_factory=set)
     worker_cpu_seconds: float = 0.0  # summed over tiles (compute + write, all threads)
+    storage_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def entries_per_s(self) -> float:
@@ -116,8 +137,9 @@ class TileWorker:
     """Ray actor: holds an open store and a device; computes and writes tiles on request."""
 
     def __init__(self, store_path: str, kind: str, depth: int, activation: str,
-                 dtype: str, compile: bool = False) -> None:
-        self.writer = TileWriter(store_path)
+                 dtype: str, compile: bool = False,
+                 storage_options: dict[str, Any] | None = None) -> None:
+        self.writer = TileWriter(store_path, storage_options)
         self.kind, self.depth, self.activation = kind, depth, activation
         self.compile = compile
         self.dtype = getattr(torch, dtype)
@@ -154,9 +176,9 @@ def validate_dataset(X: np.ndarray, y: np.ndarray, name: str) -> None:
                          f"{np.flatnonzero(~np.isfinite(y))[:10].tolist()}")
 
 
-def _check_existing(path: Path, config: GramJobConfig, X: np.ndarray) -> StoreLayout:
+def _check_existing(path: Path | str, config: GramJobConfig, X: np.ndarray) -> StoreLayout:
     """Refuse a store written by another config or dataset; return its layout to resume."""
-    store = open_gram(path)
+    store = open_gram(path, config.storage_options)
     old = store.attrs.get("identity", {})
     diff = config_diff(old, config.identity())
     if diff:
@@ -236,28 +258,29 @@ def run_gram(config: GramJobConfig, overwrite: bool = False, progress: bool | No
 
     ``on_start`` is called with the actor handles once the pool is up (monitoring, tests).
     """
-    path = Path(config.output)
+    path = config.output
+    options = config.storage_options
     data = config.dataset.load()
     X, y = data.X, data.y
     validate_dataset(X, y, data.name)
-    lock = StoreLock(path).acquire()
+    lock = store_lock(path, options).acquire()
     started_ray = False
     actors: list[Any] = []
     try:
-        existing = path.exists() and any(path.iterdir()) if path.is_dir() else path.exists()
         layout: StoreLayout | None = None
-        if existing and not overwrite:
-            if not is_store(path):
+        if store_exists(path, options) and not overwrite:
+            if not is_store(path, options):
                 raise StoreError(f"{path} exists and is not a jntk Gram store; choose another "
                                  "output or pass --overwrite")
             layout = _check_existing(path, config, X)
         if layout is None:
             started_ray = _start_ray(config.ray)  # automatic tile sizes look at the workers
             layout = _create(path, config, X, y, data.name, overwrite)
-        store = open_gram(path)
+        store = open_gram(path, options)
         missing = store.missing_tiles()
         result = GramRunResult(path=path, tiles_total=layout.total_tiles,
-                               tiles_already_done=layout.total_tiles - len(missing))
+                               tiles_already_done=layout.total_tiles - len(missing),
+                               storage_options=dict(options))
         if missing:
             log.info("store %s: %d of %d tiles to compute (%d points/tile)", path, len(missing),
                      layout.total_tiles, layout.tile_points)
@@ -267,10 +290,11 @@ def run_gram(config: GramJobConfig, overwrite: bool = False, progress: bool | No
                 on_start(actors)
             show = config.progress if progress is None else progress
             _dispatch(actors, missing, config.ray.tasks_per_actor, layout, result, show,
-                      on_progress=lambda tiles: _record_progress(path, layout, tiles, missing))
+                      on_progress=lambda tiles: _record_progress(path, layout, tiles, missing,
+                                                                 options))
         else:
             log.info("store %s is already complete (%d tiles)", path, layout.total_tiles)
-        _finish(path)
+        _finish(path, options)
         return result
     finally:
         _stop_pool(actors, started_ray, config.ray.cpus_per_actor)
@@ -301,7 +325,7 @@ def _stop_pool(actors: list[Any], started_ray: bool, cpus_per_actor: float,
         time.sleep(0.1)
 
 
-def _create(path: Path, config: GramJobConfig, X: np.ndarray, y: np.ndarray, name: str,
+def _create(path: Path | str, config: GramJobConfig, X: np.ndarray, y: np.ndarray, name: str,
             overwrite: bool) -> StoreLayout:
     itemsize = np.dtype(config.kernel.dtype).itemsize
     n, d0 = X.shape
@@ -316,16 +340,17 @@ def _create(path: Path, config: GramJobConfig, X: np.ndarray, y: np.ndarray, nam
                          dtype=config.kernel.dtype)
     k = config.kernel
     identity = config.identity()
-    attrs = {"config": config.to_dict(), "identity": identity,
+    attrs = {"config": config.recorded(), "identity": identity,
              "config_hash": config_hash(identity), "dataset": name, "kernel": k.kind,
              "activation": k.activation, "depth": k.depth, "lam": k.lam, "dtype": k.dtype}
-    create_store(path, X, y, layout, attrs, config.compression.model_dump(), overwrite=overwrite)
+    create_store(path, X, y, layout, attrs, config.compression.model_dump(), overwrite=overwrite,
+                 storage_options=config.storage_options)
     log.info("created %s store %s: N=%d, d0=%d, %d points per tile, %d tiles", config.store,
              path, n, d0, points, layout.total_tiles)
     return layout
 
 
-def _spawn_pool(config: GramJobConfig, path: Path, n_tasks: int,
+def _spawn_pool(config: GramJobConfig, path: Path | str, n_tasks: int,
                 result: GramRunResult) -> list[Any]:
     import ray
 
@@ -334,8 +359,9 @@ def _spawn_pool(config: GramJobConfig, path: Path, n_tasks: int,
         num_cpus=cpus, num_gpus=gpus, max_restarts=config.ray.max_restarts,
         max_task_retries=config.ray.max_task_retries)
     k = config.kernel
-    actors = [remote_cls.remote(str(path.resolve()), k.kind, k.depth, k.activation, k.dtype,
-                                config.compile)
+    where = location_name(path)  # workers may run in another directory
+    actors = [remote_cls.remote(where, k.kind, k.depth, k.activation, k.dtype, config.compile,
+                                config.storage_options or None)
               for _ in range(n)]
     result.num_actors = n
     start = time.perf_counter()
@@ -398,8 +424,9 @@ def _dispatch(actors: list[Any], tiles: list[tuple[int, int]], per_actor: int,
     result.seconds = time.perf_counter() - start
 
 
-def _record_progress(path: Path, layout: StoreLayout, computed: list[tuple[int, int]],
-                     missing_at_start: list[tuple[int, int]]) -> None:
+def _record_progress(path: Path | str, layout: StoreLayout, computed: list[tuple[int, int]],
+                     missing_at_start: list[tuple[int, int]],
+                     storage_options: dict[str, Any] | None = None) -> None:
     """Refresh the completion attributes from what the driver knows (no store reads)."""
     import zarr
 
@@ -408,16 +435,18 @@ def _record_progress(path: Path, layout: StoreLayout, computed: list[tuple[int, 
     lacking = set(missing_at_start) - set(computed)
     for i, j in lacking:
         done[i, j] = 0
-    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    group = zarr.open_group(zarr_target(path, storage_options), mode="r+",
+                            use_consolidated=False)
     group.attrs.update({"tiles_done": layout.total_tiles - len(lacking),
                         "completed_tiles": done_bitmap_hex(done)})
 
 
-def _finish(path: Path) -> None:
+def _finish(path: Path | str, storage_options: dict[str, Any] | None = None) -> None:
     """Record completion in the attributes; consolidate metadata once the store is whole."""
     import zarr
 
-    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    group = zarr.open_group(zarr_target(path, storage_options), mode="r+",
+                            use_consolidated=False)
     done = group["done"][...]
     T = done.shape[0]
     n_done = int(done[np.triu_indices(T)].sum())
@@ -430,13 +459,14 @@ def _finish(path: Path) -> None:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # zarr notes consolidated metadata is not yet in v3 spec
-            zarr.consolidate_metadata(str(path))
+            zarr.consolidate_metadata(zarr_target(path, storage_options))
 
 
 def describe(result: GramRunResult) -> str:
     """Human summary: where the store is and how to open it."""
-    store = open_gram(result.path)
-    where = str(Path(result.path).resolve())
+    store = open_gram(result.path, result.storage_options)
+    where = location_name(result.path)
+    options = (f", storage_options={{…}}" if result.storage_options else "")
     rate = (f", {result.entries_per_s:.3g} entries/s with {result.num_actors} actor(s)"
             if result.tiles_computed else "")
     lam = store.lam if store.lam is not None else 0.01
@@ -447,8 +477,8 @@ def describe(result: GramRunResult) -> str:
         f"  tiles: {len(result.tiles_computed)} computed now, {result.tiles_already_done} already "
         f"done, {result.tiles_total} total in {result.seconds:.1f} s{rate}",
         "open it:",
-        f"  from jntk_dist.store import open_gram; g = open_gram({where!r})",
+        f"  from jntk_dist.store import open_gram; g = open_gram({where!r}{options})",
         f"  g.dask_array(lam={lam})   # lazy Θ_λ, one chunk per tile;  g.tile(0, 0, lam={lam})",
-        f"  xarray.open_zarr({where!r})",
+        f"  xarray.open_zarr({where!r}{options})",
     ])
 

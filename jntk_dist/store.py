@@ -13,6 +13,12 @@ A store is a Zarr group that describes itself (see ``docs/store.md``):
   layout, and a summary of the completed tiles (kept by the driver).
 
 λ is never baked in: readers apply Θ_λ = ΛΘΛ through :func:`jntk_dist.kernels.lambda_scale`.
+
+A store lives at a local path or at an fsspec URL (``s3://bucket/g.zarr``, ``gs://…``,
+``file:///…``); every function here takes the location plus optional fsspec ``storage_options``
+and opens URLs through :class:`zarr.storage.FsspecStore`. The writer lock is an ``flock``'d file
+beside a local store (:class:`StoreLock`) and an exclusively created object beside a URL store
+(:class:`ObjectStoreLock`); :func:`store_lock` picks the right one.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +52,11 @@ __all__ = [
     "StoreLockedError",
     "StoreLayout",
     "StoreLock",
+    "ObjectStoreLock",
+    "store_lock",
+    "is_url",
+    "zarr_target",
+    "store_exists",
     "create_store",
     "zarr_compressors",
     "is_store",
@@ -63,6 +76,8 @@ LAYOUT_DESCRIPTION = (
     "input-Jacobian); full symmetric matrix, the tile (J, I) below the diagonal is the exact "
     "transpose of the computed tile (I, J); unscaled kernel (apply lambda when reading)")
 LOCK_SUFFIX = ".lock"
+OBJECT_LOCK_STALE_S = 600.0  # an object-store lock without a heartbeat for this long is stale
+OBJECT_LOCK_HEARTBEAT_S = 60.0
 X_CACHE_BYTES = 256 * 2**20
 # fields of (x2, x1) = transpose of fields of (x1, x2) with k_a<->k_c and k_ab<->k_bc swapped.
 _MIRROR_NAMES = {"k_a": "k_c", "k_c": "k_a", "k_ab": "k_bc", "k_bc": "k_ab"}
@@ -146,15 +161,93 @@ def zarr_compressors(spec: dict[str, Any] | None) -> Any:
     raise StoreError(f"unknown compression codec {codec!r}; use zstd, blosc-zstd, blosc-lz4 or none")
 
 
+# ---- locations: local paths and fsspec URLs ----------------------------------------------
+
+# URL scheme -> the pip extra of this package that installs its fsspec backend
+FSSPEC_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
+
+
+def is_url(location: str | Path) -> bool:
+    """True for an fsspec URL (``scheme://…``), False for a local path."""
+    return isinstance(location, str) and "://" in location
+
+
+def _filesystem_class(url: str) -> type:
+    """The fsspec file-system class of ``url``'s scheme; a clear error when it is not installed."""
+    import fsspec
+
+    protocol = url.split("://", 1)[0].lower()
+    try:
+        return fsspec.get_filesystem_class(protocol)
+    except ImportError as err:
+        extra = FSSPEC_EXTRAS.get(protocol)
+        hint = (f'pip install "jntk-dist[{extra}]"' if extra
+                else "install the fsspec backend for it")
+        raise ImportError(f"{protocol}:// stores need an fsspec backend that is not installed "
+                          f"({err}); {hint}") from None
+    except ValueError:
+        raise StoreError(f"unknown URL scheme {protocol!r} in {url!r}: not an fsspec protocol "
+                         "(use a local path, file://, s3://, gs://, …)") from None
+
+
+def _options(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """fsspec options for ``url``: the given ones (+ parent folders made on demand for file://)."""
+    options = dict(storage_options or {})
+    if url.split("://", 1)[0].lower() in ("file", "local"):
+        options.setdefault("auto_mkdir", True)
+    return options
+
+
+def url_filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """(fsspec file system, path inside it) of a store URL."""
+    import fsspec.core
+
+    _filesystem_class(url)
+    return fsspec.core.url_to_fs(url, **_options(url, storage_options))
+
+
+def zarr_target(location: str | Path, storage_options: dict[str, Any] | None = None,
+                read_only: bool = False) -> Any:
+    """What ``zarr.open_group`` gets: the path string of a local store, an ``FsspecStore`` of a URL."""
+    if not is_url(location):
+        if storage_options:
+            raise StoreError(f"storage_options apply to URL stores, not to the local path "
+                             f"{location}")
+        return str(location)
+    url = str(location)
+    _filesystem_class(url)
+    return zarr.storage.FsspecStore.from_url(url, storage_options=_options(url, storage_options),
+                                             read_only=read_only)
+
+
+def store_exists(location: str | Path, storage_options: dict[str, Any] | None = None) -> bool:
+    """True if something is at ``location`` already (a non-empty folder, a file or objects)."""
+    if not is_url(location):
+        path = Path(location)
+        return any(path.iterdir()) if path.is_dir() else path.exists()
+    fs, path = url_filesystem(str(location), storage_options)
+    fs.invalidate_cache(path)  # listings are cached per file-system instance
+    try:
+        return bool(fs.exists(path) and (fs.isfile(path) or fs.ls(path, detail=False)))
+    except FileNotFoundError:
+        return False
+
+
+def location_name(location: str | Path) -> str:
+    """How to show a location: the URL as given, or the absolute local path."""
+    return str(location) if is_url(location) else str(Path(location).resolve())
+
+
 def lock_path(path: str | Path) -> Path:
     """The writer lock of a store lives beside it: ``<store>.lock``."""
     return Path(str(Path(path)) + LOCK_SUFFIX)
 
 
-def is_store(path: str | Path) -> bool:
-    """True if ``path`` holds a Zarr group written by this package."""
+def is_store(path: str | Path, storage_options: dict[str, Any] | None = None) -> bool:
+    """True if ``path`` (a local path or URL) holds a Zarr group written by this package."""
     try:
-        group = zarr.open_group(str(path), mode="r", use_consolidated=False)
+        group = zarr.open_group(zarr_target(path, storage_options, read_only=True), mode="r",
+                                use_consolidated=False)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
         return False
     return group.attrs.get("format") == FORMAT
@@ -162,10 +255,12 @@ def is_store(path: str | Path) -> bool:
 
 def create_store(path: str | Path, X: np.ndarray, y: np.ndarray, layout: StoreLayout,
                  attrs: dict[str, Any], compression: dict[str, Any] | None = None,
-                 overwrite: bool = False) -> zarr.Group:
+                 overwrite: bool = False,
+                 storage_options: dict[str, Any] | None = None) -> zarr.Group:
     """Create the group with X, y, norms, the (empty, NaN-filled) data array and ``done``."""
     P, p, T = layout.tile_points, layout.block, layout.n_tiles
-    group = zarr.open_group(str(path), mode="w" if overwrite else "w-", zarr_format=3)
+    group = zarr.open_group(zarr_target(path, storage_options), mode="w" if overwrite else "w-",
+                            zarr_format=3)
     compressors = zarr_compressors(compression)
     for name, data, dims, chunks in (
             ("X", X, ("point", "feature"), (P, layout.d0)),
@@ -212,9 +307,10 @@ def done_bitmap_hex(done: np.ndarray) -> str:
 class TileWriter:
     """Writes whole tiles of one store: data chunk, mirror chunk, then the ``done`` mark."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, storage_options: dict[str, Any] | None = None) -> None:
         self.path = str(path)
-        self.group = zarr.open_group(self.path, mode="r+", use_consolidated=False)
+        self.group = zarr.open_group(zarr_target(path, storage_options), mode="r+",
+                                     use_consolidated=False)
         self.layout = StoreLayout.from_attrs(dict(self.group.attrs))
         self.data = self.group[self.layout.data_name]
         self.done = self.group["done"]
@@ -325,6 +421,146 @@ class StoreLock:
         self.release()
 
 
+class ObjectStoreLock:
+    """Exclusive writer lock of a store at an fsspec URL: the object ``<store>.lock``.
+
+    Taken by creating that object exclusively (``open(…, "xb")``: S3 ``If-None-Match: *``, an
+    ``O_EXCL`` create for ``file://``), then reading it back to check that the token in it is
+    ours. It holds the owner's host, pid, start time and a heartbeat that a background thread
+    renews every ``heartbeat_s``; releasing deletes it. Object stores cannot tell that a writer
+    died, so a lock is *stale* -- taken over with a warning -- when its holder ran on this host
+    and that pid is gone, or when its heartbeat is older than ``stale_after_s`` (a killed job on
+    another node: wait that long, or delete ``<store>.lock`` by hand once sure it is dead).
+    Clocks of the nodes are assumed to agree to well within ``stale_after_s``.
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None,
+                 stale_after_s: float | None = None, heartbeat_s: float | None = None) -> None:
+        self.url = str(url).rstrip("/") + LOCK_SUFFIX
+        self.store_url = str(url)
+        self.fs, self.path = url_filesystem(self.url, storage_options)
+        env_stale = os.environ.get("JNTK_LOCK_STALE_S")
+        self.stale_after_s = float(stale_after_s if stale_after_s is not None
+                                   else env_stale if env_stale else OBJECT_LOCK_STALE_S)
+        self.heartbeat_s = (heartbeat_s if heartbeat_s is not None
+                            else max(1.0, min(OBJECT_LOCK_HEARTBEAT_S, self.stale_after_s / 4)))
+        self.token: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def holder(self) -> dict[str, Any] | None:
+        """The lock object's contents, or None when there is no lock."""
+        self.fs.invalidate_cache(self.path)
+        try:
+            with self.fs.open(self.path, "rb") as fh:
+                text = fh.read().decode()
+        except FileNotFoundError:
+            return None
+        try:
+            info = json.loads(text)
+        except json.JSONDecodeError:
+            return {}
+        return info if isinstance(info, dict) else {}
+
+    def _stale_reason(self, info: dict[str, Any]) -> str | None:
+        if info.get("host") == socket.gethostname() and info.get("pid"):
+            if not _pid_alive(int(info["pid"])):
+                return "its process is no longer running"
+            return None
+        beat = info.get("heartbeat")
+        if not isinstance(beat, (int, float)):
+            return "it holds no heartbeat"
+        age = time.time() - float(beat)
+        if age > self.stale_after_s:
+            return f"its last heartbeat is {age:.0f} s old (> {self.stale_after_s:.0f} s)"
+        return None
+
+    def _info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "host": socket.gethostname(), "token": self.token,
+                "started": self._started, "heartbeat": time.time()}
+
+    def _write(self, mode: str) -> None:
+        with self.fs.open(self.path, mode) as fh:
+            fh.write(json.dumps(self._info()).encode())
+
+    def acquire(self) -> "ObjectStoreLock":
+        self.token = uuid.uuid4().hex
+        self._started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        for attempt in range(2):
+            try:
+                self._write("xb")
+            except FileExistsError:
+                info = self.holder()
+                if info is None:
+                    continue  # released meanwhile
+                reason = self._stale_reason(info)
+                if reason is None or attempt:
+                    self.token = None
+                    raise StoreLockedError(
+                        f"store {self.store_url} is being written by another job (pid "
+                        f"{info.get('pid', '?')} on {info.get('host', '?')}, started "
+                        f"{info.get('started', '?')}); wait for it to finish or stop it. If "
+                        f"that job is dead (e.g. its node was lost), the lock {self.url} turns "
+                        f"stale {self.stale_after_s:.0f} s after its last heartbeat, or "
+                        "delete it by hand") from None
+                log.warning("taking over the stale lock %s of pid %s on %s (started %s): %s",
+                            self.url, info.get("pid"), info.get("host"), info.get("started"),
+                            reason)
+                again = self.holder()
+                if again is not None and again.get("token") == info.get("token"):
+                    self.fs.rm(self.path)
+                continue
+            if (self.holder() or {}).get("token") != self.token:  # a backend without "x"
+                self.token = None
+                raise StoreLockedError(f"store {self.store_url}: another job took the lock "
+                                       f"{self.url} at the same moment; try again later")
+            break
+        else:
+            self.token = None
+            raise StoreLockedError(f"store {self.store_url}: could not take the lock {self.url}")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name="jntk-store-lock", daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                if (self.holder() or {}).get("token") != self.token:
+                    log.error("lost the store lock %s: another job took it over", self.url)
+                    return
+                self._write("wb")
+            except Exception as err:  # noqa: BLE001 -- a flaky network must not kill the job
+                log.warning("could not renew the store lock %s: %s", self.url, err)
+
+    def release(self) -> None:
+        if self.token is None:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        try:
+            if (self.holder() or {}).get("token") == self.token:
+                self.fs.rm(self.path)
+        finally:
+            self.token = None
+
+    def __enter__(self) -> "ObjectStoreLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def store_lock(location: str | Path, storage_options: dict[str, Any] | None = None
+               ) -> StoreLock | ObjectStoreLock:
+    """The writer lock of a store: :class:`StoreLock` for a local path, else :class:`ObjectStoreLock`."""
+    if is_url(location):
+        return ObjectStoreLock(str(location), storage_options)
+    return StoreLock(location)
+
+
 # ---- reading ----------------------------------------------------------------------------
 
 
@@ -350,10 +586,12 @@ class GramStore:
     store every read expands the stored fields with :func:`kernels.expand_blocks`.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, storage_options: dict[str, Any] | None = None) -> None:
         self.path = str(path)
+        self.storage_options = dict(storage_options or {})
         try:
-            self.group = zarr.open_group(self.path, mode="r", use_consolidated=False)
+            self.group = zarr.open_group(zarr_target(path, storage_options, read_only=True),
+                                         mode="r", use_consolidated=False)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             raise FileNotFoundError(f"no Gram store at {self.path}") from None
         self.attrs: dict[str, Any] = dict(self.group.attrs)
@@ -509,9 +747,11 @@ class GramStore:
             raise StoreError(f"{self.path} is incomplete ({len(self.missing_tiles())} tiles "
                              "missing); rerun the gram job or pass allow_incomplete=True")
         rows = self.layout.tile_points * self.layout.block
-        source = _GramSource(self.path, self.shape, self.dtype, lam, not allow_incomplete)
-        name = "jntk-gram-" + tokenize(os.path.realpath(self.path), lam,
-                                       self.attrs.get("config_hash"), allow_incomplete)
+        source = _GramSource(self.path, self.shape, self.dtype, lam, not allow_incomplete,
+                             self.storage_options)
+        where = self.path if is_url(self.path) else os.path.realpath(self.path)
+        name = "jntk-gram-" + tokenize(where, lam, self.attrs.get("config_hash"),
+                                       allow_incomplete)
         return da.from_array(source, chunks=(rows, rows), name=name, lock=False,
                              asarray=False, fancy=False, meta=np.empty((0, 0), self.dtype))
 
@@ -520,9 +760,11 @@ class _GramSource:
     """Array-like over a store for ``dask.array.from_array``: picklable, opens the store lazily."""
 
     def __init__(self, path: str, shape: tuple[int, int], dtype: np.dtype,
-                 lam: float | None, check_done: bool) -> None:
+                 lam: float | None, check_done: bool,
+                 storage_options: dict[str, Any] | None = None) -> None:
         self.path, self.shape, self.dtype, self.lam = path, shape, dtype, lam
         self.check_done = check_done
+        self.storage_options = storage_options
         self.ndim = 2
         self._store: GramStore | None = None
 
@@ -531,11 +773,15 @@ class _GramSource:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if self._store is None:
-            self._store = GramStore(self.path)
+            self._store = GramStore(self.path, self.storage_options)
         rows, cols = key if isinstance(key, tuple) else (key, slice(None))
         return self._store.read(rows, cols, lam=self.lam, check_done=False)
 
 
-def open_gram(path: str | Path) -> GramStore:
-    """Open a Gram store for reading: ``open_gram(p).tile(i, j, lam=…)``, ``.dask_array(lam=…)``."""
-    return GramStore(path)
+def open_gram(path: str | Path, storage_options: dict[str, Any] | None = None) -> GramStore:
+    """Open a Gram store for reading: ``open_gram(p).tile(i, j, lam=…)``, ``.dask_array(lam=…)``.
+
+    ``path`` is a local path or an fsspec URL (``storage_options`` go to fsspec, e.g.
+    ``{"endpoint_url": …}`` for an S3-compatible service).
+    """
+    return GramStore(path, storage_options)

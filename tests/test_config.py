@@ -106,8 +106,15 @@ def test_hash_and_diff() -> None:
 
 
 def test_object_store_outputs_are_refused_not_mangled():
+    """Path outputs refuse URLs; the gram job's store output keeps them as URLs."""
+    from jntk_dist.config import OutputPath
     from jntk_dist.gram_job import GramJobConfig
 
+    class PathJob(JobConfig):
+        output: OutputPath
+
     with pytest.raises(ValueError, match="object-store URLs"):
-        GramJobConfig.model_validate({"dataset": {"name": "sonar"}, "output": "s3://b/x.zarr",
-                                      "kernel": {"depth": 2}})
+        PathJob.model_validate({"output": "s3://b/x.zarr"})
+    cfg = GramJobConfig.model_validate({"dataset": {"name": "sonar"}, "output": "s3://b/x.zarr",
+                                        "kernel": {"depth": 2}})
+    assert cfg.output == "s3://b/x.zarr"
