@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -266,6 +267,16 @@ class Checkpointer(Protocol):
     def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None: ...
 
 
+def load_state(path: Path) -> dict[str, Any]:
+    """A run's checkpointed state: tensors and plain values only (``torch.load(weights_only=True)``,
+    no arbitrary unpickling); anything else is refused with a clear error."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"checkpoint {path} holds more than tensors and plain values; refusing "
+                         f"to unpickle it (delete it to restart the run): {err}") from None
+
+
 class FileCheckpointer:
     """State in ``<dir>/state.pt``, replaced atomically (plain-task backend)."""
 
@@ -277,7 +288,7 @@ class FileCheckpointer:
     def load(self) -> dict[str, Any] | None:
         if not self.path.exists():
             return None
-        return torch.load(self.path, weights_only=False)
+        return load_state(self.path)
 
     def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
         tmp = self.path.with_suffix(".tmp")
@@ -300,7 +311,7 @@ class RayTrainCheckpointer:
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as d:
-            return torch.load(Path(d) / "state.pt", weights_only=False)
+            return load_state(Path(d) / "state.pt")
 
     def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
         import ray.train
@@ -464,7 +475,7 @@ def _launch_train(config_dict: dict[str, Any], spec_dict: dict[str, Any],
     state = None
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", weights_only=False)
+            state = load_state(Path(d) / "state.pt")
     if state is None or "result" not in state:
         raise RuntimeError(f"Ray Train run {spec.run_id} ended without checkpointing its result "
                            f"(last metrics: {result.metrics})")
