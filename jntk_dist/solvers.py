@@ -15,6 +15,8 @@ Preconditioners that use the structure:
                   a rank-one term on span{e_0, x_i}: a 2×2 solve per point);
   * ``"two_level"``: exact on span{e_0, x̂_i} of every point (a 2n×2n compression that holds the
                   00 block and every term living in the span of x_i), Kronecker on the rest;
+  * ``"nystrom"``: two-level with both factors replaced by pivoted-Cholesky (Nyström) low rank +
+                  exact diagonal, set up from r field columns (large N);
   * ``"none"``.
 """
 
@@ -40,17 +42,22 @@ __all__ = [
     "BlockJacobiPreconditioner",
     "KroneckerPreconditioner",
     "TwoLevelPreconditioner",
+    "NystromPreconditioner",
+    "pivoted_cholesky",
     "make_preconditioner",
     "SolveResult",
     "EigResult",
     "structured_solve",
     "structured_eigs",
     "labels_to_rhs",
+    "pcg",
+    "shift_invert_eigs",
+    "IndefiniteError",
 ]
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
-PRECONDITIONERS = ("none", "jacobi", "kron", "two_level")
+PRECONDITIONERS = ("none", "jacobi", "kron", "two_level", "nystrom")
 
 
 # ---- preconditioners --------------------------------------------------------------------
@@ -132,8 +139,12 @@ def _psd_factor(A: Tensor, ridge: float, what: str) -> tuple[str, Tensor]:
     return "eig", Q / w.clamp_min(floor)[None, :] @ Q.T
 
 
-def _factor_solve(fac: tuple[str, Tensor], B: Tensor) -> Tensor:
+def _factor_solve(fac: tuple[str, Any], B: Tensor) -> Tensor:
     kind, F = fac
+    if kind == "lowrank":  # (L Lᵀ + D)⁻¹ B = D⁻¹B − D⁻¹L (I + LᵀD⁻¹L)⁻¹ LᵀD⁻¹B
+        L, dinv, cap = F
+        Y = dinv[:, None] * B
+        return Y - dinv[:, None] * (L @ torch.cholesky_solve(L.T @ Y, cap))
     return torch.cholesky_solve(B, F) if kind == "chol" else F @ B
 
 
@@ -210,9 +221,96 @@ class TwoLevelPreconditioner(Preconditioner):
         return torch.cat([zq[:n, None, :], zj], dim=1).reshape(R.shape)
 
 
+def pivoted_cholesky(diagonal: Tensor, columns: Callable[[list[int]], Tensor], max_rank: int,
+                     rel_tol: float = 1e-10) -> Tensor:
+    """Greedy pivoted Cholesky of a PSD n×n matrix known by its diagonal and its columns.
+
+    ``columns(idx)`` returns the (n, len(idx)) columns.  Stops at ``max_rank`` or when the trace
+    of the residual falls below ``rel_tol``·trace.  Returns L (n, r) with A ≈ L Lᵀ (the Nyström
+    approximation on the pivot columns); diag(A − L Lᵀ) ≥ 0 is what it leaves out.
+    """
+    n = diagonal.shape[0]
+    d = diagonal.clone().clamp_min(0.0)
+    trace0 = float(d.sum())
+    L = torch.zeros((n, max(0, min(max_rank, n))), dtype=diagonal.dtype, device=diagonal.device)
+    r = 0
+    while r < L.shape[1]:
+        i = int(torch.argmax(d))
+        if float(d.sum()) <= rel_tol * trace0 or float(d[i]) <= 0:
+            break
+        c = columns([i])[:, 0] - L[:, :r] @ L[i, :r]
+        L[:, r] = c / math.sqrt(float(d[i]))
+        d = (d - L[:, r] ** 2).clamp_min(0.0)
+        d[i] = 0.0
+        r += 1
+    return L[:, :r]
+
+
+def _lowrank_factor(L: Tensor, residual_diag: Tensor, ridge: float, floor: float
+                    ) -> tuple[str, Any]:
+    """Factor of L Lᵀ + diag(residual_diag) + μI, applied by the Woodbury identity."""
+    dinv = 1.0 / (residual_diag + ridge).clamp_min(floor)
+    cap = torch.eye(L.shape[1], dtype=L.dtype, device=L.device) + L.T @ (dinv[:, None] * L)
+    return "lowrank", (L, dinv, torch.linalg.cholesky(cap))
+
+
+class NystromPreconditioner(TwoLevelPreconditioner):
+    """The two-level preconditioner with its two dense factors replaced by low-rank + diagonal
+    approximations, for N where O(N²) fields or O(N³) factorisations are out of reach.
+
+    QᵀAQ (2n×2n) and λK_b (n×n) are each approximated by a pivoted Cholesky (Nyström on the
+    greedily chosen pivot columns) L Lᵀ plus the exact diagonal of what it leaves out, and
+    inverted (with + μI) by the Woodbury identity.  Set-up reads only the pivot columns of the
+    fields (r columns, O(n r) field entries, O(n r²) flops); each application is O(n r + n d0).
+    ``rank`` (per factor) defaults to what ``memory_mb`` holds: 3n·r float64 numbers.
+    """
+
+    name = "nystrom"
+
+    def __init__(self, op: Any, ridge: float = 0.0, rank: int | None = None,
+                 memory_mb: float = 256.0, rel_tol: float = 1e-10) -> None:
+        if not op.is_square:
+            raise ValueError("the Nyström preconditioner needs the square X–X operator")
+        n = op.n1
+        if rank is None:
+            rank = int(memory_mb * 2**20 / (8 * 3 * n))
+        self.rank = max(1, min(int(rank), 2 * n))
+        lam = 1.0 if op.lam is None else op.lam
+        self.n, self.d0 = n, op.d0
+        self.xhat = op.x1 / torch.linalg.vector_norm(op.x1, dim=1)[:, None]
+        cdiag = op.compressed_diagonal()
+        floor = 1e-12 * float(cdiag.abs().max())
+
+        cache: dict[int, Tensor] = {}
+
+        def c_columns(idx: list[int]) -> Tensor:
+            out = []
+            for c in idx:
+                j = c % n
+                if j not in cache:
+                    cache.clear()  # the e_0 and x̂ columns of a point are often both pivots
+                    cache[j] = op.compressed_columns([j])
+                out.append(cache[j][:, 0 if c < n else 1])
+            return torch.stack(out, 1)
+
+        Lq = pivoted_cholesky(cdiag, c_columns, self.rank, rel_tol)
+        self.fq = _lowrank_factor(Lq, (cdiag - (Lq ** 2).sum(1)).clamp_min(0.0), ridge, floor)
+        if lam == 0.0:
+            self.fjac = _jacobian_factor(torch.zeros((n, n), dtype=cdiag.dtype), lam, ridge)
+        else:
+            kb_diag = op.source.diagonal()[2]  # FIELD_NAMES index of k_b
+            Lb = pivoted_cholesky(lam * kb_diag, lambda idx: lam * op.field_columns("k_b", idx),
+                                  self.rank, rel_tol)
+            resid = (lam * kb_diag - (Lb ** 2).sum(1)).clamp_min(0.0)
+            self.fjac = _lowrank_factor(Lb, resid, ridge, floor)
+        self.ranks = (Lq.shape[1], self.fjac[1][0].shape[1] if self.fjac[0] == "lowrank" else 0)
+
+
 def make_preconditioner(op: Any, kind: str | Preconditioner | None = "kron",
                         ridge: float = 0.0) -> Preconditioner:
-    """A preconditioner for (op + ridge·I) by name: 'none', 'jacobi', 'kron' or 'two_level'."""
+    """A preconditioner for (op + ridge·I) by name: 'none', 'jacobi', 'kron', 'two_level' or
+    'nystrom' (low-rank + diagonal, rank from a 256 MB budget; build
+    :class:`NystromPreconditioner` yourself for another rank or budget)."""
     if isinstance(kind, Preconditioner):
         return kind
     kind = "none" if kind is None else kind
@@ -224,6 +322,8 @@ def make_preconditioner(op: Any, kind: str | Preconditioner | None = "kron",
         return KroneckerPreconditioner(op, ridge)
     if kind == "two_level":
         return TwoLevelPreconditioner(op, ridge)
+    if kind == "nystrom":
+        return NystromPreconditioner(op, ridge)
     raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got {kind!r}")
 
 
@@ -286,6 +386,67 @@ def _as_operator_matmat(op: Any) -> Callable[[Tensor], Tensor]:
         out = op.matmat(V)
         return torch.as_tensor(out, dtype=V.dtype, device=V.device)
     return mm
+
+
+class IndefiniteError(ValueError):
+    """CG met a direction p with pᵀAp ≤ 0; ``rayleigh`` = pᵀAp/pᵀp (so λ_min(A) ≤ rayleigh)."""
+
+    def __init__(self, message: str, rayleigh: float) -> None:
+        super().__init__(message)
+        self.rayleigh = rayleigh
+
+
+def _cg_update(A: Callable[[Tensor], Tensor], x: Tensor, r: Tensor, p: Tensor, rz: float,
+               it: int) -> None:
+    """One CG step along p: x += αp, r −= αAp (in place), α = rᵀz / pᵀAp."""
+    Ap = A(p)
+    pAp = float(p @ Ap)
+    if pAp <= 0:
+        raise IndefiniteError(f"the operator + ridge is not positive definite (pᵀAp = {pAp:.3e} "
+                              f"at iteration {it}); use a ridge μ > 0",
+                              rayleigh=pAp / float(p @ p))
+    alpha = rz / pAp
+    x.add_(p, alpha=alpha)
+    r.sub_(Ap, alpha=alpha)
+
+
+def _cg_direction(M: Callable[[Tensor], Tensor], r: Tensor, p: Tensor, rz: float) -> float:
+    """Next search direction p ← M r + (rᵀz_new / rᵀz) p (in place); returns the new rᵀz."""
+    z = M(r[:, None])[:, 0]
+    rz_new = float(r @ z)
+    p.mul_(rz_new / rz).add_(z)
+    return rz_new
+
+
+def pcg(A: Callable[[Tensor], Tensor], M: Callable[[Tensor], Tensor], b: Tensor,
+        x0: Tensor | None = None, tol: float = 1e-6, maxiter: int = 1000,
+        r0: Tensor | None = None) -> tuple[Tensor, int, float]:
+    """Plain PCG on A x = b (A: vector → vector, M: (n, m) → (n, m)); stops at |r| ≤ tol·|b|.
+
+    ``r0`` = b − A x0 when the caller knows it (saves a product).  Returns (x, iterations,
+    recurrence |r|/|b|).  No progress bar, no checkpoints: the inner solver of
+    :func:`shift_invert_eigs`; :func:`structured_solve` is the user-facing solve.
+    """
+    b_norm = float(torch.linalg.vector_norm(b))
+    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    if r0 is not None:
+        r = r0.clone()
+    else:
+        r = b - A(x) if x0 is not None else b.clone()
+    res = float(torch.linalg.vector_norm(r)) / b_norm
+    it = 0
+    if res <= tol:
+        return x, it, res
+    p = M(r[:, None])[:, 0]
+    rz = float(r @ p)
+    while it < maxiter:
+        _cg_update(A, x, r, p, rz, it)
+        it += 1
+        res = float(torch.linalg.vector_norm(r)) / b_norm
+        if res <= tol:
+            break
+        rz = _cg_direction(M, r, p, rz)
+    return x, it, res
 
 
 def structured_solve(op: Any, y: Any, ridge: float = 0.0, tol: float = 1e-6,
@@ -368,23 +529,13 @@ def structured_solve(op: Any, y: Any, ridge: float = 0.0, tol: float = 1e-6,
         bar = tqdm(total=maxiter, initial=start_it, desc=f"PCG[{M.name}]", unit="it")
     try:
         while not converged and it < maxiter:
-            Ap = A(p)
-            pAp = float(p @ Ap)
-            if pAp <= 0:
-                raise ValueError(f"the operator + ridge is not positive definite (pᵀAp = {pAp:.3e} "
-                                 f"at iteration {it}); use a ridge μ > 0")
-            alpha = rz / pAp
-            x.add_(p, alpha=alpha)
-            r.sub_(Ap, alpha=alpha)
+            _cg_update(A, x, r, p, rz, it)
             it += 1
             res = float(torch.linalg.vector_norm(r)) / b_norm
             history.append(res)
             converged = res <= tol
             if not converged:
-                z = M(r[:, None])[:, 0]
-                rz_new = float(r @ z)
-                p.mul_(rz_new / rz).add_(z)
-                rz = rz_new
+                rz = _cg_direction(M, r, p, rz)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(residual=f"{res:.2e}")
@@ -418,6 +569,7 @@ class EigResult:
     n_products: int
     wall_s: float
     residuals: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # method details (inner iterations, …)
 
 
 def _scipy_operator(op: Any) -> Any:
@@ -533,3 +685,119 @@ def structured_eigs(op: Any, k: int = 1, which: str = "LA", method: str = "lancz
     return EigResult(values=vals, vectors=vecs if return_vectors else None, method=method,
                      which=which, n_products=getattr(op, "n_products", 0) - before,
                      wall_s=time.perf_counter() - t0, residuals=residuals)
+
+
+def shift_invert_eigs(op: Any, k: int = 1, *, shift: float = 0.0,
+                      preconditioner: str | Preconditioner | None = "two_level",
+                      tol: float = 1e-8, inner_reduction: float = 1e-2,
+                      inner_maxiter: int | None = None, maxiter: int = 200,
+                      max_basis: int = 24, seed: int = 0, progress: bool = True,
+                      return_vectors: bool = True) -> EigResult:
+    """The k smallest eigenpairs of a symmetric operator A by shift-and-invert with inner PCG.
+
+    λ_min(A) = 1/λ_max((A + σI)⁻¹) − σ.  Each outer step applies (A + σI)⁻¹ to every unconverged
+    Ritz vector u (PCG with the structured ``preconditioner`` built for A + σI, warm-started at
+    u/(θ + σ)), adds the result to the search space and does Rayleigh–Ritz with A itself.  So the
+    Ritz values are upper bounds of the eigenvalues and the residuals |Au − θu| are exact whatever
+    the accuracy of the inner solves; that accuracy only sets the speed.  Tolerance schedule: an
+    inner solve reduces its (warm-start) residual |Au − θu|/(θ + σ) by ``inner_reduction``, so
+    the inner tolerance tightens in proportion to the outer residual (inexact inverse iteration).
+
+    ``tol``: absolute residual |Au − θu| at which a pair is converged.  ``shift`` σ ≥ 0 keeps
+    A + σI positive definite; if PCG meets a direction with pᵀ(A+σI)p ≤ 0 (so λ_min(A) < −σ) the
+    shift is raised and the preconditioner rebuilt.  The search space holds at most
+    ``max_basis`` vectors (restarted from the best Ritz vectors).  ``n_products`` counts every
+    operator column (inner PCG products included); ``info`` has the inner iteration counts.
+    """
+    n = op.shape[0]
+    if not (1 <= k < n):
+        raise ValueError(f"k must be in [1, {n - 1}], got {k}")
+    if not (0 < inner_reduction < 1):
+        raise ValueError(f"inner_reduction must be in (0, 1), got {inner_reduction}")
+    shift = float(shift)
+    if not math.isfinite(shift) or shift < 0:
+        raise ValueError(f"shift σ must be ≥ 0, got {shift}")
+    max_basis = max(int(max_basis), 2 * k + 1)
+    inner_maxiter = 10 * n if inner_maxiter is None else int(inner_maxiter)
+    device = getattr(op, "device", torch.device("cpu"))
+    dtype = torch.float64
+    matmat = _as_operator_matmat(op)
+    before = getattr(op, "n_products", 0)
+    t0 = time.perf_counter()
+    t_setup = time.perf_counter()
+    M = make_preconditioner(op, preconditioner, shift)
+    setup_s = time.perf_counter() - t_setup
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    S = torch.linalg.qr(torch.randn(n, k, generator=gen, dtype=dtype).to(device))[0]
+    AS = matmat(S)
+    inner_its: list[int] = []
+    shifts = [shift]
+    theta = np.zeros(k)
+    res_norms = np.full(k, np.inf)
+    U = S
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=maxiter, desc="shift-invert", unit="outer")
+    outer = 0
+    try:
+        while True:
+            # Rayleigh–Ritz with A on span(S) (S orthonormal)
+            H = S.T @ AS
+            w, Y = torch.linalg.eigh(0.5 * (H + H.T))
+            U, AU = S @ Y, AS @ Y
+            R = AU - U * w[None, :]
+            rn = torch.linalg.vector_norm(R, dim=0)
+            theta, res_norms = w[:k].cpu().numpy(), rn[:k].cpu().numpy()
+            if bar is not None:
+                bar.set_postfix(theta=f"{theta[0]:.3e}", residual=f"{res_norms.max():.1e}",
+                                inner=sum(inner_its))
+            if np.all(res_norms <= tol) or outer >= maxiter:
+                break
+            outer += 1
+            new = []
+            for j in np.flatnonzero(res_norms > tol):
+                u, Au, th = U[:, j], AU[:, j], float(w[j])
+                while True:
+                    A_s = lambda v: matmat(v[:, None])[:, 0] + shift * v  # noqa: E731
+                    denom = max(th + shift, 1e-300)
+                    x0 = u / denom
+                    r0 = u - (Au + shift * u) / denom
+                    inner_tol = max(inner_reduction * float(torch.linalg.vector_norm(r0)), 1e-15)
+                    try:
+                        t, its, _ = pcg(A_s, M, u, x0=x0, r0=r0, tol=inner_tol,
+                                        maxiter=inner_maxiter)
+                        inner_its.append(its)
+                        break
+                    except IndefiniteError as err:  # λ_min(A) < −σ: raise the shift, rebuild M
+                        shift = max(8.0 * shift, -2.0 * err.rayleigh + 2.0 * shift, 1e-300)
+                        shifts.append(shift)
+                        log.warning("A + σI is indefinite; raising the shift to σ = %.3e", shift)
+                        M = make_preconditioner(op, preconditioner, shift)
+                new.append(t)
+            T = torch.stack(new, dim=1)
+            if S.shape[1] + T.shape[1] > max_basis:  # restart from the best Ritz vectors
+                keep = max(k, max_basis - T.shape[1] - max_basis // 2)
+                S, AS = U[:, :keep], AU[:, :keep]
+            for _ in range(2):  # classical Gram–Schmidt, twice
+                T = T - S @ (S.T @ T)
+            T, Rt = torch.linalg.qr(T)
+            ok = torch.abs(torch.diagonal(Rt)) > 1e-10 * torch.abs(Rt).max()
+            if not ok.any():
+                log.warning("shift-invert: the new directions lie in the search space; stopping")
+                break
+            T = T[:, ok]
+            S, AS = torch.cat([S, T], 1), torch.cat([AS, matmat(T)], 1)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    vecs = U[:, :k].cpu().numpy()
+    return EigResult(values=theta, vectors=vecs if return_vectors else None,
+                     method="shift-invert", which="SA",
+                     n_products=getattr(op, "n_products", 0) - before,
+                     wall_s=time.perf_counter() - t0, residuals=res_norms,
+                     info={"outer_iterations": outer, "inner_iterations": inner_its,
+                           "shifts": shifts, "preconditioner": M.name, "setup_s": setup_s,
+                           "converged": bool(np.all(res_norms <= tol))})

@@ -351,10 +351,31 @@ class StructuredKernel:
         if not self.is_square:
             raise ValueError("the compression is only defined for the square X–X operator")
         F = fields if fields is not None else self.field_matrices(FIELD_NAMES)
-        x = self.x1
-        norm = torch.linalg.vector_norm(x, dim=1)
-        B = x @ x.T
-        ni, nj = norm[:, None], norm[None, :]
+        return self._compressed(F, self.x1, self.x2)
+
+    def compressed_columns(self, points: Sequence[int]) -> Tensor:
+        """The columns of QᵀKQ for the given points: (2n, 2m), the e_0 columns of the m points,
+        then their x̂ columns; reads only the fields of those m columns."""
+        if not self.is_square:
+            raise ValueError("the compression is only defined for the square X–X operator")
+        cols = [int(j) for j in points]
+        tiles = [self.source.tile(slice(0, self.n1), slice(j, j + 1)) for j in cols]
+        T = torch.cat(tiles, dim=2)
+        F = {name: T[i] for i, name in enumerate(FIELD_NAMES)}
+        C = self._compressed(F, self.x1, self.x2[cols])
+        m = len(cols)
+        return torch.cat([C[:, :m], C[:, m:]], 1)
+
+    def compressed_diagonal(self) -> Tensor:
+        """The diagonal of QᵀKQ (length 2n): k(x_i, x_i), then x̂_iᵀ B_i x̂_i."""
+        p = self.block_diagonal_parts()
+        sq = torch.linalg.vector_norm(self.x1, dim=1) ** 2
+        return torch.cat([p["k"], p["iso"] + p["rank1"] * sq])
+
+    def _compressed(self, F: dict[str, Tensor], x_rows: Tensor, x_cols: Tensor) -> Tensor:
+        ni = torch.linalg.vector_norm(x_rows, dim=1)[:, None]
+        nj = torch.linalg.vector_norm(x_cols, dim=1)[None, :]
+        B = x_rows @ x_cols.T
         lam = 1.0 if self.lam is None else self.lam
         c00 = F["k"]
         c0x = self.root_lam * (F["k_b"] * B / nj + 2 * F["k_c"] * nj)
@@ -363,6 +384,12 @@ class StructuredKernel:
                      + 4 * F["k_ac"] * ni * nj + F["k_bb"] * B * B / (ni * nj)
                      + 2 * F["k_bc"] * B * nj / ni)
         return torch.cat([torch.cat([c00, c0x], 1), torch.cat([cx0, cxx], 1)], 0)
+
+    def field_columns(self, name: str, points: Sequence[int]) -> Tensor:
+        """Columns of one n1×n2 field at the given points: (n1, m)."""
+        i = FIELD_NAMES.index(name)
+        return torch.cat([self.source.tile(slice(0, self.n1), slice(int(j), int(j) + 1))[i]
+                          for j in points], dim=1)
 
     def to_dense(self) -> Tensor:
         """The dense Gram (small problems only; for checks)."""

@@ -1,0 +1,125 @@
+"""Shift-invert λ_min and the Nyström (pivoted-Cholesky) preconditioner vs dense linear algebra."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from jntk_dist import kernels
+from jntk_dist.linalg import positivity_tolerance
+from jntk_dist.solvers import (NystromPreconditioner, TwoLevelPreconditioner, labels_to_rhs,
+                               pivoted_cholesky, shift_invert_eigs, structured_solve)
+from jntk_dist.structured import structured_operator
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _sphere(n: int, d0: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d0))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _dense(x, *, depth, activation, lam):
+    f = kernels.fields(x, depth=depth, activation=activation)
+    return kernels.to_gram(kernels.expand_blocks(f, torch.as_tensor(x), lam=lam)).numpy()
+
+
+@pytest.fixture(scope="module")
+def system():
+    x = _sphere(16, 5, 4)
+    kw = dict(depth=5, activation="erf", lam=0.1)
+    return x, kw, _dense(x, **kw)
+
+
+@pytest.mark.parametrize("k,precond", [(1, "two_level"), (2, "kron"), (1, "nystrom")])
+def test_shift_invert_equals_eigvalsh(system, k, precond):
+    x, kw, G = system
+    w = np.linalg.eigvalsh(G)
+    tau = positivity_tolerance(w[-1], len(G))
+    assert w[0] > 100 * tau  # a well-posed small end to compare against
+    op = structured_operator(x, **kw)
+    res = shift_invert_eigs(op, k=k, shift=tau, preconditioner=precond, tol=1e-10 * w[-1],
+                            progress=False)
+    assert res.info["converged"]
+    # Ritz values are upper bounds; with |r| ≤ 1e-10 λ_max they agree to well within τ-scale
+    np.testing.assert_allclose(res.values, w[:k], rtol=1e-7, atol=tau)
+    assert np.all(res.values >= w[:k] - tau)
+    assert np.all(res.residuals <= 1e-10 * w[-1])
+    v = res.vectors[:, 0]
+    assert np.linalg.norm(G @ v - w[0] * v) <= 1e-8 * w[-1]
+    assert res.n_products > 0 and sum(res.info["inner_iterations"]) > 0
+
+
+class _Shifted:
+    """A − c·I as an operator (indefinite for c > λ_min(A))."""
+
+    def __init__(self, op, c):
+        self.op, self.c, self.shape, self.n_products = op, c, op.shape, 0
+
+    def matmat(self, V):
+        self.n_products += V.shape[1]
+        return self.op.matmat(V) - self.c * V
+
+
+def test_shift_invert_raises_the_shift_on_an_indefinite_operator(system):
+    x, kw, G = system
+    w = np.linalg.eigvalsh(G)
+    c = w[0] + 0.3 * (w[1] - w[0])  # A − cI has exactly one negative eigenvalue
+    op = _Shifted(structured_operator(x, **kw), c)
+    res = shift_invert_eigs(op, k=1, shift=0.0, preconditioner="none", tol=1e-10 * w[-1],
+                            progress=False)
+    assert len(res.info["shifts"]) > 1 and res.info["shifts"][-1] > 0
+    np.testing.assert_allclose(res.values[0], w[0] - c, rtol=1e-6)
+    assert res.values[0] < 0
+
+
+def test_shift_invert_bad_arguments(system):
+    x, kw, _ = system
+    op = structured_operator(x, **kw)
+    with pytest.raises(ValueError, match="shift"):
+        shift_invert_eigs(op, shift=-1.0, progress=False)
+    with pytest.raises(ValueError, match="inner_reduction"):
+        shift_invert_eigs(op, inner_reduction=1.5, progress=False)
+    with pytest.raises(ValueError, match="k must be"):
+        shift_invert_eigs(op, k=0, progress=False)
+
+
+def test_pivoted_cholesky_is_exact_at_full_rank_and_leaves_a_psd_residual():
+    rng = np.random.default_rng(1)
+    B = rng.standard_normal((30, 12))
+    A = torch.as_tensor(B @ B.T + np.diag(rng.uniform(0, 0.1, 30)))
+    cols = lambda idx: A[:, idx]  # noqa: E731
+    L = pivoted_cholesky(torch.diagonal(A).clone(), cols, max_rank=30, rel_tol=0.0)
+    assert torch.allclose(L @ L.T, A, rtol=0, atol=1e-10 * float(A.abs().max()))
+    L5 = pivoted_cholesky(torch.diagonal(A).clone(), cols, max_rank=5)
+    assert L5.shape == (30, 5)
+    assert float(torch.linalg.eigvalsh(A - L5 @ L5.T)[0]) >= -1e-10  # Schur complement is PSD
+    # the greedy pivots capture most of the trace
+    assert float(torch.trace(A - L5 @ L5.T)) < 0.5 * float(torch.trace(A))
+
+
+def test_nystrom_at_full_rank_is_the_two_level_preconditioner(system):
+    x, kw, _ = system
+    op = structured_operator(x, **kw)
+    R = torch.as_tensor(np.random.default_rng(2).standard_normal((op.shape[0], 3)))
+    full = NystromPreconditioner(op, ridge=1e-3, rank=2 * 16, rel_tol=0.0)
+    assert full.ranks == (32, 16)
+    ref = TwoLevelPreconditioner(op, ridge=1e-3).apply(R)
+    assert float(torch.linalg.norm(full.apply(R) - ref) / torch.linalg.norm(ref)) <= 1e-9
+
+
+@pytest.mark.parametrize("mode", ["memory", "recompute"])
+def test_pcg_with_low_rank_nystrom_equals_dense_solve(system, mode):
+    x, kw, G = system
+    ridge = 1e-2
+    b = labels_to_rhs(np.where(np.arange(16) % 3 == 0, 1.0, -1.0), 16, 5)
+    exact = np.linalg.solve(G + ridge * np.eye(len(G)), b)
+    op = structured_operator(x, mode=mode, **kw)
+    P = NystromPreconditioner(op, ridge=ridge, rank=6)
+    assert P.ranks == (6, 6)
+    res = structured_solve(op, b, ridge=ridge, tol=1e-12, preconditioner=P, progress=False)
+    assert res.converged and res.preconditioner == "nystrom"
+    assert np.linalg.norm(res.x - exact) / np.linalg.norm(exact) <= 1e-9
+    # rank from a memory budget: 3n·r float64 numbers
+    assert NystromPreconditioner(op, ridge=ridge, memory_mb=3 * 16 * 4 * 8 / 2**20).rank == 4
