@@ -689,10 +689,11 @@ def structured_eigs(op: Any, k: int = 1, which: str = "LA", method: str = "lancz
 
 def shift_invert_eigs(op: Any, k: int = 1, *, shift: float = 0.0,
                       preconditioner: str | Preconditioner | None = "two_level",
-                      tol: float = 1e-8, inner_reduction: float = 1e-2,
+                      tol: float = 1e-8, inner_reduction: float = 0.3,
                       inner_maxiter: int | None = None, maxiter: int = 200,
                       max_basis: int = 24, seed: int = 0, progress: bool = True,
-                      return_vectors: bool = True) -> EigResult:
+                      return_vectors: bool = True, checkpoint: str | os.PathLike | None = None,
+                      checkpoint_every: float = 60.0) -> EigResult:
     """The k smallest eigenpairs of a symmetric operator A by shift-and-invert with inner PCG.
 
     λ_min(A) = 1/λ_max((A + σI)⁻¹) − σ.  Each outer step applies (A + σI)⁻¹ to every unconverged
@@ -708,6 +709,9 @@ def shift_invert_eigs(op: Any, k: int = 1, *, shift: float = 0.0,
     shift is raised and the preconditioner rebuilt.  The search space holds at most
     ``max_basis`` vectors (restarted from the best Ritz vectors).  ``n_products`` counts every
     operator column (inner PCG products included); ``info`` has the inner iteration counts.
+    With ``checkpoint`` (``.npz``) the search space (S, AS), the shift and the counters are saved
+    atomically every ``checkpoint_every`` seconds and at the end; a rerun resumes from them
+    (a checkpoint of another operator shape or k is refused).
     """
     n = op.shape[0]
     if not (1 <= k < n):
@@ -727,19 +731,43 @@ def shift_invert_eigs(op: Any, k: int = 1, *, shift: float = 0.0,
     t_setup = time.perf_counter()
     M = make_preconditioner(op, preconditioner, shift)
     setup_s = time.perf_counter() - t_setup
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    S = torch.linalg.qr(torch.randn(n, k, generator=gen, dtype=dtype).to(device))[0]
-    AS = matmat(S)
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    outer = 0
     inner_its: list[int] = []
     shifts = [shift]
+    if ckpt is not None and ckpt.exists():
+        with np.load(ckpt) as z:
+            if str(z["method"]) != "shift-invert" or z["S"].shape[0] != n or int(z["k"]) != k:
+                raise ValueError(f"checkpoint {ckpt} is not a shift-invert search space of "
+                                 f"{n} rows for k={k}; remove it or choose another path")
+            S = torch.as_tensor(z["S"], device=device)
+            AS = torch.as_tensor(z["AS"], device=device)
+            outer, inner_its = int(z["outer"]), z["inner"].tolist()
+            shifts = z["shifts"].tolist()
+        if shifts[-1] != shift:
+            shift = shifts[-1]
+            M = make_preconditioner(op, preconditioner, shift)
+        log.info("resuming shift-invert from %s after %d outer steps", ckpt, outer)
+    else:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        S = torch.linalg.qr(torch.randn(n, k, generator=gen, dtype=dtype).to(device))[0]
+        AS = matmat(S)
+    resumed_from = outer
+
+    def save() -> None:
+        if ckpt is not None:
+            _save_npz(ckpt, S=S.cpu().numpy(), AS=AS.cpu().numpy(), outer=np.int64(outer),
+                      inner=np.asarray(inner_its, dtype=np.int64), k=np.int64(k),
+                      shifts=np.asarray(shifts), method=np.str_("shift-invert"))
+
+    last_save = time.perf_counter()
     theta = np.zeros(k)
     res_norms = np.full(k, np.inf)
     U = S
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=maxiter, desc="shift-invert", unit="outer")
-    outer = 0
+        bar = tqdm(total=maxiter, initial=outer, desc="shift-invert", unit="outer")
     try:
         while True:
             # Rayleigh–Ritz with A on span(S) (S orthonormal)
@@ -790,14 +818,19 @@ def shift_invert_eigs(op: Any, k: int = 1, *, shift: float = 0.0,
             S, AS = torch.cat([S, T], 1), torch.cat([AS, matmat(T)], 1)
             if bar is not None:
                 bar.update(1)
+            if ckpt is not None and time.perf_counter() - last_save >= checkpoint_every:
+                save()
+                last_save = time.perf_counter()
     finally:
         if bar is not None:
             bar.close()
+    save()
     vecs = U[:, :k].cpu().numpy()
     return EigResult(values=theta, vectors=vecs if return_vectors else None,
                      method="shift-invert", which="SA",
                      n_products=getattr(op, "n_products", 0) - before,
                      wall_s=time.perf_counter() - t0, residuals=res_norms,
                      info={"outer_iterations": outer, "inner_iterations": inner_its,
+                           "resumed_from": resumed_from,
                            "shifts": shifts, "preconditioner": M.name, "setup_s": setup_s,
                            "converged": bool(np.all(res_norms <= tol))})

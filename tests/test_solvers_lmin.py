@@ -123,3 +123,23 @@ def test_pcg_with_low_rank_nystrom_equals_dense_solve(system, mode):
     assert np.linalg.norm(res.x - exact) / np.linalg.norm(exact) <= 1e-9
     # rank from a memory budget: 3n·r float64 numbers
     assert NystromPreconditioner(op, ridge=ridge, memory_mb=3 * 16 * 4 * 8 / 2**20).rank == 4
+
+
+def test_shift_invert_resumes_from_its_checkpoint(system, tmp_path):
+    x, kw, G = system
+    w = np.linalg.eigvalsh(G)
+    op = structured_operator(x, **kw)
+    ckpt = tmp_path / "si.npz"
+    args = dict(k=1, shift=0.0, preconditioner="kron", tol=1e-11 * w[-1], inner_reduction=0.5,
+                progress=False)
+    fresh = shift_invert_eigs(op, **args)
+    assert fresh.info["outer_iterations"] > 3
+    stopped = shift_invert_eigs(op, maxiter=3, checkpoint=ckpt, **args)
+    assert not stopped.info["converged"] and ckpt.exists()
+    resumed = shift_invert_eigs(op, checkpoint=ckpt, **args)
+    assert resumed.info["resumed_from"] == 3 and resumed.info["converged"]
+    assert resumed.info["outer_iterations"] == fresh.info["outer_iterations"]
+    assert resumed.info["inner_iterations"] == fresh.info["inner_iterations"]
+    np.testing.assert_allclose(resumed.values, fresh.values, rtol=1e-12)
+    with pytest.raises(ValueError, match="not a shift-invert search space"):
+        shift_invert_eigs(op, checkpoint=ckpt, **{**args, "k": 2})

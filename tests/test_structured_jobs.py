@@ -14,6 +14,7 @@ from jntk_dist.commands.solve import SolveJobConfig, run_solve
 from jntk_dist.config import load_config
 
 DEPTH, ACT, LAM = 2, "erf", 0.5
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny operators: no thread-pool stalls
 
 
 def _sphere(n: int, d: int, seed: int) -> np.ndarray:
@@ -102,14 +103,17 @@ def test_explicit_checkpoint_is_kept_and_checked(tmp_path, data):
                               SolveJobConfig), progress=False)
 
 
-def test_structured_eigen_job_extremes_equal_dense_spectrum(tmp_path, data):
+@pytest.mark.parametrize("method", ["shift_invert", "lobpcg"])
+def test_structured_eigen_job_extremes_equal_dense_spectrum(tmp_path, data, method):
     path, X, y = data
     base = {"dataset": {"path": str(path)}, "kernel": {"depth": DEPTH, "activation": ACT},
             "lam": LAM, "k": 4, "test_fraction": 0.25}
     dense = run_eigen(load_config({**base, "output": str(tmp_path / "d.zarr")}, EigenJobConfig),
                       progress=False)
-    s = run_eigen(load_config({**base, "output": str(tmp_path / "s.zarr"), "structured": True},
+    s = run_eigen(load_config({**base, "output": str(tmp_path / "s.zarr"),
+                               "structured": {"lambda_min_method": method}},
                               EigenJobConfig), progress=False)
+    assert method in s["method"] and s["lambda_min_products"] > 0
     train = _open(tmp_path / "s.zarr", "eigen_jntk")["train_index"].values
     np.testing.assert_array_equal(train, _open(tmp_path / "d.zarr", "eigen_jntk")["train_index"])
     ref = np.linalg.eigvalsh(kernels.gram(X[train], depth=DEPTH, activation=ACT, lam=LAM))

@@ -5,7 +5,8 @@ Full spectrum (scipy, or torch on a GPU) when the Gram has at most ``max_dense``
 the top-k eigenpairs and the smallest eigenvalue by Lanczos on the Dask array (shift-invert with a
 blockwise Cholesky factor for the small end). Results go to a Zarr group with a spectrum plot.
 With ``structured:`` (``--structured``) the dense Gram is never formed: the top-k by Lanczos and
-λ_min by preconditioned LOBPCG on the matrix-free operator (:func:`jntk_dist.solvers.structured_eigs`).
+λ_min by shift-invert with inner PCG (:func:`jntk_dist.solvers.shift_invert_eigs`; or preconditioned
+LOBPCG, ``structured.lambda_min_method: lobpcg``) on the matrix-free operator.
 """
 
 from __future__ import annotations
@@ -108,11 +109,11 @@ def _write(cfg: EigenJobConfig, arrays: dict[str, tuple[np.ndarray, list[str]]],
 
 
 def _run_structured(cfg: EigenJobConfig, prob: Any, lam: float, progress: bool) -> dict[str, Any]:
-    """Top-k (Lanczos) and λ_min (LOBPCG with the structured preconditioner) of the matrix-free
+    """Top-k (Lanczos) and λ_min (shift-invert or LOBPCG, structured preconditioner) of the matrix-free
     Θ_λ. The Ritz value θ ≥ λ_min and |Av − θv| bounds the gap, so positivity is decided on
     θ − |Av − θv| > τ (a certified lower bound), not on θ alone."""
     from .. import linalg
-    from ..solvers import structured_eigs
+    from ..solvers import shift_invert_eigs, structured_eigs
 
     spec = cfg.structured
     t0 = time.perf_counter()
@@ -122,22 +123,32 @@ def _run_structured(cfg: EigenJobConfig, prob: Any, lam: float, progress: bool) 
                           maxiter=spec.maxiter, progress=progress, return_vectors=cfg.vectors)
     hi = float(top.values[-1])
     tau = linalg.positivity_tolerance(hi, n)
-    # LOBPCG rounds with a checkpoint restart the search directions (slower; docs/benchmarks.md),
-    # so λ_min is checkpointed only when a path is given
-    bottom = structured_eigs(op, k=1, which="SA", method="lobpcg", tol=spec.tol * hi,
-                             maxiter=spec.maxiter, preconditioner=spec.preconditioner,
-                             shift=1000 * tau, checkpoint=spec.checkpoint, progress=progress,
-                             return_vectors=False)
+    if spec.lambda_min_method == "shift_invert":
+        # (A + τI)⁻¹ by inner PCG, Rayleigh–Ritz with A: θ ≥ λ_min and |Av − θv| are exact
+        bottom = shift_invert_eigs(op, k=1, shift=tau, preconditioner=spec.preconditioner,
+                                   tol=spec.tol * hi, maxiter=spec.maxiter or 200,
+                                   checkpoint=spec.checkpoint,
+                                   checkpoint_every=spec.checkpoint_every,
+                                   progress=progress, return_vectors=False)
+    else:
+        # LOBPCG rounds with a checkpoint restart the search directions (slower;
+        # docs/benchmarks.md), so λ_min is checkpointed only when a path is given
+        bottom = structured_eigs(op, k=1, which="SA", method="lobpcg", tol=spec.tol * hi,
+                                 maxiter=spec.maxiter, preconditioner=spec.preconditioner,
+                                 shift=1000 * tau, checkpoint=spec.checkpoint, progress=progress,
+                                 return_vectors=False)
     lo, lo_res = float(bottom.values[0]), float(bottom.residuals[0])
     summary: dict[str, Any] = {
         "job": "eigen", "source": prob.source, "part": cfg.part, "lam": lam, "depth": prob.depth,
         "activation": prob.activation, "n": n, "structured": True,
-        "method": f"structured: top-{top.values.size} lanczos; λ_min: lobpcg[{spec.preconditioner}]",
+        "method": f"structured: top-{top.values.size} lanczos; λ_min: "
+                  f"{spec.lambda_min_method}[{spec.preconditioner}]",
+        "lambda_min_products": int(bottom.n_products),
         "lambda_min": lo, "lambda_min_residual": lo_res, "lambda_max": hi,
         "lambda_max_residual": float(top.residuals[-1]), "tolerance": tau,
         "positive_definite": bool(lo - lo_res > tau),
         "tolerance_rule": "positive iff λ_min > τ = n·eps(float64)·λ_max, with λ_min ≥ θ − |Av − θv| "
-                          "(θ: LOBPCG's Ritz value, an upper bound)",
+                          "(θ: the Ritz value, an upper bound)",
         "operator_products": int(top.n_products + bottom.n_products),
         "seconds": time.perf_counter() - t0, "scheduler": f"matrix-free on {op.device}",
         "config": cfg.to_dict(),

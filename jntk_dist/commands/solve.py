@@ -182,7 +182,7 @@ def compute_context(spec: ComputeSpec) -> Iterator[str]:
 
 # ---- matrix-free (structured) mode, shared by solve and eigen -----------------------------
 
-PreconditionerName = Literal["none", "jacobi", "kron", "two_level"]
+PreconditionerName = Literal["none", "jacobi", "kron", "two_level", "nystrom"]
 
 
 class StructuredSpec(BaseModel):
@@ -204,6 +204,8 @@ class StructuredSpec(BaseModel):
     memory_mb: float = Field(default=512.0, gt=0.0)  # working set of a product's row tile
     fields: Literal["auto", "memory", "recompute"] = "auto"  # auto: held in memory if the 8 N²
     # fields fit in memory_mb, else recomputed (a store: read) per row tile on every product
+    lambda_min_method: Literal["shift_invert", "lobpcg"] = "shift_invert"  # eigen: λ_min route
+    # (shift-invert with inner PCG: fewer products on digits, docs/structured.md)
 
     @model_validator(mode="before")
     @classmethod
