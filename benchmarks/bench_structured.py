@@ -87,20 +87,36 @@ def bench_matvec(args: argparse.Namespace) -> None:
 
 
 def bench_precond(args: argparse.Namespace) -> None:
-    X, y = _digits(args.n, upsample=args.d0 == 784)
+    from jntk_dist.solvers import NystromPreconditioner
+
+    if args.synthetic:
+        X = _sphere(args.n, args.d0, seed=5)
+        y = np.where(X[:, 0] + 0.5 * X[:, 1] > 0, 1.0, -1.0)
+        what = "synthetic unit vectors"
+    else:
+        X, y = _digits(args.n, upsample=args.d0 == 784)
+        what = "digits"
     d0 = X.shape[1]
     op = structured_operator(X, depth=args.depth, activation=args.activation, lam=args.lam)
-    print(f"# PCG iterations to relative residual {args.tol:g}: digits N={X.shape[0]}, d0={d0} "
+    print(f"# PCG iterations to relative residual {args.tol:g}: {what} N={X.shape[0]}, d0={d0} "
           f"({X.shape[0] * (d0 + 1)} unknowns), {args.activation} depth {args.depth}, "
-          f"λ={args.lam}, ridge μ={args.ridge}; load avg {os.getloadavg()[0]:.1f}")
+          f"λ={args.lam}, ridge μ={args.ridge}; {torch.get_num_threads()} threads, "
+          f"load avg {os.getloadavg()[0]:.1f}")
     print("| preconditioner | iterations | true rel. residual | set-up s | solve s |")
     print("|---|---|---|---|---|")
-    for pc in ("none", "jacobi", "kron", "two_level"):
-        r = structured_solve(op, y, ridge=args.ridge, tol=args.tol, preconditioner=pc,
+    for pc in args.preconds:
+        if pc.startswith("nystrom@"):  # nystrom@RANK
+            t0 = time.perf_counter()
+            P = NystromPreconditioner(op, ridge=args.ridge, rank=int(pc.split("@")[1]))
+            setup = time.perf_counter() - t0
+            label = f"nystrom, rank {P.ranks[0]} + {P.ranks[1]}"
+        else:
+            P, setup, label = pc, None, pc
+        r = structured_solve(op, y, ridge=args.ridge, tol=args.tol, preconditioner=P,
                              maxiter=args.maxiter, progress=False)
         flag = "" if r.converged else " (not converged)"
-        print(f"| {pc} | {r.iterations}{flag} | {r.residual:.1e} | {r.setup_s:.2f} | "
-              f"{r.wall_s:.1f} |", flush=True)
+        print(f"| {label} | {r.iterations}{flag} | {r.residual:.1e} | "
+              f"{setup if setup is not None else r.setup_s:.2f} | {r.wall_s:.1f} |", flush=True)
 
 
 def bench_large(args: argparse.Namespace) -> None:
@@ -174,16 +190,18 @@ def bench_lmin(args: argparse.Namespace) -> None:
     print("| method | preconditioner | λ_min (Ritz) | residual | certified θ−|r| > τ | products | "
           "outer / inner its | wall s |")
     print("|---|---|---|---|---|---|---|---|", flush=True)
+    budget = None  # products of the previous method (LOBPCG gets as many with --match-products)
     for method in args.methods:
         if method.startswith("shift-invert"):
             red = float(method.split("@")[1]) if "@" in method else 0.3
             r = shift_invert_eigs(op, k=1, shift=tau, preconditioner=args.precond, tol=tol,
-                                  inner_reduction=red, maxiter=args.maxiter, progress=False)
+                                  inner_reduction=red, maxiter=args.maxiter, progress=True)
             its = f"{r.info['outer_iterations']} / {sum(r.info['inner_iterations'])}"
         elif method == "lobpcg":
+            maxiter = budget if args.match_products and budget else args.maxiter
             r = structured_eigs(op, k=1, which="SA", method="lobpcg", preconditioner=args.precond,
-                                shift=1000 * tau, tol=tol, maxiter=args.maxiter, progress=False)
-            its = "—"
+                                shift=1000 * tau, tol=tol, maxiter=maxiter, progress=True)
+            its = f"{maxiter} max"
         elif method == "lanczos":
             try:
                 r = structured_eigs(op, k=1, which="SA", method="lanczos", tol=args.rel_tol,
@@ -195,6 +213,7 @@ def bench_lmin(args: argparse.Namespace) -> None:
             its = "—"
         else:
             raise SystemExit(f"unknown method {method}")
+        budget = r.n_products
         lo, res = float(r.values[0]), float(r.residuals[0])
         print(f"| {method} | {args.precond if method != 'lanczos' else '—'} | {lo:.6e} | "
               f"{res:.1e} | {lo - res > tau} | {r.n_products} | {its} | {r.wall_s:.0f} |",
@@ -221,6 +240,11 @@ def main() -> None:
         s.add_argument("--ridge", type=float, default=1e-3)
         s.add_argument("--tol", type=float, default=1e-6)
         s.add_argument("--maxiter", type=int, default=2000)
+    pre = sub.choices["precond"]
+    pre.add_argument("--synthetic", action="store_true", help="unit vectors instead of digits")
+    pre.add_argument("--preconds", nargs="+",
+                     default=["none", "jacobi", "kron", "two_level", "nystrom@100"],
+                     help="names, or nystrom@RANK")
     eig = sub.choices["eigen"]
     eig.add_argument("--k", type=int, default=3)
     eig.add_argument("--shift", type=float, default=1e-8)
@@ -240,6 +264,8 @@ def main() -> None:
                       choices=["none", "jacobi", "kron", "two_level", "nystrom"])
     lmin.add_argument("--methods", nargs="+", default=["shift-invert@0.3", "lobpcg"],
                       help="shift-invert[@inner_reduction], lobpcg, lanczos")
+    lmin.add_argument("--match-products", action="store_true",
+                      help="LOBPCG runs at most as many iterations as the previous method's products")
     large = sub.choices["large"]
     large.add_argument("--digits", action="store_true", help="digits instead of synthetic inputs")
     large.add_argument("--mode", default="memory", choices=["memory", "recompute"])
