@@ -379,3 +379,41 @@ def test_compiled_recursion_matches_eager():
     torch.testing.assert_close(other.stack(), kernels.fields(x1[:4], x2, depth=5,
                                                              activation="erf").stack(),
                                rtol=1e-13, atol=1e-14)
+    x = unit_rows(300, 3, seed=33)  # one point set over several row blocks: the mirrored route
+    torch.testing.assert_close(kernels.fields(x, depth=2, activation="erf", compile=True).stack(),
+                               kernels.fields(x, depth=2, activation="erf").stack(),
+                               rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("activation", ["erf", "gelu"])
+def test_symmetric_block_triangle_matches_two_set_route(activation):
+    """One point set computes only the row blocks right of the diagonal and mirrors the rest
+    through the (x', x) swap rule; it must agree with the two-set route (no mirroring), which
+    the autodiff tests check, on every pair — several row blocks, mixed norms."""
+    x = unit_rows(300, 4, seed=41)
+    x[::3] *= 1.8
+    rows = kernels._block_rows(300, 300, torch.device("cpu"))
+    assert rows < 150, "the test must span several row blocks"
+    for kind in ("jntk", "nngp"):
+        sym = kernels.fields(x, depth=4, activation=activation, kind=kind).stack()
+        two = kernels.fields(x, x.clone(), depth=4, activation=activation, kind=kind).stack()
+        scale = two.abs().amax(dim=(1, 2), keepdim=True)
+        assert ((sym - two).abs() / scale).max() < 1e-13
+        # below the diagonal blocks the entries are exact mirrors of the swapped fields
+        lower = sym[:, rows:, :rows]
+        mirrored = sym[list(kernels._SWAPPED_FIELD), :rows, rows:].transpose(1, 2)
+        assert torch.equal(lower, mirrored)
+
+
+def test_gram_is_expanded_point_major_in_place():
+    """kernels.gram writes the blocks straight into the point-major matrix: equal to
+    to_gram of the blocks, λ-scaled and float32 included."""
+    x = unit_rows(70, 3, seed=43)
+    for lam in (None, 0.25):
+        G = kernels.gram(x, depth=2, activation="gelu", lam=lam)
+        assert G.is_contiguous() and G.shape == (280, 280)
+        torch.testing.assert_close(G, kernels.to_gram(kernels.jntk(x, depth=2, activation="gelu",
+                                                                   lam=lam)), rtol=0, atol=0)
+    G32 = kernels.gram(x.numpy().astype(np.float32), depth=2, activation="erf", kind="nngp",
+                       dtype=torch.float32)
+    assert isinstance(G32, np.ndarray) and G32.dtype == np.float32
