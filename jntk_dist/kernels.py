@@ -43,6 +43,7 @@ __all__ = [
     "nngp",
     "ntk",
     "expand_blocks",
+    "expand_gram",
     "lambda_scale",
     "to_gram",
     "gram",
@@ -519,17 +520,22 @@ def to_gram(blocks: ArrayLike) -> ArrayLike:
     return np.ascontiguousarray(np.transpose(blocks, (0, 2, 1, 3))).reshape(n1 * p, n2 * q)
 
 
+def expand_gram(f: KernelFields, x1: ArrayLike, x2: ArrayLike | None = None,
+                lam: float | None = None) -> Tensor:
+    """The point-major (n1(d0+1), n2(d0+1)) matrix of the fields' blocks, expanded in place
+    (no (n1, n2, d0+1, d0+1) intermediate); torch in, torch out."""
+    t1 = torch.as_tensor(x1, dtype=f.k.dtype, device=f.k.device)
+    n1, n2, p = f.shape[0], f.shape[1], t1.shape[1] + 1
+    out = torch.empty((n1 * p, n2 * p), dtype=t1.dtype, device=t1.device)
+    with torch.no_grad():
+        expand_blocks(f, t1, x2, lam=lam, out=out.view(n1, p, n2, p).permute(0, 2, 1, 3))
+    return out
+
+
 def gram(x: ArrayLike, *, depth: int, activation: str | Activation = "gelu",
          kind: KernelKind = "jntk", lam: float | None = None, dtype: torch.dtype | None = None,
          device: torch.device | str | None = None, compile: bool | None = None) -> ArrayLike:
-    """The N(d0+1)-square Gram matrix of one dataset, point-major (dense; small N only).
-
-    The blocks are expanded straight into the Gram's layout (no (N, N, d0+1, d0+1) copy).
-    """
+    """The N(d0+1)-square Gram matrix of one dataset, point-major (dense; small N only)."""
     t, _, is_numpy = _prepare(x, None, dtype, device)
     f = fields(t, depth=depth, activation=activation, kind=_check_kind(kind), compile=compile)
-    n, p = t.shape[0], t.shape[1] + 1
-    out = torch.empty((n * p, n * p), dtype=t.dtype, device=t.device)
-    with torch.no_grad():
-        expand_blocks(f, t, lam=lam, out=out.view(n, p, n, p).permute(0, 2, 1, 3))
-    return _out(out, is_numpy)
+    return _out(expand_gram(f, t, lam=lam), is_numpy)

@@ -332,7 +332,7 @@ class TileWriter:
         dtype = np.dtype(lay.dtype)
         if lay.mode == "dense":
             with torch.no_grad():
-                tile = kernels.to_gram(kernels.expand_blocks(f, xi, xj)).cpu().numpy()
+                tile = kernels.expand_gram(f, xi, xj).cpu().numpy()
             tile = tile.astype(dtype, copy=False)
             p = lay.block
             self.data[a * p:b * p, c * p:d * p] = tile
