@@ -37,6 +37,7 @@ __all__ = [
     "accuracy",
     "assumption8",
     "Assumption8Row",
+    "structured_extremes",
     "eigenfeatures",
     "feature_accuracies",
     "pgd_perturb",
@@ -231,10 +232,12 @@ class Assumption8Row:
     lambda_max: float
     tolerance: float
     method: str
+    lambda_min_residual: float = 0.0  # |Av − θv| of a matrix-free Ritz value (0: dense eigensolver)
 
     @property
     def positive(self) -> bool:
-        return self.lambda_min > self.tolerance
+        """λ_min > τ; for a Ritz value θ ≥ λ_min, decided on the lower bound θ − |Av − θv|."""
+        return self.lambda_min - self.lambda_min_residual > self.tolerance
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -250,26 +253,75 @@ def _extremes(gram: np.ndarray, max_dense: int) -> tuple[float, float, str]:
     return res.lambda_min, res.lambda_max, res.method
 
 
+def structured_extremes(X: np.ndarray, depth: int, activation: str, tol: float = 1e-8,
+                        preconditioner: str = "two_level", maxiter: int | None = None,
+                        memory_mb: float = 512.0, fields: str = "auto"
+                        ) -> tuple[float, float, float, str]:
+    """λ_min, λ_max of the JNTK Gram Θ(X, X) without forming it (the matrix-free operator of
+    :mod:`jntk_dist.structured`): λ_max by Lanczos, λ_min by shift-invert with inner PCG and
+    shift τ = n·eps·λ_max (:func:`jntk_dist.solvers.shift_invert_eigs`), both to the residual
+    ``tol``·λ_max. ``fields``: "memory", "recompute" or "auto" (as ``structured.fields`` of the
+    solve/eigen jobs). Returns (θ, |Av − θv|, λ_max, method): the Ritz value θ ≥ λ_min and an
+    eigenvalue lies within the residual of θ, so θ − residual > τ is the positivity test (the
+    rule of ``jntk eigen --structured``)."""
+    from .solvers import shift_invert_eigs, structured_eigs
+    from .structured import structured_operator
+
+    mode = fields  # auto: the 8 n² fields held in memory if they fit memory_mb, else recomputed
+    if mode == "auto":
+        mode = "memory" if 8 * 8 * X.shape[0] ** 2 <= memory_mb * 2**20 else "recompute"
+    op = structured_operator(X, depth=depth, activation=activation, kind="jntk", mode=mode,
+                             memory_mb=memory_mb, device="cpu")
+    n = op.shape[0]
+    top = structured_eigs(op, k=1, which="LA", method="lanczos", tol=tol, maxiter=maxiter,
+                          progress=False, return_vectors=False)
+    hi = float(top.values[-1])
+    tau = positivity_tolerance(hi, n)
+    bottom = shift_invert_eigs(op, k=1, shift=tau, preconditioner=preconditioner, tol=tol * hi,
+                               maxiter=maxiter or 200, progress=False, return_vectors=False)
+    converged = "" if bottom.info.get("converged") else ", not converged"
+    method = (f"structured: lanczos λ_max; shift-invert[{bottom.info.get('preconditioner')}] "
+              f"λ_min ({bottom.n_products} products, {bottom.info.get('outer_iterations')} outer"
+              f"{converged})")
+    return float(bottom.values[0]), float(bottom.residuals[0]), hi, method
+
+
 def assumption8(X: Any, depths: Iterable[int], activations: Sequence[str],
                 dataset: str = "data", kernels_: Sequence[str] = ("ntk", "jntk"),
-                max_dense: int = 12000, progress: bool = True) -> list[Assumption8Row]:
-    """λ_min of the NTK (00) and JNTK (λ = 1, unscaled Θ) Gram of X for each activation and depth."""
+                max_dense: int = 12000, progress: bool = True,
+                structured: Any = None) -> list[Assumption8Row]:
+    """λ_min of the NTK (00) and JNTK (λ = 1, unscaled Θ) Gram of X for each activation and depth.
+
+    ``structured``: a :class:`jntk_dist.commands.solve.StructuredSpec` (or None); when enabled,
+    the JNTK's extremes come from :func:`structured_extremes` (its ``tol``, ``preconditioner``,
+    ``maxiter``, ``memory_mb``) instead of a dense Gram; the n×n NTK Gram stays dense."""
     from tqdm.auto import tqdm
 
     X = _as_inputs(X, "X")
     unknown = set(kernels_) - {"ntk", "jntk"}
     if unknown:
         raise ValueError(f"kernels must be among ('ntk', 'jntk'), got {sorted(unknown)}")
+    use_structured = structured is not None and structured.enabled
     jobs = [(a, int(L), k) for a in activations for L in depths for k in kernels_]
     rows = []
     for act, depth, kind in tqdm(jobs, desc="assumption 8", disable=not progress):
-        if kind == "ntk":
-            gram = kernels.ntk(X, depth=depth, activation=act)
+        residual = 0.0
+        if kind == "jntk" and use_structured:
+            lo, residual, hi, method = structured_extremes(
+                X, depth, act, tol=structured.tol, preconditioner=structured.preconditioner,
+                maxiter=structured.maxiter, memory_mb=structured.memory_mb,
+                fields=structured.fields)
+            n = X.shape[0] * (X.shape[1] + 1)
         else:
-            gram = kernels.gram(X, depth=depth, activation=act)
-        lo, hi, method = _extremes(gram, max_dense)
-        rows.append(Assumption8Row(dataset, act, depth, kind, gram.shape[0], lo, hi,
-                                   positivity_tolerance(hi, gram.shape[0]), method))
+            if kind == "ntk":
+                gram = kernels.ntk(X, depth=depth, activation=act)
+            else:
+                gram = kernels.gram(X, depth=depth, activation=act)
+            lo, hi, method = _extremes(gram, max_dense)
+            n = gram.shape[0]
+            del gram
+        rows.append(Assumption8Row(dataset, act, depth, kind, n, lo, hi,
+                                   positivity_tolerance(hi, n), method, residual))
     return rows
 
 
@@ -347,13 +399,16 @@ def finite_time_predictions(eig: EigenResult, targets: np.ndarray, times: Sequen
 
 
 def write_results(path: str | Path, arrays: dict[str, tuple[np.ndarray, Sequence[str]]],
-                  attrs: dict[str, Any], group: str | None = None, overwrite: bool = True) -> Path:
+                  attrs: dict[str, Any], group: str | None = None, overwrite: bool = True,
+                  storage_options: dict[str, Any] | None = None) -> Path | str:
     """Write arrays (each with its dimension names, for ``xarray.open_zarr``) and attributes to a
-    Zarr group (``path``, or its member ``group``); returns the group's path."""
-    import zarr
+    Zarr group (``path``, or its member ``group``); returns the group's path.
 
-    path = Path(path)
-    root = zarr.open_group(str(path), mode="a")
+    ``path`` is a local path or an fsspec URL (``storage_options`` go to fsspec)."""
+    from .store import child_location, is_url, open_group
+
+    path = path if is_url(path) else Path(path)
+    root = open_group(path, "a", storage_options)
     g = root.require_group(group) if group else root
     for name, (arr, dims) in arrays.items():
         arr = np.asarray(arr)
@@ -366,7 +421,7 @@ def write_results(path: str | Path, arrays: dict[str, tuple[np.ndarray, Sequence
                            dimension_names=list(dims))
         z[...] = arr
     g.attrs.update(_jsonable(attrs))
-    return path / group if group else path
+    return child_location(path, group) if group else path
 
 
 def _jsonable(obj: Any) -> Any:
