@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="workers run the torch.compile'd field recursion (warm-up included)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--modes", default="dense,fields", help="store modes to run")
     args = parser.parse_args()
     compression = {"codec": args.codec, "level": args.level}
 
@@ -140,8 +141,11 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench_gram_"))
     rows: list[dict[str, Any]] = []
     try:
+        modes = args.modes.split(",")
         for mode, n, P in (("dense", args.dense_n, args.dense_tile),
                            ("fields", args.fields_n, args.fields_tile)):
+            if mode not in modes:
+                continue
             X = np.random.default_rng(0).normal(size=(n, args.d0))
             X /= np.linalg.norm(X, axis=1, keepdims=True)
             data = root / f"{mode}.npz"
@@ -179,7 +183,7 @@ def main() -> None:
                       f"{row['gram_over_raw']:.0%} wall, {row['gram_over_raw_cpu']:.0%} "
                       "per CPU-second", flush=True)
         print("\nmode    actors  gram/raw (wall)  gram/raw (CPU)  scaling 1->2 gram / raw")
-        for mode in ("dense", "fields"):
+        for mode in modes:
             one, two = [r for r in rows if r["mode"] == mode]
             g = two["gram_values_per_s"] / (2 * one["gram_values_per_s"])
             r = two["raw_values_per_s"] / (2 * one["raw_values_per_s"])

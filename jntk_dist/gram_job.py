@@ -144,6 +144,8 @@ class TileWorker:
         self.compile = compile
         self.dtype = getattr(torch, dtype)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if compile:  # pay the compile (or cache load) while the pool starts, not on a tile
+            kernels.compile_warm_up(activation, kind, self.dtype)  # type: ignore[arg-type]
 
     def pid(self) -> int:
         return os.getpid()

@@ -267,7 +267,16 @@ def compile_enabled(compile: bool | None) -> bool:
     return os.environ.get("JNTK_COMPILE", "0").lower() in ("1", "true", "yes")
 
 
-def _compiled_layer(act: Activation, kind: str) -> Any:
+def compile_warm_up(activation: str | Activation, kind: KernelKind = "jntk",
+                    dtype: torch.dtype = torch.float64) -> None:
+    """Compile (or load from torch's on-disk cache) the layer step now, e.g. while a worker
+    starts, so that the first tile does not pay for it. No-op for quadrature activations."""
+    act = get_activation(activation)
+    if isinstance(act, _CLOSED_FORMS):
+        _compiled_layer(act, _check_kind(kind), dtype)
+
+
+def _compiled_layer(act: Activation, kind: str, dtype: torch.dtype = torch.float64) -> Any:
     """torch.compile'd layer step (inductor fuses the ~130 elementwise ops of a layer into one
     loop). Closed-form activations only; compiled once per (activation, kind), dynamic shapes."""
     key = (act.name, kind)
@@ -276,7 +285,13 @@ def _compiled_layer(act: Activation, kind: str) -> Any:
         # graphs do not compete for one cache's recompile limit
         fn = types.FunctionType(_layer_flat.__code__.replace(), _layer_flat.__globals__,
                                 f"_layer_{act.name}_{kind}")
-        _COMPILED[key] = torch.compile(functools.partial(fn, act, kind), dynamic=True)
+        step = torch.compile(functools.partial(fn, act, kind), dynamic=True)
+        # Compile first on distinct sizes: a first call on a square tile would make dynamo
+        # assume n1 == n2 ("duck sizing") and recompile for every later shape.
+        rows, cols = torch.ones(3, 1, dtype=dtype), torch.ones(1, 5, dtype=dtype)
+        pair = torch.full((3, 5), 0.5, dtype=dtype)
+        step(rows, rows.clone(), cols, cols.clone(), *(pair.clone() for _ in range(16)))
+        _COMPILED[key] = step
     return _COMPILED[key]
 
 
@@ -288,12 +303,14 @@ def _pair_recursion(b: Tensor, A_chain: list[Diagonal], C_chain: list[Diagonal],
     theta = sigma
     if compile and isinstance(act, _CLOSED_FORMS):
         def full(v: Tensor | float, like: Tensor) -> Tensor:
-            return torch.as_tensor(v, dtype=b.dtype, device=b.device).expand_as(like).contiguous()
+            # fresh tensors: inputs that are views or alias each other make dynamo recompile
+            return torch.as_tensor(v, dtype=b.dtype, device=b.device).expand_as(like).clone(
+                memory_format=torch.contiguous_format)
 
-        step = _compiled_layer(act, kind)
-        parts = tuple(full(p, b) for p in sigma._parts() * 2)  # distinct σ and θ tensors
+        step = _compiled_layer(act, kind, b.dtype)
+        parts = tuple(full(p, b) for p in sigma._parts() * 2)
         for A, C in zip(A_chain, C_chain):
-            parts = step(A.v, full(A.d, A.v), C.v, full(C.d, C.v), *parts)
+            parts = step(full(A.v, A.v), full(A.d, A.v), full(C.v, C.v), full(C.d, C.v), *parts)
         return Jet(*parts[8:])
     for A, C in zip(A_chain, C_chain):
         sigma, theta = _layer(act, kind, A, sigma, C, theta)
