@@ -259,8 +259,8 @@ def structured_extremes(X: np.ndarray, depth: int, activation: str, tol: float =
                         ) -> tuple[float, float, float, str]:
     """λ_min, λ_max of the JNTK Gram Θ(X, X) without forming it (the matrix-free operator of
     :mod:`jntk_dist.structured`): λ_max by Lanczos, λ_min by shift-invert with inner PCG and
-    shift τ = n·eps·λ_max (:func:`jntk_dist.solvers.shift_invert_eigs`), both to the residual
-    ``tol``·λ_max. ``fields``: "memory", "recompute" or "auto" (as ``structured.fields`` of the
+    shift τ = n·eps·λ_max (:func:`jntk_dist.solvers.shift_invert_eigs`) to the residual
+    ``tol``·λ_max (λ_max to the relative Lanczos tolerance max(``tol``, 1e-6)). ``fields``: "memory", "recompute" or "auto" (as ``structured.fields`` of the
     solve/eigen jobs). Returns (θ, |Av − θv|, λ_max, method): the Ritz value θ ≥ λ_min and an
     eigenvalue lies within the residual of θ, so θ − residual > τ is the positivity test (the
     rule of ``jntk eigen --structured``)."""
@@ -273,8 +273,10 @@ def structured_extremes(X: np.ndarray, depth: int, activation: str, tol: float =
     op = structured_operator(X, depth=depth, activation=activation, kind="jntk", mode=mode,
                              memory_mb=memory_mb, device="cpu")
     n = op.shape[0]
-    top = structured_eigs(op, k=1, which="LA", method="lanczos", tol=tol, maxiter=maxiter,
-                          progress=False, return_vectors=False)
+    # λ_max only sets τ (and the reported λ_min/λ_max): 6 digits are plenty, and a tight Lanczos
+    # tolerance stalls on the clustered top of shallow JNTKs (sonar, L = 1: minutes at 1e-10)
+    top = structured_eigs(op, k=1, which="LA", method="lanczos", tol=max(tol, 1e-6),
+                          maxiter=maxiter, progress=False, return_vectors=False)
     hi = float(top.values[-1])
     tau = positivity_tolerance(hi, n)
     bottom = shift_invert_eigs(op, k=1, shift=tau, preconditioner=preconditioner, tol=tol * hi,
