@@ -19,7 +19,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Sequence, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Mapping, Sequence, TypeVar
 
 import numpy as np
 import yaml
@@ -35,8 +35,10 @@ __all__ = [
     "apply_overrides",
     "config_hash",
     "config_diff",
+    "OutputJobConfig",
     "OutputPath",
     "StoreOutput",
+    "StoreLocation",
     "ray_job_submission_id",
 ]
 
@@ -45,9 +47,9 @@ ConfigT = TypeVar("ConfigT", bound="JobConfig")
 
 def _local_output(value: Any) -> Any:
     if isinstance(value, str) and "://" in value:
-        raise ValueError(f"object-store URLs are not supported for this job's outputs "
-                         f"({value!r}; only the gram job writes to URLs); use a path on a file "
-                         "system all nodes share")
+        raise ValueError(f"object-store URLs are not supported for this key ({value!r}): it "
+                         "takes a local path, or one on a file system all nodes share (job "
+                         "outputs take URLs; their scratch files, e.g. checkpoints, do not)")
     return value
 
 
@@ -91,7 +93,8 @@ def _warn_relative_in_ray_job(value: Any) -> Any:
 
 OutputPath = Annotated[Path, BeforeValidator(_local_output),
                        AfterValidator(_warn_relative_in_ray_job)]
-"""An output location: a local or shared-file-system path (URLs are refused, not mangled).
+"""A local or shared-file-system path written by a job (URLs are refused, not mangled): scratch
+files such as checkpoints. Job outputs are :data:`StoreOutput` (a path or a URL).
 
 A relative path inside a ``ray job submit`` job logs a warning (it lands in Ray's temporary
 working directory)."""
@@ -100,6 +103,9 @@ StoreOutput = Annotated[Path | str, BeforeValidator(_store_output),
                         AfterValidator(_warn_relative_in_ray_job)]
 """A Zarr store's location: a local path (``Path``) or an fsspec URL (``str``: s3://, gs://,
 file://…); relative paths in a Ray job warn as for :data:`OutputPath`."""
+
+StoreLocation = Annotated[Path | str, BeforeValidator(_store_output)]
+"""A store a job reads (e.g. the analyses' ``store:``): a local path or an fsspec URL."""
 
 
 class ConfigError(ValueError):
@@ -114,6 +120,41 @@ class JobConfig(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (paths as strings), e.g. for a store's attributes."""
         return self.model_dump(mode="json")
+
+
+class OutputJobConfig(JobConfig):
+    """A job whose results (and the stores it reads) are local paths or fsspec URLs.
+
+    ``storage_options`` go to fsspec for every URL of the job (its ``output`` and the fields
+    named in :attr:`url_fields`, e.g. an input ``store``): ``endpoint_url``, ``profile``,
+    ``anon`` …; keep secrets in the environment. Their values are never recorded in results
+    (:meth:`recorded`).
+    """
+
+    url_fields: ClassVar[tuple[str, ...]] = ("output",)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _options_need_a_url(self) -> "OutputJobConfig":
+        from .store import is_url
+
+        if self.storage_options and not any(is_url(getattr(self, f, None))
+                                            for f in self.url_fields):
+            raise ValueError(f"storage_options apply to URLs (s3://, gs://, …); none of "
+                             f"{', '.join(self.url_fields)} is one")
+        return self
+
+    def options_for(self, location: Any) -> dict[str, Any] | None:
+        """The fsspec options for ``location``: ``storage_options`` for a URL, None for a path."""
+        from .store import is_url
+
+        return dict(self.storage_options) if is_url(location) else None
+
+    def recorded(self) -> dict[str, Any]:
+        """The config as results record it: storage option values left out (credentials)."""
+        data = self.to_dict()
+        data["storage_options"] = {k: "<not recorded>" for k in data["storage_options"]}
+        return data
 
 
 # ---- data -------------------------------------------------------------------------------
@@ -276,6 +317,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
+        elif not e["loc"]:  # a check across keys: its message names them; the input is everything
+            lines.append(f"  {key}: {e['msg']}")
         else:
             lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
     return f"invalid config {source}:\n" + "\n".join(lines)

@@ -23,17 +23,19 @@ beside a local store (:class:`StoreLock`) and an exclusively created object besi
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
 
 import numpy as np
 import torch
@@ -56,6 +58,12 @@ __all__ = [
     "store_lock",
     "is_url",
     "zarr_target",
+    "open_group",
+    "child_location",
+    "beside",
+    "local_beside",
+    "open_file",
+    "remove_location",
     "store_exists",
     "create_store",
     "zarr_compressors",
@@ -220,6 +228,86 @@ def zarr_target(location: str | Path, storage_options: dict[str, Any] | None = N
                                              read_only=read_only)
 
 
+def open_group(location: str | Path, mode: str = "r",
+               storage_options: dict[str, Any] | None = None, **kwargs: Any) -> zarr.Group:
+    """Open the Zarr group at a local path or an fsspec URL (``mode`` as for ``zarr.open_group``).
+
+    The one place every job opens its stores: a URL goes through ``FsspecStore`` with the
+    ``storage_options``; consolidated metadata is never used (stores change while jobs run).
+    """
+    return zarr.open_group(zarr_target(location, storage_options, read_only=mode == "r"),
+                           mode=mode, use_consolidated=False, **kwargs)
+
+
+def child_location(location: str | Path, name: str) -> Path | str:
+    """``location/name``: a member of a folder (or of a store), as a path or a URL."""
+    if is_url(location):
+        return f"{str(location).rstrip('/')}/{name}"
+    return Path(location) / name
+
+
+def beside(location: str | Path, suffix: str) -> Path | str:
+    """``<stem><suffix>`` next to a store (``runs/x.zarr`` → ``runs/x_plot.png``; URLs alike):
+    where jobs put their plots, tables and CSVs."""
+    if is_url(location):
+        url = str(location).rstrip("/")
+        head, _, name = url.rpartition("/")
+        stem = name.rsplit(".", 1)[0] if "." in name.strip(".") else name
+        return f"{head}/{stem}{suffix}"
+    path = Path(location)
+    return path.with_name(path.with_suffix("").name + suffix)
+
+
+def local_beside(location: str | Path, suffix: str) -> Path:
+    """A local path for driver-side scratch files of a store (checkpoints): :func:`beside` a local
+    store; for a URL store ``<scratch>/<stem>-<hash of the URL><suffix>``, the scratch folder
+    being ``$JNTK_SCRATCH`` or ``<temp dir>/jntk_dist`` of this machine."""
+    if not is_url(location):
+        return Path(beside(location, suffix))
+    import hashlib
+    import tempfile
+
+    scratch = Path(os.environ.get("JNTK_SCRATCH") or Path(tempfile.gettempdir()) / "jntk_dist")
+    name = str(beside(location, "")).rpartition("/")[2]
+    digest = hashlib.sha256(str(location).rstrip("/").encode()).hexdigest()[:10]
+    return scratch / f"{name}-{digest}{suffix}"
+
+
+@contextlib.contextmanager
+def open_file(location: str | Path, mode: str = "wb",
+              storage_options: dict[str, Any] | None = None) -> Iterator[IO[Any]]:
+    """Open a file at a local path (parent folders made for writing) or an fsspec URL."""
+    if is_url(location):
+        fs, path = url_filesystem(str(location), storage_options)
+        with fs.open(path, mode) as fh:
+            yield fh
+        if mode[0] in "wax":
+            fs.invalidate_cache(path)
+        return
+    path = Path(location)
+    if mode[0] in "wax":
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, mode) as fh:
+        yield fh
+
+
+def remove_location(location: str | Path,
+                    storage_options: dict[str, Any] | None = None) -> None:
+    """Delete a store (or folder, or file) at a path or URL; nothing there is fine."""
+    if is_url(location):
+        fs, path = url_filesystem(str(location), storage_options)
+        fs.invalidate_cache(path)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+        fs.invalidate_cache(path)
+        return
+    path = Path(location)
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
 def store_exists(location: str | Path, storage_options: dict[str, Any] | None = None) -> bool:
     """True if something is at ``location`` already (a non-empty folder, a file or objects)."""
     if not is_url(location):
@@ -246,8 +334,7 @@ def lock_path(path: str | Path) -> Path:
 def is_store(path: str | Path, storage_options: dict[str, Any] | None = None) -> bool:
     """True if ``path`` (a local path or URL) holds a Zarr group written by this package."""
     try:
-        group = zarr.open_group(zarr_target(path, storage_options, read_only=True), mode="r",
-                                use_consolidated=False)
+        group = open_group(path, "r", storage_options)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
         return False
     return group.attrs.get("format") == FORMAT
@@ -259,8 +346,7 @@ def create_store(path: str | Path, X: np.ndarray, y: np.ndarray, layout: StoreLa
                  storage_options: dict[str, Any] | None = None) -> zarr.Group:
     """Create the group with X, y, norms, the (empty, NaN-filled) data array and ``done``."""
     P, p, T = layout.tile_points, layout.block, layout.n_tiles
-    group = zarr.open_group(zarr_target(path, storage_options), mode="w" if overwrite else "w-",
-                            zarr_format=3)
+    group = open_group(path, "w" if overwrite else "w-", storage_options, zarr_format=3)
     compressors = zarr_compressors(compression)
     for name, data, dims, chunks in (
             ("X", X, ("point", "feature"), (P, layout.d0)),
@@ -309,8 +395,7 @@ class TileWriter:
 
     def __init__(self, path: str | Path, storage_options: dict[str, Any] | None = None) -> None:
         self.path = str(path)
-        self.group = zarr.open_group(zarr_target(path, storage_options), mode="r+",
-                                     use_consolidated=False)
+        self.group = open_group(path, "r+", storage_options)
         self.layout = StoreLayout.from_attrs(dict(self.group.attrs))
         self.data = self.group[self.layout.data_name]
         self.done = self.group["done"]
@@ -590,8 +675,7 @@ class GramStore:
         self.path = str(path)
         self.storage_options = dict(storage_options or {})
         try:
-            self.group = zarr.open_group(zarr_target(path, storage_options, read_only=True),
-                                         mode="r", use_consolidated=False)
+            self.group = open_group(path, "r", storage_options)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             raise FileNotFoundError(f"no Gram store at {self.path}") from None
         self.attrs: dict[str, Any] = dict(self.group.attrs)
