@@ -42,8 +42,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from . import kernels
 from .activations import get_activation
-from .config import DatasetSpec, JobConfig, OutputPath, config_diff
+from .config import DatasetSpec, OutputJobConfig, OutputPath, StoreOutput, config_diff
 from .finite import FiniteMLP, mc_jacobian_nngp
+from .store import (beside, child_location, is_url, local_beside, open_file, open_group,
+                    remove_location, store_exists, zarr_target)
 from .training import PAPER_COMPONENTS, RobustTrainer, component_label, default_record_steps
 
 __all__ = [
@@ -153,8 +155,16 @@ class DriftRaySpec(BaseModel):
     train_poll_interval_s: float | None = Field(default=None, gt=0)
 
 
-class DriftConfig(JobConfig):
-    """``jntk drift`` config: which kernel, which data, which grid, where results go."""
+class DriftConfig(OutputJobConfig):
+    """``jntk drift`` config: which kernel, which data, which grid, where results go.
+
+    ``output`` (and ``plots``) are local paths or fsspec URLs (s3://, gs://, file://; the
+    driver writes the store). ``checkpoints`` is a local or shared-file-system path: the runs
+    write their state there (default: beside a local store; for a URL store the driver's local
+    scratch folder, see :func:`jntk_dist.store.local_beside`).
+    """
+
+    url_fields = ("output", "plots")
 
     experiment: Literal["jntk", "nngp"] = "jntk"
     dataset: DatasetSpec
@@ -167,9 +177,10 @@ class DriftConfig(JobConfig):
     monte_carlo: MonteCarloSpec = Field(default_factory=MonteCarloSpec)
     components: list[tuple[int, int]] = Field(default_factory=lambda: list(PAPER_COMPONENTS))
     dtype: Literal["float64", "float32"] = "float64"
-    output: OutputPath
-    plots: Path | None = None  # default: <output stem>_plots next to the store
-    checkpoints: Path | None = None  # default: <output stem>_checkpoints next to the store
+    output: StoreOutput  # a local path or an fsspec URL
+    plots: StoreOutput | None = None  # default: <output stem>_plots next to the store
+    checkpoints: OutputPath | None = None  # default: <output stem>_checkpoints next to a local
+    # store; <scratch>/<stem>-<hash>_checkpoints on this machine for a URL store
     ray: DriftRaySpec = Field(default_factory=DriftRaySpec)
     progress: bool = True
 
@@ -185,12 +196,12 @@ class DriftConfig(JobConfig):
         return self
 
     @property
-    def plots_dir(self) -> Path:
-        return self.plots or self.output.with_name(self.output.stem + "_plots")
+    def plots_dir(self) -> Path | str:
+        return self.plots or beside(self.output, "_plots")
 
     @property
     def checkpoints_dir(self) -> Path:
-        return self.checkpoints or self.output.with_name(self.output.stem + "_checkpoints")
+        return self.checkpoints or local_beside(self.output, "_checkpoints")
 
     def identity(self) -> dict[str, Any]:
         """The part of the config that determines the store's contents."""
@@ -499,15 +510,13 @@ def _spec_dict(spec: RunSpec) -> dict[str, Any]:
 # ---- the store ----------------------------------------------------------------------------
 
 
-def _create_store(path: Path, config: DriftConfig, data: RunData) -> None:
-    import zarr
-
+def _create_store(path: Path | str, config: DriftConfig, data: RunData) -> None:
     from . import __version__
 
     g = config.grid
     n_w, n_d, n_s = len(g.widths), len(g.depths), len(g.seeds)
     n_t, n_c = len(config.training.record_steps), len(config.components)
-    root = zarr.open_group(str(path), mode="w")
+    root = open_group(path, "w", config.options_for(path))
     coords = {"width": g.widths, "depth": g.depths, "seed": g.seeds,
               "step": config.training.record_steps}
     for name, values in coords.items():
@@ -533,7 +542,7 @@ def _create_store(path: Path, config: DriftConfig, data: RunData) -> None:
     root.attrs.update({
         "kind": "jntk_dist.drift", "version": __version__, "experiment": config.experiment,
         "kernel": "jntk" if config.experiment == "jntk" else "jacobian_nngp",
-        "kappa_scaling": "kernels divided by kappa^2", "config": config.to_dict(),
+        "kappa_scaling": "kernels divided by kappa^2", "config": config.recorded(),
         "identity": config.identity(), "n_points": int(data.x.shape[0]), "d0": int(data.x.shape[1]),
         "components": [component_label(a, b) for a, b in config.components],
         "distance": "max_{i,j} |K_finite(x_i,x_j)_{ab} - K_analytic(x_i,x_j)_{ab}|",
@@ -541,10 +550,8 @@ def _create_store(path: Path, config: DriftConfig, data: RunData) -> None:
     })
 
 
-def _check_store(path: Path, config: DriftConfig) -> None:
-    import zarr
-
-    root = zarr.open_group(str(path), mode="r")
+def _check_store(path: Path | str, config: DriftConfig) -> None:
+    root = open_group(path, "r", config.options_for(path))
     if root.attrs.get("kind") != "jntk_dist.drift":
         raise ValueError(f"{path} exists and is not a drift result store; choose another output "
                          "or pass --overwrite")
@@ -555,10 +562,9 @@ def _check_store(path: Path, config: DriftConfig) -> None:
                          "choose another output or pass --overwrite")
 
 
-def _write_run(path: Path, spec: RunSpec, result: dict[str, Any]) -> None:
-    import zarr
-
-    root = zarr.open_group(str(path), mode="r+")
+def _write_run(path: Path | str, spec: RunSpec, result: dict[str, Any],
+               storage_options: dict[str, Any] | None = None) -> None:
+    root = open_group(path, "r+", storage_options)
     i, j, k = spec.position
     for name in RUN_FIELDS_COMPONENT + RUN_FIELDS_STEP:
         values = np.asarray(result[name], dtype=np.float64)
@@ -572,11 +578,12 @@ def _write_run(path: Path, spec: RunSpec, result: dict[str, Any]) -> None:
     root["complete"][i, j, k] = 1  # written last: a set flag means the chunk above is whole
 
 
-def open_drift(path: str | Path) -> Any:
-    """The result store as an ``xarray.Dataset`` (dims width, depth, seed, step, component)."""
+def open_drift(path: str | Path, storage_options: dict[str, Any] | None = None) -> Any:
+    """The result store (a local path or an fsspec URL, ``storage_options`` for fsspec) as an
+    ``xarray.Dataset`` (dims width, depth, seed, step, component)."""
     import xarray as xr
 
-    ds = xr.open_zarr(str(path), consolidated=False)
+    ds = xr.open_zarr(zarr_target(path, storage_options, read_only=True), consolidated=False)
     return ds.set_coords([c for c in ("alpha", "beta") if c in ds.variables])
 
 
@@ -606,19 +613,19 @@ def fit_slopes(ds: Any) -> Any:
                         coords={"depth": ds["depth"].values, "step": ds["step"].values})
 
 
-def plot_drift(ds: Any, directory: str | Path, title: str = "") -> list[Path]:
+def plot_drift(ds: Any, directory: str | Path, title: str = "",
+               storage_options: dict[str, Any] | None = None) -> list[Path | str]:
     """Δ vs width on log-log axes, one panel per component, 95% bands over seeds.
 
     At a single step (Figs. 1, 2) the curves are depths; with many steps (Fig. 3) there is one
-    figure per depth whose curves are the recorded steps. Returns the PNG paths.
+    figure per depth whose curves are the recorded steps. ``directory`` is a local folder or an
+    fsspec URL (written through fsspec). Returns the PNG paths (URLs).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     slopes = fit_slopes(ds)
     widths = ds["width"].values
     labels = [component_label(int(a), int(b)) for a, b in zip(ds["alpha"].values,
@@ -658,8 +665,9 @@ def plot_drift(ds: Any, directory: str | Path, title: str = "") -> list[Path]:
         axes[0][0].set_ylabel("max-norm distance Δ")
         fig.suptitle(title or str(ds.attrs.get("experiment", "")))
         fig.tight_layout()
-        path = directory / f"distance_{name}.png"
-        fig.savefig(path, dpi=120)
+        path = child_location(directory, f"distance_{name}.png")
+        with open_file(path, "wb", storage_options) as fh:
+            fig.savefig(fh, format="png", dpi=120)
         plt.close(fig)
         paths.append(path)
     return paths
@@ -672,13 +680,14 @@ def plot_drift(ds: Any, directory: str | Path, title: str = "") -> list[Path]:
 class DriftResult:
     """What ``run_drift`` did."""
 
-    path: Path
+    path: Path | str  # a local path or a URL
     runs_total: int
     runs_computed: list[str] = field(default_factory=list)
     runs_already_done: int = 0
     seconds: float = 0.0
-    plots: list[Path] = field(default_factory=list)
+    plots: list[Path | str] = field(default_factory=list)
     slopes: dict[str, float] = field(default_factory=dict)
+    storage_options: dict[str, Any] = field(default_factory=dict)
 
 
 def _start_ray(config: DriftConfig) -> bool:
@@ -714,21 +723,22 @@ def run_drift(config: DriftConfig, overwrite: bool = False, progress: bool | Non
 
     start = time.perf_counter()
     path = config.output
+    options = config.options_for(path)
     data = load_run_data(config)
-    if path.exists() and overwrite:
-        shutil.rmtree(path)
+    if overwrite and store_exists(path, options):
+        remove_location(path, options)
         shutil.rmtree(config.checkpoints_dir, ignore_errors=True)
-    if path.exists():
+    if store_exists(path, options):
         _check_store(path, config)
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not is_url(path):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         _create_store(path, config, data)
-    import zarr
-
-    complete = zarr.open_group(str(path), mode="r")["complete"][...]
+    complete = open_group(path, "r", options)["complete"][...]
     runs = grid_runs(config)
     todo = [r for r in runs if not complete[r.position]]
-    result = DriftResult(path=path, runs_total=len(runs), runs_already_done=len(runs) - len(todo))
+    result = DriftResult(path=path, runs_total=len(runs), runs_already_done=len(runs) - len(todo),
+                         storage_options=options or {})
     storage = config.checkpoints_dir.resolve()
     storage.mkdir(parents=True, exist_ok=True)
     started = _start_ray(config) if todo else False
@@ -740,25 +750,26 @@ def run_drift(config: DriftConfig, overwrite: bool = False, progress: bool | Non
     finally:
         if started:
             ray.shutdown()
-    ds = open_drift(path)
+    ds = open_drift(path, options)
     if bool(ds["complete"].all()):
         result.plots = plot_drift(ds, config.plots_dir,
                                   title=f"{config.experiment}: {config.dataset.name or ''}, "
-                                        f"{config.network.activation}")
+                                        f"{config.network.activation}",
+                                  storage_options=config.options_for(config.plots_dir))
         slopes = fit_slopes(ds)
         for j, d in enumerate(slopes["depth"].values):
             for t, s in enumerate(slopes["step"].values):
                 for c, (a, b) in enumerate(config.components):
                     result.slopes[f"L={d} t={s} {component_label(a, b)}"] = \
                         float(slopes.values[j, t, c])
-        zarr.open_group(str(path), mode="r+").attrs["slopes"] = {
+        open_group(path, "r+", options).attrs["slopes"] = {
             k: (v if math.isfinite(v) else None) for k, v in result.slopes.items()}
     result.seconds = time.perf_counter() - start
     return result
 
 
 def _dispatch(config: DriftConfig, todo: list[RunSpec], data: RunData, storage: Path,
-              path: Path, result: DriftResult, progress: bool,
+              path: Path | str, result: DriftResult, progress: bool,
               on_submit: Callable[[RunSpec], None] | None, tqdm: Any) -> None:
     import ray
 
@@ -795,7 +806,7 @@ def _dispatch(config: DriftConfig, todo: list[RunSpec], data: RunData, storage: 
             ready, _ = ray.wait(list(pending), num_returns=1)
             spec = pending.pop(ready[0])
             run_result = ray.get(ready[0])
-            _write_run(path, spec, run_result)
+            _write_run(path, spec, run_result, config.options_for(path))
             result.runs_computed.append(spec.run_id)
             bar.update()
 
@@ -805,7 +816,8 @@ def describe(result: DriftResult) -> str:
     lines = [f"drift store: {result.path} ({result.runs_total} runs; computed "
              f"{len(result.runs_computed)}, already done {result.runs_already_done}) "
              f"in {result.seconds:.1f} s",
-             f"open with: jntk_dist.drift.open_drift({str(result.path)!r})"]
+             f"open with: jntk_dist.drift.open_drift({str(result.path)!r}"
+             + (", storage_options=…)" if result.storage_options else ")")]
     if result.slopes:
         rows: dict[str, list[str]] = {}
         header: list[str] = []

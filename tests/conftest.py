@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any, Iterator
+
 import pytest
 import torch
 
@@ -13,3 +16,25 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[dict[str, Any]]:
+    """moto's S3 server (a real S3 protocol server) in a thread on 127.0.0.1 with one bucket,
+    ``jntk``; yields the fsspec ``storage_options`` that reach it (s3fs)."""
+    pytest.importorskip("s3fs", reason="the s3 extra (s3fs) is part of the dev extra")
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing",
+               "client_kwargs": {"region_name": "us-east-1"}}
+    import boto3
+
+    boto3.client("s3", endpoint_url=options["endpoint_url"], aws_access_key_id="testing",
+                 aws_secret_access_key="testing", region_name="us-east-1"
+                 ).create_bucket(Bucket="jntk")
+    yield options
+    server.stop()

@@ -236,27 +236,6 @@ def test_relative_output_in_a_ray_job_warns(monkeypatch: pytest.MonkeyPatch, dat
 # ---- a real S3 protocol server on loopback ---------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[dict[str, Any]]:
-    """moto's S3 server in a thread on 127.0.0.1 with one bucket; yields storage_options."""
-    pytest.importorskip("s3fs", reason="the s3 extra (s3fs) is part of the dev extra")
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing",
-               "client_kwargs": {"region_name": "us-east-1"}}
-    import boto3
-
-    boto3.client("s3", endpoint_url=options["endpoint_url"], aws_access_key_id="testing",
-                 aws_secret_access_key="testing", region_name="us-east-1"
-                 ).create_bucket(Bucket="jntk")
-    yield options
-    server.stop()
-
-
 def test_gram_job_to_s3(s3_server: dict[str, Any], local_store: Path, dataset: Path) -> None:
     url = "s3://jntk/runs/g.zarr"
     result = run_gram(_config(dataset, url, storage_options=s3_server))

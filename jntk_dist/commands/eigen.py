@@ -70,7 +70,7 @@ def run_eigen(cfg: EigenJobConfig, progress: bool = True) -> dict[str, Any]:
         + ("" if "full" in res else f"; λ_min: {bottom.method}"),
         "lambda_min": lo, "lambda_max": hi, "tolerance": tau, "positive_definite": bool(lo > tau),
         "tolerance_rule": "positive iff λ_min > τ = n·eps(float64)·λ_max",
-        "seconds": seconds, "scheduler": sched, "config": cfg.to_dict(),
+        "seconds": seconds, "scheduler": sched, "config": cfg.recorded(),
     }
     arrays: dict[str, tuple[np.ndarray, list[str]]] = {
         "eigenvalues": (main.values if "full" in res else main.values, ["eig"]),
@@ -103,8 +103,9 @@ def _write(cfg: EigenJobConfig, arrays: dict[str, tuple[np.ndarray, list[str]]],
            summary: dict[str, Any], main: Any) -> dict[str, Any]:
     from ..analysis import write_results
 
-    write_results(cfg.output, arrays, summary, group=f"eigen_{cfg.part}")
-    summary["plot"] = str(_plot(cfg, main, summary, Path(cfg.output).with_suffix("")))
+    write_results(cfg.output, arrays, summary, group=f"eigen_{cfg.part}",
+                  storage_options=cfg.options_for(cfg.output))
+    summary["plot"] = str(_plot(cfg, main, summary))
     return summary
 
 
@@ -151,7 +152,7 @@ def _run_structured(cfg: EigenJobConfig, prob: Any, lam: float, progress: bool) 
                           "(θ: the Ritz value, an upper bound)",
         "operator_products": int(top.n_products + bottom.n_products),
         "seconds": time.perf_counter() - t0, "scheduler": f"matrix-free on {op.device}",
-        "config": cfg.to_dict(),
+        "config": cfg.recorded(),
     }
     arrays: dict[str, tuple[np.ndarray, list[str]]] = {
         "eigenvalues": (top.values, ["eig"]),
@@ -163,8 +164,11 @@ def _run_structured(cfg: EigenJobConfig, prob: Any, lam: float, progress: bool) 
     return _write(cfg, arrays, summary, top)
 
 
-def _plot(cfg: EigenJobConfig, res: Any, summary: dict[str, Any], stem: Path) -> Path:
+def _plot(cfg: EigenJobConfig, res: Any, summary: dict[str, Any]) -> Path | str:
+    """The spectrum plot ``<output stem>_eigen_<part>.png`` (through fsspec for a URL output)."""
     import matplotlib
+
+    from ..store import beside, open_file
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -191,9 +195,9 @@ def _plot(cfg: EigenJobConfig, res: Any, summary: dict[str, Any], stem: Path) ->
         ax.set(xlabel="t", ylabel="accuracy", title="u(t) = Y + e^{−Θt}(u₀ − Y), u₀ = 0")
         ax.legend()
     fig.tight_layout()
-    path = stem.parent / f"{stem.name}_eigen_{cfg.part}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    path = beside(cfg.output, f"_eigen_{cfg.part}.png")
+    with open_file(path, "wb", cfg.options_for(cfg.output)) as fh:
+        fig.savefig(fh, format="png", dpi=120)
     plt.close(fig)
     return path
 

@@ -54,7 +54,7 @@ def run_eigenfeatures(cfg: EigenfeaturesJobConfig, progress: bool = True) -> dic
                                "n_train": int(prob.train.size), "n_test": int(prob.test.size),
                                "attack": "x' = P_sphere(x − step·y·∇f₀(x)/|∇f₀(x)|), f₀ the "
                                          "standard NTK predictor (λ = 0)",
-                               "config": cfg.to_dict(), "runs": {}}
+                               "config": cfg.recorded(), "runs": {}}
     settings = [(lam, f"lam_{lam:g}") for lam in cfg.lams] + ([(0.0, "standard")] if cfg.standard else [])
     plot_data = {}
     for lam, name in tqdm(settings, desc="eigenfeatures", disable=not progress):
@@ -80,24 +80,30 @@ def run_eigenfeatures(cfg: EigenfeaturesJobConfig, progress: bool = True) -> dic
             pert_acc[s] = feature_accuracies(fp, yte)
             arrays[f"perturbed_accuracy_{s:g}"] = (pert_acc[s], ["eig"])
             run[f"predictor_accuracy_step_{s:g}"] = float(accuracy(fp.sum(axis=1), yte))
-        write_results(cfg.output, arrays, run, group=f"eigenfeatures/{name}")
+        write_results(cfg.output, arrays, run, group=f"eigenfeatures/{name}",
+                      storage_options=cfg.options_for(cfg.output))
         summary["runs"][name] = run
         plot_data[name] = (eig.values, acc, pert_acc, eig.tolerance)
     summary["seconds"] = time.perf_counter() - t0
     write_results(cfg.output, {"test_index": (prob.test, ["test"]),
                                "train_index": (prob.train, ["train"]),
                                "pgd_gradient": (grad, ["test", "feature"])},
-                  summary, group="eigenfeatures")
-    summary["plot"] = str(_pairplot(plot_data, cfg.steps, Path(cfg.output).with_suffix("")))
+                  summary, group="eigenfeatures", storage_options=cfg.options_for(cfg.output))
+    summary["plot"] = str(_pairplot(plot_data, cfg.steps, cfg.output,
+                                    cfg.options_for(cfg.output)))
     return summary
 
 
-def _pairplot(data: dict[str, Any], steps: list[float], stem: Path) -> Path:
-    """Pair plot of (log10 eigenvalue, test accuracy, accuracy after each step), coloured by λ.
+def _pairplot(data: dict[str, Any], steps: list[float], output: Path | str,
+              storage_options: dict[str, Any] | None = None) -> Path | str:
+    """Pair plot of (log10 eigenvalue, test accuracy, accuracy after each step), coloured by λ,
+    as ``<output stem>_eigenfeatures.png`` (through fsspec for a URL output).
 
     Eigenpairs with λ_i ≤ τ (numerically zero) are left out: their f_i is noise over λ_i.
     """
     import matplotlib
+
+    from ..store import beside, open_file
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -125,9 +131,9 @@ def _pairplot(data: dict[str, Any], steps: list[float], stem: Path) -> Path:
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("eigenfeatures f_i: eigenvalue vs clean / perturbed test accuracy")
     fig.tight_layout()
-    path = stem.parent / f"{stem.name}_eigenfeatures.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    path = beside(output, "_eigenfeatures.png")
+    with open_file(path, "wb", storage_options) as fh:
+        fig.savefig(fh, format="png", dpi=110)
     plt.close(fig)
     return path
 

@@ -24,7 +24,8 @@ from typing import Any, Iterator, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..config import DatasetSpec, JobConfig, KernelSpec, OutputPath
+from ..config import (DatasetSpec, KernelSpec, OutputJobConfig, OutputPath, StoreLocation,
+                      StoreOutput)
 from . import add_config_arguments
 
 log = logging.getLogger(__name__)
@@ -45,18 +46,20 @@ class ComputeSpec(BaseModel):
     block_size: int = Field(default=2048, ge=16)  # Cholesky block (rows)
 
 
-class ProblemSpec(JobConfig):
+class ProblemSpec(OutputJobConfig):
     """The kernel and data of an analysis job: a Gram ``store`` (kernel, X, y read from it) or a
-    ``dataset`` + ``kernel`` computed directly (small N only)."""
+    ``dataset`` + ``kernel`` computed directly (small N only). ``store`` and ``output`` are local
+    paths or fsspec URLs (``storage_options`` apply to both when they are URLs)."""
 
-    store: Path | None = None
+    url_fields = ("output", "store")
+    store: StoreLocation | None = None
     dataset: DatasetSpec | None = None
     kernel: KernelSpec | None = None
     lam: float | None = Field(default=None, ge=0.0)  # default: the store's/kernel's λ, else 1
     test_fraction: float = Field(default=0.25, ge=0.0, lt=1.0)
     seed: int = 0
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
-    output: OutputPath
+    output: StoreOutput  # a local path or an fsspec URL
 
     @model_validator(mode="after")
     def _one_source(self) -> "ProblemSpec":
@@ -118,7 +121,7 @@ def load_problem(cfg: ProblemSpec) -> Problem:
     if cfg.store is not None:
         from ..store import open_gram
 
-        st = open_gram(cfg.store)
+        st = open_gram(cfg.store, cfg.options_for(cfg.store))
         if st.kind != "jntk":
             raise ValueError(f"store {cfg.store} holds the {st.kind!r} kernel; the analyses use the "
                              "JNTK Θ (kernel.kind: jntk)")
@@ -199,7 +202,8 @@ class StructuredSpec(BaseModel):
     preconditioner: PreconditionerName = "two_level"  # fewest iterations (docs/benchmarks.md)
     tol: float = Field(default=1e-8, gt=0.0)  # PCG: |b − Aα|/|b|; LOBPCG: |Av − θv| ≤ tol·λ_max
     maxiter: int | None = Field(default=None, ge=1)  # None: the solvers' defaults
-    checkpoint: Path | None = None  # solve default: <output stem>_pcg.npz beside the output
+    checkpoint: OutputPath | None = None  # a local path; solve default: <output stem>_pcg.npz
+    # beside a local output, in this machine's scratch folder for a URL output (store.local_beside)
     checkpoint_every: float = Field(default=60.0, gt=0.0)  # seconds between checkpoints
     memory_mb: float = Field(default=512.0, gt=0.0)  # working set of a product's row tile
     fields: Literal["auto", "memory", "recompute"] = "auto"  # auto: held in memory if the 8 N²
@@ -263,16 +267,12 @@ def structured_train_operator(prob: Problem, spec: StructuredSpec, lam: float) -
     return structured_operator(X_train, mode=mode, **kw)
 
 
-def output_stem(output: Path) -> Path:
-    """``runs/x.zarr`` → ``runs/x``: the prefix of files written beside a job's output."""
-    return Path(output).with_suffix("")
-
-
 def _fit_structured(prob: Problem, cfg: "SolveJobConfig", y_fit: np.ndarray,
                     progress: bool) -> dict[str, Any]:
     """PCG on the matrix-free Θ_λ + μI; f at the train points is (Θ_λ α)_0, at the test points
     ``structured_predict``. Removes its default checkpoint once converged."""
     from ..solvers import structured_solve
+    from ..store import local_beside
     from ..structured import structured_predict
 
     spec = cfg.structured
@@ -281,8 +281,7 @@ def _fit_structured(prob: Problem, cfg: "SolveJobConfig", y_fit: np.ndarray,
     Y = y_fit[prob.train]
     columns = Y.reshape(Y.shape[0], -1).T  # one PCG per one-vs-rest output
     default_ckpt = spec.checkpoint is None
-    base = spec.checkpoint or output_stem(cfg.output).with_name(
-        output_stem(cfg.output).name + "_pcg.npz")
+    base = spec.checkpoint or local_beside(cfg.output, "_pcg.npz")
     coefs, iterations, resumed, residuals, paths, converged = [], [], [], [], [], True
     t0 = time.perf_counter()
     for j, yj in enumerate(columns):
@@ -360,7 +359,7 @@ def run_solve(cfg: SolveJobConfig, progress: bool = True) -> dict[str, Any]:
         "train_accuracy": float(accuracy(f_train, y_score[prob.train])),
         "test_accuracy": float(accuracy(f_test, y_score[prob.test])) if prob.test.size else None,
         "relative_residual": fit["residual"], "solve_seconds": fit["seconds"],
-        "scheduler": fit["scheduler"], "config": cfg.to_dict(),
+        "scheduler": fit["scheduler"], "config": cfg.recorded(),
         "classes": None if classes is None else [str(c) for c in classes],
         "structured": cfg.structured.enabled,
     }
@@ -378,7 +377,7 @@ def run_solve(cfg: SolveJobConfig, progress: bool = True) -> dict[str, Any]:
         "f_test": (f_test, ["test"] + out_dims),
         "y_train": (y_fit[prob.train], ["train"] + out_dims),
         "y_test": (y_fit[prob.test], ["test"] + out_dims),
-    }, summary, group="solve")
+    }, summary, group="solve", storage_options=cfg.options_for(cfg.output))
     if fit.get("converged"):
         for path in fit.get("remove", []):  # results written: a default checkpoint is done with
             Path(path).unlink(missing_ok=True)
