@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import DatasetSpec, JobConfig, OutputPath
+from ..config import DatasetSpec, OutputJobConfig, StoreOutput
+from ..store import beside, open_file
 from .solve import add_arguments
 
 
@@ -31,8 +33,8 @@ class Assumption8Dataset(BaseModel):
     max_points: int | None = Field(default=None, ge=2)  # deterministic random subset (quick runs)
 
 
-class Assumption8JobConfig(JobConfig):
-    """``jntk assumption8`` config."""
+class Assumption8JobConfig(OutputJobConfig):
+    """``jntk assumption8`` config; ``output`` is a local path or an fsspec URL."""
 
     datasets: list[Assumption8Dataset]
     activations: list[str] = Field(default_factory=lambda: ["gelu", "erf"])
@@ -40,7 +42,7 @@ class Assumption8JobConfig(JobConfig):
     kernels: list[Literal["ntk", "jntk"]] = Field(default_factory=lambda: ["ntk", "jntk"])
     max_dense: int = Field(default=12000, ge=2)
     seed: int = 0
-    output: OutputPath
+    output: StoreOutput
 
 
 def run_assumption8(cfg: Assumption8JobConfig, progress: bool = True) -> list[dict[str, Any]]:
@@ -60,23 +62,24 @@ def run_assumption8(cfg: Assumption8JobConfig, progress: bool = True) -> list[di
         for r in assumption8(X, cfg.depths, acts, dataset=label, kernels_=cfg.kernels,
                              max_dense=cfg.max_dense, progress=progress):
             rows.append(r.as_dict())
-    out = Path(cfg.output)
+    out, options = cfg.output, cfg.options_for(cfg.output)
     cols = ["dataset", "activation", "depth", "kernel", "n", "lambda_min", "lambda_max",
             "tolerance", "positive", "method"]
     write_results(out, {
         c: (np.array([r[c] for r in rows], dtype=str if c in ("dataset", "activation", "kernel",
                                                                 "method") else None), ["row"])
-        for c in cols}, {"job": "assumption8", "config": cfg.to_dict(),
+        for c in cols}, {"job": "assumption8", "config": cfg.recorded(),
                          "tolerance_rule": "positive iff λ_min > τ = n·eps(float64)·λ_max"},
-        group="assumption8")
-    stem = out.with_suffix("")
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{stem}_assumption8.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        w.writerows({c: r[c] for c in cols} for r in rows)
-    Path(f"{stem}_assumption8.md").write_text(markdown_table(rows))
-    _plot(rows, Path(f"{stem}_assumption8.png"))
+        group="assumption8", storage_options=options)
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=cols)
+    w.writeheader()
+    w.writerows({c: r[c] for c in cols} for r in rows)
+    with open_file(beside(out, "_assumption8.csv"), "wb", options) as fh:
+        fh.write(table.getvalue().encode())
+    with open_file(beside(out, "_assumption8.md"), "wb", options) as fh:
+        fh.write(markdown_table(rows).encode())
+    _plot(rows, beside(out, "_assumption8.png"), options)
     return rows
 
 
@@ -91,7 +94,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+def _plot(rows: list[dict[str, Any]], path: Path | str,
+          storage_options: dict[str, Any] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,7 +121,8 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set(xlabel="depth L", ylabel="|λ_min| (o: > τ, x: ≤ τ; dotted: τ)", title=name)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with open_file(path, "wb", storage_options) as fh:  # a path or an fsspec URL
+        fig.savefig(fh, format="png", dpi=120)
     plt.close(fig)
 
 
@@ -137,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, Assumption8JobConfig, args.overrides)
     rows = run_assumption8(cfg, progress=not args.no_progress)
     print(markdown_table(rows), end="")
-    stem = Path(cfg.output).with_suffix("")
-    print(f"assumption8: {len(rows)} rows -> {cfg.output}/assumption8, {stem}_assumption8.csv, "
-          f"{stem}_assumption8.md, {stem}_assumption8.png", flush=True)
+    stem = beside(cfg.output, "_assumption8")
+    print(f"assumption8: {len(rows)} rows -> {cfg.output}/assumption8, {stem}.csv, "
+          f"{stem}.md, {stem}.png", flush=True)
     return 0
