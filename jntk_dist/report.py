@@ -61,6 +61,7 @@ __all__ = [
     "evaluate",
     "drift_rows",
     "assumption8_rows",
+    "merge_assumption8_rows",
     "eigenfeatures_rows",
     "collect",
     "write_report",
@@ -314,6 +315,12 @@ class ExperimentReport:
     figures: list[Path] = field(default_factory=list)
     size: str = ""
     problem: str = ""  # why there are no rows (not run, failed, unreadable store)
+    merged: list[dict[str, Any]] = field(default_factory=list)  # records of --merge runs
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """The run records behind this report: the main run, then the merged ones."""
+        return ([self.record] if self.record else []) + self.merged
 
     def counts(self) -> dict[str, int]:
         out = {"agree": 0, "disagree": 0, "n/a": 0}
@@ -445,6 +452,9 @@ def assumption8_rows(rows: Sequence[dict[str, Any]], claim: dict[str, Any],
                      quick: bool) -> list[Row]:
     """Rows for Fig. 6 / B7 / B8 from the λ_min table (positive iff λ_min > τ, recomputed here).
 
+    A row may carry ``lambda_min_residual`` (structured mode: λ_min is a Ritz value θ ≥ λ_min with
+    that residual); positive then means θ − residual > τ.
+
     Rules: ``ntk_always_pd`` (NTK positive at every depth), ``jntk_pd_from_depth: {act: L}`` (the
     JNTK Gram is positive from depth L on and not just below it; with a coarse depth grid, not
     positive at the deepest computed depth < L), ``jntk_pd_eventually`` (positive at the deepest
@@ -453,7 +463,8 @@ def assumption8_rows(rows: Sequence[dict[str, Any]], claim: dict[str, Any],
     out: list[Row] = []
     groups: dict[tuple[str, str, str], list[tuple[int, bool, float, float]]] = {}
     for r in rows:
-        pos = float(r["lambda_min"]) > float(r["tolerance"])
+        pos = (float(r["lambda_min"]) - float(r.get("lambda_min_residual", 0.0))
+               > float(r["tolerance"]))
         groups.setdefault((str(r["dataset"]), str(r["activation"]), str(r["kernel"])), []).append(
             (int(r["depth"]), pos, float(r["lambda_min"]), float(r["tolerance"]),
              float(r.get("lambda_max", math.nan))))
@@ -514,19 +525,82 @@ def assumption8_rows(rows: Sequence[dict[str, Any]], claim: dict[str, Any],
     return out
 
 
-def _evaluate_assumption8(exp: PaperConfig, record: dict[str, Any], rep: ExperimentReport) -> None:
+def _assumption8_table(output: str | Path) -> list[dict[str, Any]]:
+    """The rows of an assumption8 store (``lambda_min_residual`` 0 where the store has none)."""
     import zarr
 
-    g = zarr.open_group(str(Path(record["output"]) / "assumption8"), mode="r")
+    g = zarr.open_group(str(Path(output) / "assumption8"), mode="r")
     cols = ["dataset", "activation", "depth", "kernel", "n", "lambda_min", "lambda_max",
             "tolerance"]
     arrays = {c: np.asarray(g[c][...]) for c in cols}
-    rows = [{c: arrays[c][i] for c in cols} for i in range(arrays["depth"].shape[0])]
+    depth = arrays["depth"]
+    arrays["lambda_min_residual"] = (np.asarray(g["lambda_min_residual"][...])
+                                     if "lambda_min_residual" in g else np.zeros(depth.shape))
+    return [{c: arrays[c][i] for c in arrays} for i in range(depth.shape[0])]
+
+
+def merge_assumption8_rows(tables: Sequence[Sequence[dict[str, Any]]]
+                           ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows of several assumption8 runs as one table: a (dataset, activation, kernel, depth)
+    computed by more than one run is taken from the first; the second value says, per later run,
+    the depths whose rows were skipped so (e.g. "run 2: L=11 (4 rows)")."""
+    merged: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    skipped: list[str] = []
+    for t, table in enumerate(tables):
+        dropped: dict[int, int] = {}
+        for r in table:
+            key = (str(r["dataset"]), str(r["activation"]), str(r["kernel"]), int(r["depth"]))
+            if key in merged:
+                dropped[key[3]] = dropped.get(key[3], 0) + 1
+                continue
+            merged[key] = r
+        if dropped:
+            skipped.append(f"run {t + 1}: L={_depth_ranges(sorted(dropped))} "
+                           f"({sum(dropped.values())} rows)")
+    return list(merged.values()), skipped
+
+
+def _evaluate_assumption8(exp: PaperConfig, record: dict[str, Any], rep: ExperimentReport) -> None:
+    records = [record] + rep.merged
+    rows, skipped = merge_assumption8_rows([_assumption8_table(r["output"]) for r in records])
     rep.rows = assumption8_rows(rows, exp.claim, bool(record.get("quick")))
     stem = Path(record["output"]).with_suffix("")
-    rep.figures = [p for p in [Path(f"{stem}_assumption8.png")] if p.exists()]
+    if rep.merged:  # one plot of the merged table, beside the main run's store
+        from .commands.assumption8 import plot
+
+        merged_png = stem.parent / "merged" / f"{stem.name}_assumption8.png"
+        merged_png.parent.mkdir(parents=True, exist_ok=True)
+        plot(rows, merged_png)
+        rep.figures = [merged_png]
+    else:
+        rep.figures = [p for p in [Path(f"{stem}_assumption8.png")] if p.exists()]
     sizes = dict.fromkeys(f"{r['dataset']} ({r['kernel']} Gram {int(r['n'])})" for r in rows)
-    rep.size = "; ".join(sizes) + f"; depths {sorted({int(r['depth']) for r in rows})}"
+    depths: dict[str, set[int]] = {}
+    for r in rows:
+        depths.setdefault(str(r["dataset"]), set()).add(int(r["depth"]))
+    if len({tuple(sorted(d)) for d in depths.values()}) == 1:
+        rep.size = "; ".join(sizes) + f"; depths {sorted(next(iter(depths.values())))}"
+    else:  # merged runs cover different depths per dataset
+        rep.size = "; ".join(sizes) + "; depths " + "; ".join(
+            f"{name}: {_depth_ranges(sorted(d))}" for name, d in depths.items())
+    if rep.merged:
+        rep.size += f" (merged from {len(records)} runs"
+        rep.size += f"; duplicates skipped, first run kept: {', '.join(skipped)})" if skipped \
+            else ")"
+
+
+def _depth_ranges(depths: Sequence[int]) -> str:
+    """[1, 2, 3, 5, 7, 8] → "1–3, 5, 7–8"."""
+    parts: list[str] = []
+    start = prev = depths[0]
+    for d in list(depths[1:]) + [None]:  # type: ignore[list-item]
+        if d is not None and d == prev + 1:
+            prev = d
+            continue
+        parts.append(f"{start}" if start == prev else f"{start}–{prev}")
+        if d is not None:
+            start = prev = d
+    return ", ".join(parts)
 
 
 def eigenfeatures_rows(settings: dict[str, dict[str, Any]], claim: dict[str, Any],
@@ -626,19 +700,47 @@ _EVALUATORS: dict[str, Callable[[PaperConfig, dict[str, Any], ExperimentReport],
     "eigenfeatures": _evaluate_eigenfeatures}
 
 
-def evaluate(exp: PaperConfig, runs_dir: str | Path) -> ExperimentReport:
-    """Read ``<runs_dir>/<name>/run.json`` and the job's store; compute the table rows."""
-    path = Path(runs_dir) / exp.name / "run.json"
-    if not path.exists():
-        return ExperimentReport(exp, None, problem=f"not run ({path} missing)")
+def _read_record(path: Path) -> dict[str, Any]:
     record = json.loads(path.read_text())
     if record.get("output"):  # the runs folder may have been moved since: look inside it
         moved = path.parent / Path(record["output"]).name
         if moved.exists():
             record["output"] = str(moved)
-    rep = ExperimentReport(exp, record)
+    record["run_dir"] = str(path.parent.parent)
+    return record
+
+
+def evaluate(exp: PaperConfig, runs_dir: str | Path,
+             merge: Sequence[str | Path] = ()) -> ExperimentReport:
+    """Read ``<runs_dir>/<name>/run.json`` and the job's store; compute the table rows.
+
+    ``merge``: further runs folders; where one holds a successful run of this experiment
+    (``<folder>/<name>/run.json``), its rows join the table (assumption8 experiments only: e.g.
+    depths run separately; a depth computed twice is taken from the first folder)."""
+    path = Path(runs_dir) / exp.name / "run.json"
+    extra = [_read_record(p) for p in (Path(d) / exp.name / "run.json" for d in merge)
+             if p.exists()]
+    failed = [r for r in extra if r.get("status") != "ok"]
+    if not path.exists() and not extra:
+        return ExperimentReport(exp, None, problem=f"not run ({path} missing)")
+    if path.exists():
+        record, merged = _read_record(path), extra
+    else:
+        record, merged = extra[0], extra[1:]
+    rep = ExperimentReport(exp, record, merged=merged)
     if record.get("status") != "ok":
         rep.problem = f"the job failed: {record.get('error', 'unknown error')}"
+        return rep
+    if failed:
+        rep.problem = (f"a run to merge failed ({failed[0]['run_dir']}: "
+                       f"{failed[0].get('error', 'unknown error')})")
+        return rep
+    if merged and exp.job != "assumption8":
+        rep.problem = (f"runs of {exp.name!r} in {[r['run_dir'] for r in merged]} cannot be "
+                       f"merged: merging is supported for assumption8 experiments only")
+        return rep
+    if len({bool(r.get("quick")) for r in rep.records}) > 1:
+        rep.problem = "quick and full-size runs cannot be merged"
         return rep
     try:
         _EVALUATORS[exp.job](exp, record, rep)
@@ -647,9 +749,10 @@ def evaluate(exp: PaperConfig, runs_dir: str | Path) -> ExperimentReport:
     return rep
 
 
-def collect(runs_dir: str | Path, experiments: Sequence[PaperConfig]) -> list[ExperimentReport]:
-    """Evaluate every experiment against its run in ``runs_dir``."""
-    return [evaluate(e, runs_dir) for e in experiments]
+def collect(runs_dir: str | Path, experiments: Sequence[PaperConfig],
+            merge: Sequence[str | Path] = ()) -> list[ExperimentReport]:
+    """Evaluate every experiment against its run in ``runs_dir`` (plus the ``merge`` folders)."""
+    return [evaluate(e, runs_dir, merge) for e in experiments]
 
 
 # ---- the Markdown report ------------------------------------------------------------------
@@ -714,7 +817,9 @@ def write_report(reports: Sequence[ExperimentReport], out: str | Path,
               "|---|---|---|---:|---:|---:|---:|---|"]
     for r in reports:
         c = r.counts()
-        wall = f"{r.record['seconds']:.0f} s" if r.record and "seconds" in r.record else "—"
+        secs = [rec["seconds"] for rec in r.records if "seconds" in rec]
+        wall = (f"{sum(secs):.0f} s" + (f" ({len(secs)} runs)" if len(secs) > 1 else "")
+                if secs else "—")
         size = ("quick" if r.record.get("quick") else "full") if r.record else "—"
         status = r.problem or "ok"
         lines.append(f"| [{r.exp.name}](#{r.exp.name}) | {', '.join(r.exp.figures)} | {size} | "
@@ -724,12 +829,18 @@ def write_report(reports: Sequence[ExperimentReport], out: str | Path,
                   f"**{', '.join(r.exp.figures)} — {r.exp.title}** "
                   f"(`configs/paper/{r.exp.name}.yaml`, job `jntk {r.exp.job}`)", "",
                   f"*Paper's claim:* {r.exp.claim['text'].strip()}", ""]
-        if r.record:
-            rec = r.record
-            lines.append(f"*Run:* {'quick (reduced size)' if rec.get('quick') else 'full size'}"
+        several = len(r.records) > 1
+        if several:
+            lines += [f"*Runs:* {len(r.records)} runs merged into one table "
+                      "(`jntk report --merge`):", ""]
+        for i, rec in enumerate(r.records):
+            where = f"{i + 1}. `{rec.get('run_dir')}`: " if several else "*Run:* "
+            lines.append(f"{where}{'quick (reduced size)' if rec.get('quick') else 'full size'}"
                          f"{' with ' + ', '.join(rec['overrides']) if rec.get('overrides') else ''}; "
                          f"started {rec.get('started_utc')}, wall time {rec.get('seconds', 0):.1f} s "
                          f"on {_hardware_line(rec.get('hardware', {}))}.")
+        if several:
+            lines.append("")
         if r.size:
             lines.append(f"*Size:* {r.size}.")
         if r.exp.cluster:

@@ -18,7 +18,8 @@ import zarr
 from jntk_dist.cli import main as jntk_main
 from jntk_dist.config import ConfigError
 from jntk_dist.report import (GENERATED_MARKER, PAPER_CONFIGS, assumption8_rows, evaluate,
-                              job_config, load_paper_config, paper_configs)
+                              job_config, load_paper_config, paper_configs, run_experiment,
+                              write_report)
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "# My reproduction notes\n\nHand-written text that the report must keep.\n\n"
@@ -175,3 +176,38 @@ def test_bad_paper_configs_are_refused_with_the_key(tmp_path: Path) -> None:
         load_paper_config(bad)
     with pytest.raises(ValueError, match="unknown experiment"):
         paper_configs(only=["fig99"])
+
+
+def test_report_merges_assumption8_runs_of_separate_depths(tmp_path: Path) -> None:
+    """Depths run separately (two runs folders) form one table; a depth in both comes from the
+    first folder, and the verdict follows the merged numbers."""
+    exp = load_paper_config(PAPER_CONFIGS / "fig6.yaml")
+    small = "datasets=[{dataset: {name: forest_fires}, label: ff, max_points: 12}]"
+    first, second = tmp_path / "a", tmp_path / "b"
+    for runs, depths in ((first, "[10, 11]"), (second, "[5, 6, 11]")):
+        rec = run_experiment(exp, runs, quick=True, overrides=[small, f"depths={depths}"],
+                             progress=False)
+        assert rec["status"] == "ok", rec.get("error")
+
+    def set_lambda_min(runs: Path, factor: float) -> None:  # every gelu JNTK row: factor·τ
+        g = zarr.open_group(str(runs / "fig6" / "fig6.zarr" / "assumption8"), mode="r+")
+        sel = (g["kernel"][...].astype(str) == "jntk") & (g["activation"][...].astype(str) == "gelu")
+        lam = g["lambda_min"][...]
+        lam[sel] = factor * g["tolerance"][...][sel]
+        g["lambda_min"][...] = lam
+
+    set_lambda_min(first, 0.1)  # not positive at 10, 11
+    set_lambda_min(second, 10.0)  # positive at 5, 6 and (skipped) 11
+    rep = evaluate(exp, first, merge=[second])
+    assert not rep.problem and len(rep.records) == 2
+    gelu = [r for r in rep.rows if "gelu: JNTK" in r.claim]
+    assert len(gelu) == 1 and "depths [5, 6, 10, 11]" in gelu[0].ours
+    assert gelu[0].verdict == "disagree" and "never positive" in gelu[0].why  # L=11 of `first`
+    assert "first run kept: run 2: L=11 (4 rows)" in rep.size  # ntk, jntk × gelu, erf
+    swapped = evaluate(exp, second, merge=[first])  # now L=11 is positive: onset 11
+    assert [r.verdict for r in swapped.rows if "gelu: JNTK" in r.claim] == ["agree"]
+    assert rep.figures and rep.figures[0].exists() and rep.figures[0].parent.name == "merged"
+    out = write_report([rep], tmp_path / "docs" / "reproduction.md", runs_dir="a + b")
+    text = out.read_text()
+    assert "(2 runs)" in text and f"`{first}`" in text and f"`{second}`" in text
+    assert (tmp_path / "docs" / "figures" / "fig6_assumption8.png").exists()

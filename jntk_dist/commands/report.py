@@ -24,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configs", default=str(PAPER_CONFIGS), help="folder of paper configs")
     parser.add_argument("--only", default=None, help="comma-separated experiment names "
                         "(e.g. fig6,b7)")
+    parser.add_argument("--merge", action="append", default=[], metavar="RUNS",
+                        help="another runs folder whose assumption8 runs join the tables of "
+                        "--runs (e.g. depths run separately; repeatable; a depth computed twice "
+                        "is taken from the first folder)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,8 +50,12 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"runs folder {args.runs} does not exist; run "
                                 "`python jobs/reproduce.py --quick --out "
                                 f"{args.runs}` first")
-    reports = collect(args.runs, exps)
-    out = write_report(reports, args.out, args.figures, runs_dir=args.runs)
+    missing = [d for d in args.merge if not Path(d).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"runs folder(s) to merge do not exist: {missing}")
+    reports = collect(args.runs, exps, merge=args.merge)
+    runs = args.runs + "".join(f"` + `{d}" for d in args.merge)
+    out = write_report(reports, args.out, args.figures, runs_dir=runs)
     for r in reports:
         c = r.counts()
         state = r.problem or f"{c['agree']} agree, {c['disagree']} disagree, {c['n/a']} n/a"
