@@ -19,10 +19,10 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__, kernels
-from .config import DatasetSpec, JobConfig, KernelSpec, StoreOutput, config_diff, config_hash
+from .config import DatasetSpec, KernelSpec, OutputJobConfig, StoreOutput, config_diff, config_hash
 from .store import (
     StoreError,
     StoreLayout,
@@ -72,15 +72,12 @@ class RaySpec(BaseModel):
     max_task_retries: int = Field(default=3, ge=0)
 
 
-class GramJobConfig(JobConfig):
+class GramJobConfig(OutputJobConfig):
     """``jntk gram`` config: dataset, kernel, output store and how to tile and distribute."""
 
     dataset: DatasetSpec
     kernel: KernelSpec
     output: StoreOutput  # a local path or an fsspec URL (s3://bucket/g.zarr, gs://…, file://…)
-    # fsspec options of a URL output (endpoint_url, profile, …); keep secrets in the environment
-    # (AWS_*, GOOGLE_APPLICATION_CREDENTIALS): values here are not recorded in the store
-    storage_options: dict[str, Any] = Field(default_factory=dict)
     store: Literal["dense", "fields"] = "dense"
     tile_points: int | None = Field(default=None, ge=1)  # default: sized to tile_bytes / memory
     tile_bytes: int | None = Field(default=None, ge=1024)
@@ -91,23 +88,10 @@ class GramJobConfig(JobConfig):
     # one-off compile of 5-60 s per worker; values agree with eager to rounding (~1e-13)
     compile: bool = False
 
-    @model_validator(mode="after")
-    def _options_need_a_url(self) -> "GramJobConfig":
-        if self.storage_options and not is_url(self.output):
-            raise ValueError(f"storage_options apply to URL outputs (s3://, gs://, …), not to "
-                             f"the path {self.output}")
-        return self
-
     def identity(self) -> dict[str, Any]:
         """The part of the config that determines the store's contents."""
         data = self.to_dict()
         return {k: data[k] for k in IDENTITY_KEYS}
-
-    def recorded(self) -> dict[str, Any]:
-        """The config as the store records it: storage option values left out (credentials)."""
-        data = self.to_dict()
-        data["storage_options"] = {k: "<not recorded>" for k in data["storage_options"]}
-        return data
 
 
 @dataclass

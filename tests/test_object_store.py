@@ -198,7 +198,7 @@ def test_url_config_checks(dataset: Path, tmp_path: Path) -> None:
     assert cfg.recorded()["storage_options"] == {"endpoint_url": "<not recorded>",
                                                  "secret": "<not recorded>"}
     assert isinstance(_config(dataset, tmp_path / "g.zarr").output, Path)
-    with pytest.raises(ConfigError, match="storage_options apply to URL outputs"):
+    with pytest.raises(ConfigError, match="storage_options apply to URLs"):
         _config(dataset, tmp_path / "g.zarr", storage_options={"anon": True})
     with pytest.raises(ConfigError, match="unknown URL scheme 'nosuch'"):
         _config(dataset, "nosuch://bucket/g.zarr")
