@@ -19,6 +19,7 @@ import logging
 import sys
 
 from jntk_dist.report import PAPER_CONFIGS, paper_configs, reproduce
+from jntk_dist.store import is_url
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    if is_url(args.out):
+        print(f"jobs/reproduce.py: error: --out {args.out} is a URL; the runs folder (run.json, "
+              "stores, figures read by jntk report) must be a local or shared path",
+              file=sys.stderr)
+        return 2
     try:
         exps = paper_configs(args.configs, only)
     except (ValueError, FileNotFoundError) as err:

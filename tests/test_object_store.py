@@ -260,3 +260,13 @@ def test_gram_job_to_s3(s3_server: dict[str, Any], local_store: Path, dataset: P
         assert fs.exists("jntk/runs/g.zarr.lock")
         with pytest.raises(StoreLockedError, match="being written by another job"):
             run_gram(_config(dataset, url, storage_options=s3_server))
+
+
+def test_reproduce_refuses_a_url_runs_folder():
+    """The runs folder of jobs/reproduce.py is read back by jntk report: a URL is refused."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "jobs" / "reproduce.py"), "--quick",
+                           "--only", "fig6", "--out", "s3://bucket/runs"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--out s3://bucket/runs is a URL" in proc.stderr
