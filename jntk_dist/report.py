@@ -461,13 +461,13 @@ def assumption8_rows(rows: Sequence[dict[str, Any]], claim: dict[str, Any],
     computed depth).
     """
     out: list[Row] = []
-    groups: dict[tuple[str, str, str], list[tuple[int, bool, float, float]]] = {}
+    groups: dict[tuple[str, str, str], list[tuple[int, bool, float, float, float, float]]] = {}
     for r in rows:
         pos = (float(r["lambda_min"]) - float(r.get("lambda_min_residual", 0.0))
                > float(r["tolerance"]))
         groups.setdefault((str(r["dataset"]), str(r["activation"]), str(r["kernel"])), []).append(
             (int(r["depth"]), pos, float(r["lambda_min"]), float(r["tolerance"]),
-             float(r.get("lambda_max", math.nan))))
+             float(r.get("lambda_max", math.nan)), float(r.get("lambda_min_residual", 0.0))))
     small = "; quick run on a subset: λ_min depends on the points" if quick else ""
     for (dataset, act, kind), vals in groups.items():
         vals.sort()
@@ -492,7 +492,8 @@ def assumption8_rows(rows: Sequence[dict[str, Any]], claim: dict[str, Any],
         else:
             state = f"positive from L={onset}"
         cond = "" if not math.isfinite(vals[-1][4]) else f", λ_min/λ_max={vals[-1][2] / vals[-1][4]:.1e}"
-        ours = (f"{state} (depths {depths}; at L={depths[-1]}: λ_min={vals[-1][2]:.2e}, "
+        res = f" ± {vals[-1][5]:.1e}" if vals[-1][5] > 0 else ""  # a Ritz value's residual
+        ours = (f"{state} (depths {depths}; at L={depths[-1]}: λ_min={vals[-1][2]:.2e}{res}, "
                 f"τ={vals[-1][3]:.1e}{cond})")
         target = claim.get("jntk_pd_from_depth", {}).get(act)
         if target is not None:
