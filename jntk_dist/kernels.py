@@ -538,12 +538,20 @@ def to_gram(blocks: ArrayLike) -> ArrayLike:
 
 
 def expand_gram(f: KernelFields, x1: ArrayLike, x2: ArrayLike | None = None,
-                lam: float | None = None) -> Tensor:
+                lam: float | None = None, out: Tensor | None = None) -> Tensor:
     """The point-major (n1(d0+1), n2(d0+1)) matrix of the fields' blocks, expanded in place
-    (no (n1, n2, d0+1, d0+1) intermediate); torch in, torch out."""
+    (no (n1, n2, d0+1, d0+1) intermediate); torch in, torch out.
+
+    ``out`` (contiguous, that shape) is reused if given: a fresh matrix of a few hundred MB
+    costs as much in first-touch page faults as the whole expansion.
+    """
     t1 = torch.as_tensor(x1, dtype=f.k.dtype, device=f.k.device)
     n1, n2, p = f.shape[0], f.shape[1], t1.shape[1] + 1
-    out = torch.empty((n1 * p, n2 * p), dtype=t1.dtype, device=t1.device)
+    if out is None:
+        out = torch.empty((n1 * p, n2 * p), dtype=t1.dtype, device=t1.device)
+    elif tuple(out.shape) != (n1 * p, n2 * p) or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous ({n1 * p}, {n2 * p}) tensor, got "
+                         f"{tuple(out.shape)}")
     with torch.no_grad():
         expand_blocks(f, t1, x2, lam=lam, out=out.view(n1, p, n2, p).permute(0, 2, 1, 3))
     return out

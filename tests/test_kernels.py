@@ -417,3 +417,9 @@ def test_gram_is_expanded_point_major_in_place():
     G32 = kernels.gram(x.numpy().astype(np.float32), depth=2, activation="erf", kind="nngp",
                        dtype=torch.float32)
     assert isinstance(G32, np.ndarray) and G32.dtype == np.float32
+    f = kernels.fields(x, depth=2, activation="gelu")
+    buffer = torch.full((280, 280), float("nan"), dtype=torch.float64)
+    assert kernels.expand_gram(f, x, out=buffer) is buffer
+    torch.testing.assert_close(buffer, kernels.gram(x, depth=2, activation="gelu"), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="contiguous"):
+        kernels.expand_gram(f, x, out=buffer.T[:, :279])
