@@ -502,7 +502,49 @@ def _make_row_worker_class() -> Any:
     return _RowBlockWorker
 
 
-class RayStructuredKernel:
+class _RowBlockOperator:
+    """Shared face of the distributed operators: K V assembled from per-row-block products."""
+
+    n: int
+    d0: int
+    n_products: int
+    dtype = torch.float64
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        p = self.n * (self.d0 + 1)
+        return (p, p)
+
+    def _row_block_products(self, V: np.ndarray) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def matmat(self, V: Any) -> Any:
+        """K V (V of shape (N(d0+1), m) or a vector); numpy in → numpy out."""
+        is_numpy = not isinstance(V, torch.Tensor)
+        Vn = np.asarray(V if is_numpy else V.detach().cpu().numpy(), dtype=np.float64)
+        squeeze = Vn.ndim == 1
+        Vn = Vn[:, None] if squeeze else Vn
+        if Vn.ndim != 2 or Vn.shape[0] != self.shape[1]:
+            raise ValueError(f"operand of shape {Vn.shape} does not match operator {self.shape}")
+        out = np.concatenate(self._row_block_products(Vn), axis=0)
+        self.n_products += Vn.shape[1]
+        out = out[:, 0] if squeeze else out
+        return out if is_numpy else torch.as_tensor(out)
+
+    def matvec(self, v: Any) -> Any:
+        return self.matmat(v)
+
+    def __matmul__(self, V: Any) -> Any:
+        return self.matmat(V)
+
+    def aslinearoperator(self) -> Any:
+        from scipy.sparse.linalg import LinearOperator
+
+        return LinearOperator(self.shape, matvec=self.matmat, matmat=self.matmat,
+                              rmatvec=self.matmat, dtype=np.float64)
+
+
+class RayStructuredKernel(_RowBlockOperator):
     """The X–X operator with its rows split over Ray actors (one row block each).
 
     Each actor computes (``mode="memory"``) or recomputes (``"recompute"``) its own row block of
@@ -527,37 +569,11 @@ class RayStructuredKernel:
                                       memory_mb) for rb in self.row_blocks]
         self.n_products = 0
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        p = self.n * (self.d0 + 1)
-        return (p, p)
-
-    dtype = torch.float64
-
-    def matmat(self, V: Any) -> Any:
+    def _row_block_products(self, V: np.ndarray) -> list[np.ndarray]:
         import ray
 
-        is_numpy = not isinstance(V, torch.Tensor)
-        Vn = np.asarray(V if is_numpy else V.detach().cpu().numpy(), dtype=np.float64)
-        squeeze = Vn.ndim == 1
-        Vn = Vn[:, None] if squeeze else Vn
-        if Vn.shape[0] != self.shape[1]:
-            raise ValueError(f"operand of shape {Vn.shape} does not match operator {self.shape}")
-        v_ref = ray.put(Vn)
-        parts = ray.get([w.matmat.remote(v_ref) for w in self.workers])
-        out = np.concatenate(parts, axis=0)
-        self.n_products += Vn.shape[1]
-        out = out[:, 0] if squeeze else out
-        return out if is_numpy else torch.as_tensor(out)
-
-    matvec = matmat
-    __matmul__ = matmat
-
-    def aslinearoperator(self) -> Any:
-        from scipy.sparse.linalg import LinearOperator
-
-        return LinearOperator(self.shape, matvec=self.matmat, matmat=self.matmat,
-                              rmatvec=self.matmat, dtype=np.float64)
+        v_ref = ray.put(V)
+        return ray.get([w.matmat.remote(v_ref) for w in self.workers])
 
     def shutdown(self) -> None:
         import ray
@@ -606,7 +622,7 @@ def _dask_row_block(X: np.ndarray, rows: tuple[int, int], V: np.ndarray, lam: fl
     return op.matmat(V)
 
 
-class DaskStructuredKernel:
+class DaskStructuredKernel(_RowBlockOperator):
     """The X–X operator as one Dask task per row block, for clusters run by Dask.
 
     Field source (one of): ``fields`` — an (8, N, N) array held by the driver (each block's rows are
@@ -670,39 +686,12 @@ class DaskStructuredKernel:
         except (ImportError, ValueError):
             return None
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        p = self.n * (self.d0 + 1)
-        return (p, p)
-
-    dtype = torch.float64
-
-    def matmat(self, V: Any) -> Any:
-        """K V (V of shape (N(d0+1), m) or a vector); numpy in → numpy out."""
+    def _row_block_products(self, V: np.ndarray) -> list[np.ndarray]:
         import dask
 
-        is_numpy = not isinstance(V, torch.Tensor)
-        Vn = np.asarray(V if is_numpy else V.detach().cpu().numpy(), dtype=np.float64)
-        squeeze = Vn.ndim == 1
-        Vn = Vn[:, None] if squeeze else Vn
-        if Vn.ndim != 2 or Vn.shape[0] != self.shape[1]:
-            raise ValueError(f"operand of shape {Vn.shape} does not match operator {self.shape}")
-        v = dask.delayed(Vn, name=f"V-{dask.base.tokenize(Vn)}")  # shipped once, not per task
+        v = dask.delayed(V, name=f"V-{dask.base.tokenize(V)}")  # shipped once, not per task
         task = dask.delayed(_dask_row_block, pure=True)
         parts = [task(self.X, rb, v, self.lam, blk, self.store, self.recompute, self.memory_mb)
                  for rb, blk in zip(self.row_blocks, self.blocks)]
         kw = {} if self.scheduler is None else {"scheduler": self.scheduler}
-        computed = dask.compute(*parts, **kw)
-        out = np.concatenate(computed, axis=0)
-        self.n_products += Vn.shape[1]
-        out = out[:, 0] if squeeze else out
-        return out if is_numpy else torch.as_tensor(out)
-
-    matvec = matmat
-    __matmul__ = matmat
-
-    def aslinearoperator(self) -> Any:
-        from scipy.sparse.linalg import LinearOperator
-
-        return LinearOperator(self.shape, matvec=self.matmat, matmat=self.matmat,
-                              rmatvec=self.matmat, dtype=np.float64)
+        return list(dask.compute(*parts, **kw))

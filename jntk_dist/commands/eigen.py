@@ -111,8 +111,9 @@ def _write(cfg: EigenJobConfig, arrays: dict[str, tuple[np.ndarray, list[str]]],
 
 def _run_structured(cfg: EigenJobConfig, prob: Any, lam: float, progress: bool) -> dict[str, Any]:
     """Top-k (Lanczos) and λ_min (shift-invert or LOBPCG, structured preconditioner) of the matrix-free
-    Θ_λ. The Ritz value θ ≥ λ_min and |Av − θv| bounds the gap, so positivity is decided on
-    θ − |Av − θv| > τ (a certified lower bound), not on θ alone."""
+    Θ_λ. The Ritz value θ ≥ λ_min, and some eigenvalue lies within |Av − θv| of θ; positivity is
+    decided on θ − |Av − θv| > τ, not on θ alone. That bounds λ_min from below when the iteration
+    found the smallest eigenvalue (all but certain from a random start, not a proof)."""
     from .. import linalg
     from ..solvers import shift_invert_eigs, structured_eigs
 
