@@ -290,7 +290,8 @@ def _compiled_layer(act: Activation, kind: str, dtype: torch.dtype = torch.float
         # assume n1 == n2 ("duck sizing") and recompile for every later shape.
         rows, cols = torch.ones(3, 1, dtype=dtype), torch.ones(1, 5, dtype=dtype)
         pair = torch.full((3, 5), 0.5, dtype=dtype)
-        step(rows, rows.clone(), cols, cols.clone(), *(pair.clone() for _ in range(16)))
+        with torch.no_grad():  # as in fields(): grad mode is part of dynamo's guards
+            step(rows, rows.clone(), cols, cols.clone(), *(pair.clone() for _ in range(16)))
         _COMPILED[key] = step
     return _COMPILED[key]
 
