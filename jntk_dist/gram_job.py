@@ -84,9 +84,10 @@ class GramJobConfig(OutputJobConfig):
     compression: CompressionSpec = Field(default_factory=CompressionSpec)
     ray: RaySpec = Field(default_factory=RaySpec)
     progress: bool = True
-    # torch.compile the field recursion in each worker (erf/gelu): 3-4x faster fields after a
-    # one-off compile of 5-60 s per worker; values agree with eager to rounding (~1e-13)
-    compile: bool = False
+    # torch.compile the field recursion in each worker (erf/gelu): 2-3x faster fields after a
+    # one-off compile per worker (~6 s from torch's disk cache, minutes cold); values agree with
+    # eager to rounding (~1e-13). "auto": on when each worker has minutes of eager work.
+    compile: bool | Literal["auto"] = "auto"
 
     def identity(self) -> dict[str, Any]:
         """The part of the config that determines the store's contents."""
@@ -271,7 +272,8 @@ def run_gram(config: GramJobConfig, overwrite: bool = False, progress: bool | No
             log.info("store %s: %d of %d tiles to compute (%d points/tile)", path, len(missing),
                      layout.total_tiles, layout.tile_points)
             started_ray = _start_ray(config.ray) or started_ray
-            actors = _spawn_pool(config, path, len(missing), result)
+            pairs = float(sum(_tile_pairs(layout, i, j) for i, j in missing))
+            actors = _spawn_pool(config, path, len(missing), result, pairs)
             if on_start is not None:
                 on_start(actors)
             show = config.progress if progress is None else progress
@@ -336,17 +338,40 @@ def _create(path: Path | str, config: GramJobConfig, X: np.ndarray, y: np.ndarra
     return layout
 
 
+# eager CPU throughput is ~1.5e6 pair-layers/s per worker: above this a worker has minutes of
+# work, against a compile warm-up of seconds (warm disk cache) to a minute or two (cold)
+AUTO_COMPILE_PAIR_LAYERS = 3e8
+
+
+def _tile_pairs(layout: StoreLayout, i: int, j: int) -> int:
+    (a, b), (c, d) = layout.points(i), layout.points(j)
+    return (b - a) * (d - c)
+
+
+def resolve_compile(setting: bool | str, activation: str, depth: int, pairs: float,
+                    n_actors: int) -> bool:
+    """The ``compile`` setting of a run: ``"auto"`` compiles closed-form activations (erf,
+    gelu) when each worker has more than AUTO_COMPILE_PAIR_LAYERS pair-layers to compute."""
+    if setting != "auto":
+        return bool(setting)
+    closed_form = activation in ("erf", "gelu")
+    return closed_form and pairs * depth / max(1, n_actors) > AUTO_COMPILE_PAIR_LAYERS
+
+
 def _spawn_pool(config: GramJobConfig, path: Path | str, n_tasks: int,
-                result: GramRunResult) -> list[Any]:
+                result: GramRunResult, pairs: float) -> list[Any]:
     import ray
 
     n, cpus, gpus = _pool_plan(config.ray, n_tasks)
+    k = config.kernel
+    use_compile = resolve_compile(config.compile, k.activation, k.depth, pairs, n)
+    if use_compile:
+        log.info("workers compile the field recursion (compile: %s)", config.compile)
     remote_cls = ray.remote(TileWorker).options(
         num_cpus=cpus, num_gpus=gpus, max_restarts=config.ray.max_restarts,
         max_task_retries=config.ray.max_task_retries)
-    k = config.kernel
     where = location_name(path)  # workers may run in another directory
-    actors = [remote_cls.remote(where, k.kind, k.depth, k.activation, k.dtype, config.compile,
+    actors = [remote_cls.remote(where, k.kind, k.depth, k.activation, k.dtype, use_compile,
                                 config.storage_options or None)
               for _ in range(n)]
     result.num_actors = n

@@ -183,3 +183,14 @@ def test_command_line_entry(dense_store: tuple[Path, Any], dataset: Path, tmp_pa
     args = parser.parse_args(["gram", str(cfg), "--no-progress"])  # depth 1 ≠ the store's 2
     with pytest.raises(StoreError, match=r"kernel\.depth: 2 -> 1"):
         args.func(args)
+
+
+def test_compile_auto_only_when_workers_have_minutes_of_work():
+    from jntk_dist.gram_job import AUTO_COMPILE_PAIR_LAYERS, resolve_compile
+
+    big = 2 * AUTO_COMPILE_PAIR_LAYERS
+    assert resolve_compile("auto", "gelu", 1, big, 1) is True
+    assert resolve_compile("auto", "gelu", 1, big, 4) is False  # spread over 4 workers
+    assert resolve_compile("auto", "tanh", 1, big, 1) is False  # quadrature: never compiled
+    assert resolve_compile("auto", "erf", 3, 243 ** 2 / 2, 2) is False  # the quickstart
+    assert resolve_compile(True, "erf", 1, 1.0, 8) is True and resolve_compile(False, "erf", 9, big, 1) is False
