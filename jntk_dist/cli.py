@@ -9,6 +9,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
+from .config import JobError
 
 # Each entry is a module of jntk_dist.commands exposing ``register(subparsers)``; the parser it
 # adds must ``set_defaults(func=...)`` with a function taking the parsed namespace.
@@ -33,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
+    except (ValueError, FileExistsError, FileNotFoundError, JobError) as err:
         print(f"jntk {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -108,6 +108,10 @@ StoreLocation = Annotated[Path | str, BeforeValidator(_store_output)]
 """A store a job reads (e.g. the analyses' ``store:``): a local path or an fsspec URL."""
 
 
+class JobError(RuntimeError):
+    """A job could not finish for a reason its message names (the CLI prints it, no traceback)."""
+
+
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the file (or source) and the key."""
 

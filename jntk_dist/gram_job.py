@@ -22,7 +22,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__, kernels
-from .config import DatasetSpec, KernelSpec, OutputJobConfig, StoreOutput, config_diff, config_hash
+from .config import (DatasetSpec, JobError, KernelSpec, OutputJobConfig, StoreOutput, config_diff,
+                     config_hash)
 from .store import (
     StoreError,
     StoreLayout,
@@ -221,8 +222,8 @@ def _pool_plan(spec: RaySpec, n_tasks: int, wait_s: float = 30.0) -> tuple[int, 
     else:
         n = int(float(free.get("CPU", 0.0)) // spec.cpus_per_actor)
     if n < 1:
-        raise RuntimeError(f"no room for a tile worker: free resources {free}, each worker needs "
-                           f"{spec.cpus_per_actor} CPU and {per_gpu} GPU")
+        raise JobError(f"no room for a tile worker: free resources {free}, each worker needs "
+                       f"{spec.cpus_per_actor} CPU and {per_gpu} GPU")
     return max(1, min(n, n_tasks)), spec.cpus_per_actor, per_gpu
 
 
@@ -417,7 +418,7 @@ def _dispatch(actors: list[Any], tiles: list[tuple[int, int]], per_actor: int,
                 try:
                     _, _, entries, seconds, cpu, pid = ray.get(ref)
                 except ray.exceptions.RayActorError as err:
-                    raise RuntimeError(f"tile ({i}, {j}) failed: its worker died more often than "
+                    raise JobError(f"tile ({i}, {j}) failed: its worker died more often than "
                                        f"max_restarts allows ({err})") from err
                 result.tiles_computed.append((i, j))
                 result.entries += entries
