@@ -524,6 +524,8 @@ class ObjectStoreLock:
         self.url = str(url).rstrip("/") + LOCK_SUFFIX
         self.store_url = str(url)
         self.fs, self.path = url_filesystem(self.url, storage_options)
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        self._local = "file" in protocols
         env_stale = os.environ.get("JNTK_LOCK_STALE_S")
         self.stale_after_s = float(stale_after_s if stale_after_s is not None
                                    else env_stale if env_stale else OBJECT_LOCK_STALE_S)
@@ -535,17 +537,19 @@ class ObjectStoreLock:
 
     def holder(self) -> dict[str, Any] | None:
         """The lock object's contents, or None when there is no lock."""
-        self.fs.invalidate_cache(self.path)
-        try:
-            with self.fs.open(self.path, "rb") as fh:
-                text = fh.read().decode()
-        except FileNotFoundError:
-            return None
-        try:
-            info = json.loads(text)
-        except json.JSONDecodeError:
-            return {}
-        return info if isinstance(info, dict) else {}
+        for attempt in range(5):  # an exclusive create may not have written its bytes yet
+            self.fs.invalidate_cache(self.path)
+            try:
+                with self.fs.open(self.path, "rb") as fh:
+                    text = fh.read().decode()
+            except FileNotFoundError:
+                return None
+            try:
+                info = json.loads(text)
+                return info if isinstance(info, dict) else {}
+            except json.JSONDecodeError:
+                time.sleep(0.05 * (attempt + 1))
+        return {}
 
     def _stale_reason(self, info: dict[str, Any]) -> str | None:
         if info.get("host") == socket.gethostname() and info.get("pid"):
@@ -565,8 +569,16 @@ class ObjectStoreLock:
                 "started": self._started, "heartbeat": time.time()}
 
     def _write(self, mode: str) -> None:
-        with self.fs.open(self.path, mode) as fh:
-            fh.write(json.dumps(self._info()).encode())
+        data = json.dumps(self._info()).encode()
+        if mode == "wb" and self._local:
+            # a local file is truncated before it is rewritten: readers must never see that
+            tmp = f"{self.path}.{self.token}.tmp"
+            with self.fs.open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, self.path)
+            return
+        with self.fs.open(self.path, mode) as fh:  # object stores put whole objects
+            fh.write(data)
 
     def acquire(self) -> "ObjectStoreLock":
         self.token = uuid.uuid4().hex

@@ -9,6 +9,18 @@ import pytest
 import torch
 
 
+def write_sphere_dataset(folder: "Path", n: int, d0: int, seed: int) -> "Path":
+    """An .npz dataset of n unit vectors in R^d0 (labels: sign of the first coordinate)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d0))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    path = folder / "points.npz"
+    np.savez(path, X=X, y=np.sign(X[:, 0]))
+    return path
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny problems: one torch thread avoids thread-pool stalls on a busy 2-core runner."""

@@ -15,6 +15,8 @@ from jntk_dist.config import load_config
 from jntk_dist.gram_job import GramJobConfig, describe, run_gram
 from jntk_dist.store import StoreError, StoreLock, StoreLockedError, open_gram
 
+from conftest import write_sphere_dataset
+
 N, D0, P, DEPTH, ACT = 23, 3, 5, 2, "gelu"  # N is not a multiple of the tile size
 
 
@@ -27,12 +29,7 @@ def ray_session() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rng = np.random.default_rng(7)
-    X = rng.normal(size=(N, D0))
-    X /= np.linalg.norm(X, axis=1, keepdims=True)
-    path = tmp_path_factory.mktemp("data") / "points.npz"
-    np.savez(path, X=X, y=np.sign(X[:, 0]))
-    return path
+    return write_sphere_dataset(tmp_path_factory.mktemp("data"), N, D0, seed=7)
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,8 @@ from jntk_dist.store import (
     zarr_target,
 )
 
+from conftest import write_sphere_dataset
+
 N, D0, P, DEPTH, ACT = 13, 3, 5, 2, "gelu"  # 3 tile rows, 6 tiles
 
 
@@ -43,12 +45,7 @@ def ray_session(one_torch_thread: None) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rng = np.random.default_rng(11)
-    X = rng.normal(size=(N, D0))
-    X /= np.linalg.norm(X, axis=1, keepdims=True)
-    path = tmp_path_factory.mktemp("data") / "points.npz"
-    np.savez(path, X=X, y=np.sign(X[:, 0]))
-    return path
+    return write_sphere_dataset(tmp_path_factory.mktemp("data"), N, D0, seed=11)
 
 
 def _config(data: Path, out: str | Path, **over: Any) -> GramJobConfig:
