@@ -21,6 +21,24 @@ def write_sphere_dataset(folder: "Path", n: int, d0: int, seed: int) -> "Path":
     return path
 
 
+def write_gram_store(path: "Path", X: Any, y: Any, *, depth: int, activation: str,
+                     lam: float | None = None, mode: str = "dense",
+                     tile_points: int = 7) -> "Path":
+    """A complete Gram store written tile by tile with the store's own writer (no Ray needed)."""
+    from jntk_dist import kernels, store
+
+    layout = store.StoreLayout(mode=mode, n_points=X.shape[0], d0=X.shape[1],
+                               tile_points=tile_points, dtype="float64")
+    store.create_store(path, X, y, layout, {"kernel": "jntk", "depth": depth,
+                                            "activation": activation, "lam": lam})
+    writer = store.TileWriter(path)
+    for i in range(layout.n_tiles):
+        for j in range(i, layout.n_tiles):
+            xi, xj = (torch.from_numpy(writer.points(k)) for k in (i, j))
+            writer.write(i, j, kernels.fields(xi, xj, depth=depth, activation=activation), xi, xj)
+    return path
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny problems: one torch thread avoids thread-pool stalls on a busy 2-core runner."""

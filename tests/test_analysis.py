@@ -11,6 +11,8 @@ import xarray as xr
 from jntk_dist import analysis, kernels, linalg
 from jntk_dist.analysis import KernelRegressor
 
+from conftest import write_gram_store
+
 
 def _sphere(n: int, d: int, seed: int) -> np.ndarray:
     x = np.random.default_rng(seed).standard_normal((n, d))
@@ -194,21 +196,8 @@ def test_results_open_with_xarray(tmp_path):
 
 
 def _write_store(path, X, y, depth, activation, lam, mode="dense", tile_points=7):
-    """A complete Gram store written tile by tile with the store's own writer (no Ray needed)."""
-    import torch
-
-    from jntk_dist import store
-
-    layout = store.StoreLayout(mode=mode, n_points=X.shape[0], d0=X.shape[1],
-                               tile_points=tile_points, dtype="float64")
-    store.create_store(path, X, y, layout, {"kernel": "jntk", "depth": depth,
-                                            "activation": activation, "lam": lam})
-    writer = store.TileWriter(path)
-    for i in range(layout.n_tiles):
-        for j in range(i, layout.n_tiles):
-            xi, xj = (torch.from_numpy(writer.points(k)) for k in (i, j))
-            writer.write(i, j, kernels.fields(xi, xj, depth=depth, activation=activation), xi, xj)
-    return path
+    return write_gram_store(path, X, y, depth=depth, activation=activation, lam=lam, mode=mode,
+                            tile_points=tile_points)
 
 
 @pytest.fixture(scope="module")

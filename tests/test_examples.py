@@ -121,26 +121,12 @@ def test_script_without_drift_store_skips_only_drift(stores: tuple[Path, Path],
     assert sorted(p.name for p in out.glob("*.png")) == ["gram_heatmap.png", "gram_spectrum.png"]
 
 
-def _script_cells(text: str) -> list[tuple[str, str]]:
-    """(kind, source) of the script's '# %%' cells; markdown cells lose their '# ' prefixes."""
-    cells = []
-    for chunk in re.split(r"^# %%", text, flags=re.M)[1:]:
-        header, _, body = chunk.partition("\n")
-        body = body.strip("\n")
-        if header.strip() == "[markdown]":
-            lines = [line[2:] if line.startswith("# ") else line.lstrip("#")
-                     for line in body.splitlines()]
-            cells.append(("markdown", "\n".join(lines)))
-        else:
-            cells.append(("code", body))
-    return cells
-
-
 def test_notebook_is_the_script_twin() -> None:
     nb = json.loads(NOTEBOOK.read_text())
     assert nb["nbformat"] == 4 and nb["metadata"]["kernelspec"]["language"] == "python"
-    cells = [(c["cell_type"], "".join(c["source"]).strip("\n")) for c in nb["cells"]]
-    assert cells == _script_cells(SCRIPT.read_text())
+    sync = runpy.run_path(str(SCRIPT.parent / "sync_notebook.py"))  # the notebook's generator
+    expected = sync["cells_of"](SCRIPT.read_text())
+    assert expected and [{k: v for k, v in c.items() if k != "id"} for c in nb["cells"]] == expected
     for cell in nb["cells"]:
         if cell["cell_type"] == "code":
             assert cell["outputs"] == [] and cell["execution_count"] is None

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
-from jntk_dist import kernels, store
+from jntk_dist import kernels
 from jntk_dist.commands.eigen import EigenJobConfig, run_eigen
 from jntk_dist.commands.solve import SolveJobConfig, run_solve
 from jntk_dist.config import load_config
+
+from conftest import write_gram_store
 
 DEPTH, ACT, LAM = 2, "erf", 0.5
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny operators: no thread-pool stalls
@@ -32,16 +33,8 @@ def data(tmp_path_factory):
 
 
 def _write_store(path, X, y, mode):
-    layout = store.StoreLayout(mode=mode, n_points=X.shape[0], d0=X.shape[1], tile_points=10,
-                               dtype="float64")
-    store.create_store(path, X, y, layout, {"kernel": "jntk", "depth": DEPTH,
-                                            "activation": ACT, "lam": LAM})
-    writer = store.TileWriter(path)
-    for i in range(layout.n_tiles):
-        for j in range(i, layout.n_tiles):
-            xi, xj = (torch.from_numpy(writer.points(k)) for k in (i, j))
-            writer.write(i, j, kernels.fields(xi, xj, depth=DEPTH, activation=ACT), xi, xj)
-    return path
+    return write_gram_store(path, X, y, depth=DEPTH, activation=ACT, lam=LAM, mode=mode,
+                            tile_points=10)
 
 
 def _open(path, group):
