@@ -48,6 +48,16 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def ray_session(one_torch_thread: None) -> Iterator[str]:
+    """A local Ray (2 CPUs) for one test module; yields its GCS address."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[dict[str, Any]]:
     """moto's S3 server (a real S3 protocol server) in a thread on 127.0.0.1 with one bucket,

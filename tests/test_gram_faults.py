@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,13 +24,6 @@ from jntk_dist.store import open_gram
 
 REPO = Path(__file__).resolve().parents[1]
 DEPTH, ACT = 2, "erf"
-
-
-@pytest.fixture(scope="module")
-def ray_session() -> Iterator[str]:
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
 
 
 def _dataset(tmp_path: Path, n: int, seed: int) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,13 +18,6 @@ from jntk_dist.store import StoreError, StoreLock, StoreLockedError, open_gram
 from conftest import write_sphere_dataset
 
 N, D0, P, DEPTH, ACT = 23, 3, 5, 2, "gelu"  # N is not a multiple of the tile size
-
-
-@pytest.fixture(scope="module")
-def ray_session() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
-import ray
 import zarr
 
 from jntk_dist import kernels
@@ -34,13 +33,6 @@ from jntk_dist.store import (
 from conftest import write_sphere_dataset
 
 N, D0, P, DEPTH, ACT = 13, 3, 5, 2, "gelu"  # 3 tile rows, 6 tiles
-
-
-@pytest.fixture(scope="module")
-def ray_session(one_torch_thread: None) -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

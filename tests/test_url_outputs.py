@@ -7,11 +7,10 @@ fsspec, checkpoints kept in local scratch."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
-import ray
 import torch
 import xarray as xr
 
@@ -27,13 +26,6 @@ from jntk_dist.store import beside, local_beside
 
 N, D0, DEPTH, ACT, LAM = 13, 3, 2, "gelu", 0.1
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def ray_session(one_torch_thread: None) -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
