@@ -131,7 +131,10 @@ class TileWorker:
         self.dtype = getattr(torch, dtype)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if compile:  # pay the compile (or cache load) while the pool starts, not on a tile
-            kernels.compile_warm_up(activation, kind, self.dtype)  # type: ignore[arg-type]
+            lay = self.writer.layout
+            kernels.compile_warm_up(  # type: ignore[arg-type]
+                activation, kind, self.dtype, self.device,
+                gram_columns=(lay.tile_points, lay.d0) if lay.mode == "dense" else None)
 
     def pid(self) -> int:
         return os.getpid()
@@ -146,7 +149,7 @@ class TileWorker:
         xj = xi if i == j else torch.from_numpy(self.writer.points(j)).to(self.device, self.dtype)
         f = kernels.fields(xi, xj, depth=self.depth, activation=self.activation,
                            kind=self.kind, compile=self.compile)  # type: ignore[arg-type]
-        entries = self.writer.write(i, j, f, xi, xj)
+        entries = self.writer.write(i, j, f, xi, xj, compile=self.compile)
         return (i, j, entries, time.perf_counter() - start, time.process_time() - cpu,
                 os.getpid())
 

@@ -408,8 +408,10 @@ class TileWriter:
         a, b = self.layout.points(i)
         return self._X_cache[a:b] if self._X_cache is not None else self.X[a:b]
 
-    def write(self, i: int, j: int, f: KernelFields, xi: torch.Tensor, xj: torch.Tensor) -> int:
-        """Store tile (i, j) (i ≤ j) from its fields and its mirror; mark it done; return entries."""
+    def write(self, i: int, j: int, f: KernelFields, xi: torch.Tensor, xj: torch.Tensor,
+              compile: bool = False) -> int:
+        """Store tile (i, j) (i ≤ j) from its fields and its mirror; mark it done; return entries.
+        ``compile``: expand dense tiles through the torch.compile'd one-pass expansion."""
         if i > j:
             raise ValueError(f"only tiles on or above the diagonal are written, got ({i}, {j})")
         lay = self.layout
@@ -417,7 +419,7 @@ class TileWriter:
         dtype = np.dtype(lay.dtype)
         if lay.mode == "dense":
             with torch.no_grad():
-                tile = kernels.expand_gram(f, xi, xj).cpu().numpy()
+                tile = kernels.expand_gram(f, xi, xj, compile=compile).cpu().numpy()
             tile = tile.astype(dtype, copy=False)
             p = lay.block
             self.data[a * p:b * p, c * p:d * p] = tile

@@ -369,6 +369,26 @@ def test_user_callable_activation():
 
 
 @pytest.mark.slow
+def test_fused_compiled_expansion_matches_eager_and_blocks():
+    """The torch.compile'd one-pass expansion (full 32-row chunks; the ragged rest eager) writes
+    the same Gram as the eager in-place route and as to_gram of the blocks: λ-scaled, two
+    point sets, and into the (n1, n2, p, p) block layout."""
+    x1, x2 = unit_rows(70, 3, seed=44), unit_rows(45, 3, seed=45)
+    x1[::4] *= 1.6
+    f = kernels.fields(x1, x2, depth=3, activation="gelu")
+    for lam in (None, 0.3):
+        eager = kernels.expand_gram(f, x1, x2, lam=lam)
+        fused = kernels.expand_gram(f, x1, x2, lam=lam, compile=True)
+        torch.testing.assert_close(fused, eager, rtol=1e-15, atol=1e-15)
+        blocks = kernels.expand_blocks(f, x1, x2, lam=lam, compile=True)
+        torch.testing.assert_close(kernels.to_gram(blocks), eager, rtol=1e-15, atol=1e-15)
+    torch.testing.assert_close(
+        kernels.gram(x1, depth=3, activation="erf", lam=0.5, compile=True),
+        kernels.to_gram(kernels.jntk(x1, depth=3, activation="erf", lam=0.5)), rtol=1e-13,
+        atol=1e-13)
+
+
+@pytest.mark.slow
 def test_compiled_recursion_matches_eager():
     """torch.compile of the layer step (opt-in speed path) gives the eager fields."""
     x1, x2 = unit_rows(6, 3, seed=31), unit_rows(5, 3, seed=32)
@@ -387,13 +407,13 @@ def test_compiled_recursion_matches_eager():
 
 @pytest.mark.parametrize("activation", ["erf", "gelu"])
 def test_symmetric_block_triangle_matches_two_set_route(activation):
-    """One point set computes only the row blocks right of the diagonal and mirrors the rest
+    """One point set computes only the blocks on and right of the diagonal and mirrors the rest
     through the (x', x) swap rule; it must agree with the two-set route (no mirroring), which
     the autodiff tests check, on every pair — several row blocks, mixed norms."""
     x = unit_rows(300, 4, seed=41)
     x[::3] *= 1.8
-    rows = kernels._block_rows(300, 300, torch.device("cpu"))
-    assert rows < 150, "the test must span several row blocks"
+    rows = kernels._block_side(torch.device("cpu"))
+    assert rows < 150, "the test must span several row blocks (and a ragged edge block)"
     for kind in ("jntk", "nngp"):
         sym = kernels.fields(x, depth=4, activation=activation, kind=kind).stack()
         two = kernels.fields(x, x.clone(), depth=4, activation=activation, kind=kind).stack()

@@ -125,8 +125,9 @@ def _compute_and_save(args: argparse.Namespace, x: torch.Tensor, X: np.ndarray, 
             r1 = min(n, r0 + rows)
             f = kernels.fields(x[r0:r1], x, depth=args.depth, activation=args.activation,
                                kind=args.kind)
-            blocks = kernels.expand_blocks(f, x[r0:r1], x, lam=args.lam)
-            gram[r0 * (d0 + 1):r1 * (d0 + 1)] = kernels.to_gram(blocks).numpy()
+            # rows r0:r1 of the Gram are one contiguous slab: expand straight into it
+            kernels.expand_gram(f, x[r0:r1], x, lam=args.lam,
+                                out=torch.from_numpy(gram[r0 * (d0 + 1):r1 * (d0 + 1)]))
             bar.update(r1 - r0)
     if to_npy:
         gram.flush()
