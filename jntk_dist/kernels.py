@@ -279,7 +279,7 @@ def compile_warm_up(activation: str | Activation, kind: KernelKind = "jntk",
             _compiled_layer(act, _check_kind(kind), dtype, shape, device)
     if gram_columns is not None:
         n2, d0 = gram_columns
-        rows = _FUSED_EXPANSION_ROWS
+        rows = _FUSED_EXPANSION_ROWS if device.type == "cpu" else n2  # a square tile on GPUs
         ones = torch.ones((rows, n2), dtype=dtype, device=device)
         f = KernelFields(*(ones.clone() for _ in FIELD_NAMES))
         x1 = torch.ones((rows, d0), dtype=dtype, device=device)
@@ -460,7 +460,7 @@ def expand_blocks(f: KernelFields, x1: ArrayLike, x2: ArrayLike | None = None,
     on_cpu = out.device.type == "cpu"
     chunk = max(1, _EXPANSION_CHUNK // max(1, n2 * p * p)) if on_cpu else n1
     if fused is not None:
-        chunk = _FUSED_EXPANSION_ROWS
+        chunk = _FUSED_EXPANSION_ROWS if on_cpu else n1
     with torch.no_grad():
         for r0 in range(0, n1, chunk):
             r1 = min(n1, r0 + chunk)
