@@ -213,13 +213,14 @@ def _contract(fa: list[tuple[Tensor, Tensor]], fb: list[tuple[Tensor, Tensor]]) 
     return out
 
 
-def _factor_bytes_per_point(weights: Sequence[Tensor], n_indices: int, d0: int) -> int:
+def _factor_bytes_per_point(weights: Sequence[Tensor], n_indices: int,
+                            d0: int) -> tuple[int, int]:
+    """(bytes of the factors kept per point, bytes of the jet pass's transient working set)."""
     item = weights[0].element_size()
     width, depth = weights[0].shape[0], len(weights) - 1
-    # factors kept + autodiff working set of the jet pass (streams × width × layers, a few copies)
     kept = n_indices * 2 * (d0 + width * (2 * depth - 1) + width) * item
-    working = (d0 + 1) * width * depth * (n_indices + 6) * item
-    return kept + working
+    working = (d0 + 1) * width * depth * (n_indices + 6) * item  # streams × width × layers
+    return kept, working
 
 
 def finite_jntk(net: FiniteMLP, x1: Any, x2: Any | None = None, *,
@@ -236,13 +237,16 @@ def finite_jntk(net: FiniteMLP, x1: Any, x2: Any | None = None, *,
     t2 = t1 if x2 is None else net._check(x2)
     idx = _check_indices(indices, net.d0)
     weights = [w.detach() for w in net.weights]
-    per_point = _factor_bytes_per_point(weights, len(idx), net.d0)
+    kept, working = _factor_bytes_per_point(weights, len(idx), net.d0)
     if chunk_size is None:
-        chunk_size = max(1, min(t1.shape[0] + t2.shape[0], memory_budget // (3 * per_point)))
+        chunk_size = max(1, min(t1.shape[0] + t2.shape[0],
+                                memory_budget // (3 * (kept + working))))
     chunks1 = [t1[i:i + chunk_size] for i in range(0, t1.shape[0], chunk_size)]
-    chunks2 = chunks1 if x2 is None else [t2[i:i + chunk_size]
-                                          for i in range(0, t2.shape[0], chunk_size)]
-    cache2 = t2.shape[0] * per_point <= memory_budget
+    symmetric = x2 is None
+    chunks2 = chunks1 if symmetric else [t2[i:i + chunk_size]
+                                         for i in range(0, t2.shape[0], chunk_size)]
+    # the column chunks' factors are kept (not recomputed for every row chunk) when they fit
+    cache2 = t2.shape[0] * kept <= memory_budget
     factors2: dict[int, list[tuple[Tensor, Tensor]]] = {}
 
     def factors(chunk: Tensor) -> list[tuple[Tensor, Tensor]]:
@@ -250,12 +254,17 @@ def finite_jntk(net: FiniteMLP, x1: Any, x2: Any | None = None, *,
 
     out = torch.empty((t1.shape[0], t2.shape[0], len(idx), len(idx)), dtype=t1.dtype,
                       device=t1.device)
-    bar = tqdm(total=len(chunks1) * len(chunks2), disable=not progress, desc="finite JNTK")
+    n_pairs = (len(chunks1) * (len(chunks1) + 1) // 2 if symmetric
+               else len(chunks1) * len(chunks2))
+    bar = tqdm(total=n_pairs, disable=not progress, desc="finite JNTK")
     with torch.no_grad():
         for i, c1 in enumerate(chunks1):
-            f1 = factors(c1)
-            for j, c2 in enumerate(chunks2):
-                if x2 is None and i == j:
+            f1 = factors2[i] if symmetric and i in factors2 else factors(c1)
+            rows = slice(i * chunk_size, i * chunk_size + c1.shape[0])
+            # one point set: the chunks right of the diagonal; Θ(x', x) = Θ(x, x')ᵀ gives the rest
+            for j in range(i if symmetric else 0, len(chunks2)):
+                c2 = chunks2[j]
+                if symmetric and i == j:
                     f2 = f1
                 elif j in factors2:
                     f2 = factors2[j]
@@ -263,9 +272,13 @@ def finite_jntk(net: FiniteMLP, x1: Any, x2: Any | None = None, *,
                     f2 = factors(c2)
                     if cache2:
                         factors2[j] = f2
-                out[i * chunk_size:i * chunk_size + c1.shape[0],
-                    j * chunk_size:j * chunk_size + c2.shape[0]] = _contract(f1, f2)
+                cols = slice(j * chunk_size, j * chunk_size + c2.shape[0])
+                out[rows, cols] = _contract(f1, f2)
+                if symmetric and j != i:
+                    out[cols, rows] = out[rows, cols].permute(1, 0, 3, 2)
                 bar.update()
+            if symmetric:
+                factors2.pop(i, None)  # chunk i is not needed again
     bar.close()
     return out.cpu().numpy() if is_numpy else out
 
