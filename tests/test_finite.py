@@ -52,6 +52,8 @@ def test_finite_jntk_equals_direct_definition(depth: int, activation: str) -> No
     # chunked, symmetric and a subset of indices give the same numbers
     sym = finite_jntk(net, x1, chunk_size=2)
     torch.testing.assert_close(sym, direct_jntk(net, x1, x1), rtol=1e-10, atol=1e-12)
+    uncached = finite_jntk(net, x1, x2, chunk_size=1, memory_budget=1)  # factors recomputed
+    torch.testing.assert_close(uncached, expected, rtol=1e-10, atol=1e-12)
     sub = finite_jntk(net, x1, x2, indices=[0, 2], chunk_size=1)
     torch.testing.assert_close(sub, expected[:, :, [0, 2]][:, :, :, [0, 2]], rtol=1e-10,
                                atol=1e-12)
