@@ -376,7 +376,7 @@ class _Source:
 
     def __init__(self, filename: str, path: str | Path | None):
         if path is None:
-            ref = resources.files("jntk_dist").joinpath("datasets", filename)
+            ref = resources.files("jntk_dist").joinpath("datasets").joinpath(filename)
             self.display = f"{filename} (shipped in jntk_dist/datasets)"
             data = ref.read_bytes()
         else:

@@ -261,13 +261,14 @@ def beside(location: str | Path, suffix: str) -> Path | str:
 def local_beside(location: str | Path, suffix: str) -> Path:
     """A local path for driver-side scratch files of a store (checkpoints): :func:`beside` a local
     store; for a URL store ``<scratch>/<stem>-<hash of the URL><suffix>``, the scratch folder
-    being ``$JNTK_SCRATCH`` or ``<temp dir>/jntk_dist`` of this machine."""
+    being ``$JNTK_SCRATCH`` or ``<temp dir>/jntk-scratch`` of this machine (not named like the
+    package: a script run from the temp dir would import that folder as a namespace package)."""
     if not is_url(location):
         return Path(beside(location, suffix))
     import hashlib
     import tempfile
 
-    scratch = Path(os.environ.get("JNTK_SCRATCH") or Path(tempfile.gettempdir()) / "jntk_dist")
+    scratch = Path(os.environ.get("JNTK_SCRATCH") or Path(tempfile.gettempdir()) / "jntk-scratch")
     name = str(beside(location, "")).rpartition("/")[2]
     digest = hashlib.sha256(str(location).rstrip("/").encode()).hexdigest()[:10]
     return scratch / f"{name}-{digest}{suffix}"
