@@ -51,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plain", action="store_true",
                    help="only the 00 entries (plain NNGP/NTK, N×N; any activation)")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the recursion and the expansion (erf/gelu): ~3× faster "
+                        "for big N after a compile of seconds")
     p.add_argument("--out", type=Path, required=True, help=".npy, .npz or .zarr")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -123,10 +126,11 @@ def _compute_and_save(args: argparse.Namespace, x: torch.Tensor, X: np.ndarray, 
               disable=args.no_progress) as bar:
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
+            compile = args.compile or None  # None: the JNTK_COMPILE environment variable
             f = kernels.fields(x[r0:r1], x, depth=args.depth, activation=args.activation,
-                               kind=args.kind)
+                               kind=args.kind, compile=compile)
             # rows r0:r1 of the Gram are one contiguous slab: expand straight into it
-            kernels.expand_gram(f, x[r0:r1], x, lam=args.lam,
+            kernels.expand_gram(f, x[r0:r1], x, lam=args.lam, compile=compile,
                                 out=torch.from_numpy(gram[r0 * (d0 + 1):r1 * (d0 + 1)]))
             bar.update(r1 - r0)
     if to_npy:
