@@ -453,22 +453,24 @@ def expand_blocks(f: KernelFields, x1: ArrayLike, x2: ArrayLike | None = None,
     p = d0 + 1
     if out is None:
         out = torch.empty((n1, n2, p, p), dtype=f.k.dtype, device=f.k.device)
-    root = torch.tensor(1.0 if lam is None else math.sqrt(_check_lam(lam)), dtype=t1.dtype,
-                        device=t1.device)
+    # Λ·K·Λ is applied as lambda_scale does (row 0 × √λ, column 0 × √λ, the rest × λ, after the
+    # sum), so Θ_λ here equals a stored Θ scaled by a reader bit for bit
+    scale = None if lam is None else _lambda_scales(_check_lam(lam), p, t1)
     rows_out = out.permute(0, 2, 1, 3)  # (n1, d0+1, n2, d0+1): the Gram's row order
     fused = _compiled_expansion() if compile_enabled(compile) else None
     on_cpu = out.device.type == "cpu"
     chunk = max(1, _EXPANSION_CHUNK // max(1, n2 * p * p)) if on_cpu else n1
     if fused is not None:
         chunk = _FUSED_EXPANSION_ROWS if on_cpu else n1
+        fused_scale = _lambda_scales(1.0, p, t1) if scale is None else scale
     with torch.no_grad():
         for r0 in range(0, n1, chunk):
             r1 = min(n1, r0 + chunk)
             field_rows = tuple(getattr(f, name)[r0:r1] for name in FIELD_NAMES)
             if fused is not None and r1 - r0 == chunk:  # one static shape per column count
-                fused(rows_out[r0:r1], t1[r0:r1], t2, root, *field_rows)
+                fused(rows_out[r0:r1], t1[r0:r1], t2, *fused_scale, *field_rows)
             else:
-                _expand_rows(rows_out[r0:r1], t1[r0:r1], t2, root, field_rows, on_cpu)
+                _expand_rows(rows_out[r0:r1], t1[r0:r1], t2, scale, field_rows, on_cpu)
     return out
 
 
@@ -477,32 +479,43 @@ _CACHE_ENTRIES = 1 << 19  # output entries written per in-place pass (4 MiB, in 
 _FUSED_EXPANSION_ROWS = 32
 
 
-def _block_row_factors(x1: Tensor, x2: Tensor, root: Tensor | float,
-                       field_rows: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """For the blocks of rows x1 (r, d0) against columns x2 (n2, d0), with x̂ = (0, x), e0 the
-    output index and Λ = diag(1, root, …, root):
+def _lambda_scales(lam: float, p: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """Λ's factors per block column for row 0, (1, √λ, …, √λ), and for rows α ≥ 1, (√λ, λ, …, λ)."""
+    root = math.sqrt(lam)
+    row0 = torch.full((p,), root, dtype=like.dtype, device=like.device)
+    row0[0] = 1.0
+    rest = torch.full((p,), lam, dtype=like.dtype, device=like.device)
+    rest[0] = root
+    return row0, rest
 
-        row 0:        K[0, :] = (κ, κ_b x + 2κ_c x')·Λ
-        rows α ≥ 1:   K[α, :] = x_α R + x'_α R' + κ_b root² e_α,
-                      R = (2κ_a e0 + 2κ_ab x̂ + 4κ_ac x̂')·root Λ,  R' = (κ_b e0 + κ_bb x̂ + 2κ_bc x̂')·root Λ,
+
+def _block_row_factors(x1: Tensor, x2: Tensor,
+                       field_rows: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For the blocks of rows x1 (r, d0) against columns x2 (n2, d0), with x̂ = (0, x) and e0
+    the output index:
+
+        row 0:        K[0, :] = (κ, κ_b x + 2κ_c x')
+        rows α ≥ 1:   K[α, :] = x_α R + x'_α R' + κ_b e_α,
+                      R = 2κ_a e0 + 2κ_ab x̂ + 4κ_ac x̂',   R' = κ_b e0 + κ_bb x̂ + 2κ_bc x̂',
 
     i.e. DESIGN.md §2's block formula grouped by its left factor. Returns row 0, R, R' (each
-    (r, n2, d0+1)) and κ_b root² (r, n2).
+    (r, n2, d0+1)) and κ_b (r, n2).
     """
     k, k_a, k_b, k_c, k_ab, k_ac, k_bb, k_bc = (t[..., None] for t in field_rows)
     xr, xc = x1[:, None, :], x2[None, :, :]
-    root2 = root * root
-    row0 = torch.cat([k, (k_b * xr + 2 * k_c * xc) * root], dim=-1)
-    right = torch.cat([2 * root * k_a, (2 * k_ab * xr + 4 * k_ac * xc) * root2], dim=-1)
-    right_p = torch.cat([root * k_b, (k_bb * xr + 2 * k_bc * xc) * root2], dim=-1)
-    return row0, right, right_p, k_b[..., 0] * root2
+    row0 = torch.cat([k, k_b * xr + 2 * k_c * xc], dim=-1)
+    right = torch.cat([2 * k_a, 2 * k_ab * xr + 4 * k_ac * xc], dim=-1)
+    right_p = torch.cat([k_b, k_bb * xr + 2 * k_bc * xc], dim=-1)
+    return row0, right, right_p, k_b[..., 0]
 
 
-def _expand_rows(rows_out: Tensor, x1: Tensor, x2: Tensor, root: Tensor,
+def _expand_rows(rows_out: Tensor, x1: Tensor, x2: Tensor, scale: tuple[Tensor, Tensor] | None,
                  field_rows: tuple[Tensor, ...], on_cpu: bool) -> None:
     """Eager expansion into rows_out (r, d0+1, n2, d0+1) in place: the Jacobian rows are
-    written in cache-sized groups so that the add and the diagonal find them in cache."""
-    row0, right, right_p, diag = _block_row_factors(x1, x2, root, field_rows)
+    written in cache-sized groups so that the add, the diagonal and Λ find them in cache."""
+    row0, right, right_p, diag = _block_row_factors(x1, x2, field_rows)
+    if scale is not None:
+        row0 *= scale[0]
     rows_out[:, 0] = row0
     r, d0, n2 = x1.shape[0], x1.shape[1], x2.shape[0]
     step = max(1, _CACHE_ENTRIES // max(1, d0 * n2 * (d0 + 1))) if on_cpu else r
@@ -513,19 +526,21 @@ def _expand_rows(rows_out: Tensor, x1: Tensor, x2: Tensor, root: Tensor,
         torch.mul(x1[s, :, None, None], right[s, None], out=jac)
         jac.addcmul_(x2_t, right_p[s, None])
         rows_out[s, 1:, :, 1:].diagonal(dim1=1, dim2=3).add_(diag[s, :, None])
+        if scale is not None:
+            jac *= scale[1]
 
 
-def _expansion_fused(rows_out: Tensor, x1: Tensor, x2: Tensor, root: Tensor,
-                     *field_rows: Tensor) -> None:
+def _expansion_fused(rows_out: Tensor, x1: Tensor, x2: Tensor, row0_scale: Tensor,
+                     rest_scale: Tensor, *field_rows: Tensor) -> None:
     """:func:`_expand_rows` as one expression, for torch.compile (one pass over the output)."""
-    row0, right, right_p, diag = _block_row_factors(x1, x2, root, field_rows)
+    row0, right, right_p, diag = _block_row_factors(x1, x2, field_rows)
     d0 = x1.shape[1]
     shift = (torch.arange(d0, device=x1.device)[:, None] + 1
              == torch.arange(d0 + 1, device=x1.device)[None, :]).to(x1.dtype)  # e_α, α ≥ 1
-    rows_out[:, 0].copy_(row0)
-    rows_out[:, 1:].copy_(x1[:, :, None, None] * right[:, None]
-                          + x2.T[None, :, :, None] * right_p[:, None]
-                          + shift[None, :, None, :] * diag[:, None, :, None])
+    rows_out[:, 0].copy_(row0 * row0_scale)
+    rows_out[:, 1:].copy_((x1[:, :, None, None] * right[:, None]
+                           + x2.T[None, :, :, None] * right_p[:, None]
+                           + shift[None, :, None, :] * diag[:, None, :, None]) * rest_scale)
 
 
 def _compiled_expansion() -> Any:
