@@ -226,23 +226,28 @@ class Gelu(Activation):
         # a = A+1, c = C+1, s = ac - B² (> 0 everywhere, the diagonal included).
         # Price's theorem ties them: F_B = G, F_AB = G_A, F_BB = G_B, F_BC = G_C,
         # F_AC = G_B / 4, G_AC = G_BB / 4.
+        # (divisions are few and shared: one reciprocal each of s, √s, a, c)
         inv = 1.0 / self._scale**2
         a, c = A + 1, C + 1
         ac = a * c
         s = ac - B * B
         rs = torch.sqrt(s)
+        inv_s, inv_rs = 1 / s, 1 / rs
+        inv_a, inv_c = 1 / a, 1 / c
+        inv_ac = inv_a * inv_c
         k = inv / (2 * math.pi)
-        r3 = k / (s * rs)          # k s^-3/2
-        r5 = r3 / s                # k s^-5/2
-        r7 = r5 / s                # k s^-7/2
+        r3 = k * inv_s * inv_rs    # k s^-3/2
+        r5 = r3 * inv_s            # k s^-5/2
+        r7 = r5 * inv_s            # k s^-7/2
         angle = torch.atan2(B, rs)
-        F_v = inv * B / 4 + k * ((B * B + A * C * s) / (ac * rs) + B * angle)
-        G_v = inv / 4 + k * angle + B * (ac + s * (a + c)) * r3 / ac
+        F_v = inv * B / 4 + k * ((B * B + A * C * s) * inv_ac * inv_rs + B * angle)
+        G_v = inv / 4 + k * angle + B * (ac + s * (a + c)) * r3 * inv_ac
         ss = s * s
-        F_A = (2 * ss + a * ss - a * a * c - a * a * s - ac * s) * r3 / (2 * a * a)
-        F_C = (2 * ss + c * ss - c * c * a - c * c * s - ac * s) * r3 / (2 * c * c)
-        G_A = -B * (3 * a * ac + a * a * s + ac * s + a * ss + 2 * ss) * r5 / (2 * a * a)
-        G_C = -B * (3 * c * ac + c * c * s + ac * s + c * ss + 2 * ss) * r5 / (2 * c * c)
+        half_a2, half_c2 = 0.5 * inv_a * inv_a, 0.5 * inv_c * inv_c
+        F_A = (2 * ss + a * ss - a * a * c - a * a * s - ac * s) * r3 * half_a2
+        F_C = (2 * ss + c * ss - c * c * a - c * c * s - ac * s) * r3 * half_c2
+        G_A = -B * (3 * a * ac + a * a * s + ac * s + a * ss + 2 * ss) * r5 * half_a2
+        G_C = -B * (3 * c * ac + c * c * s + ac * s + c * ss + 2 * ss) * r5 * half_c2
         G_B = (3 * ac + (a + c) * s + ss - 2 * s) * r5
         G_AB = -(15 * ac * c + 3 * ac * s + 3 * c * c * s + c * ss - 12 * c * s - 2 * ss) * r7 / 2
         G_BC = -(15 * ac * a + 3 * ac * s + 3 * a * a * s + a * ss - 12 * a * s - 2 * ss) * r7 / 2
