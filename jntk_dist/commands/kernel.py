@@ -121,17 +121,19 @@ def _compute_and_save(args: argparse.Namespace, x: torch.Tensor, X: np.ndarray, 
     to_npy = path.suffix.lower() == ".npy"
     gram = (np.lib.format.open_memmap(path, mode="w+", dtype=args.dtype, shape=(side, side))
             if to_npy else np.empty((side, side), dtype=args.dtype))
-    rows = max(1, ROW_BLOCK_ENTRIES // (side * (d0 + 1)))
+    rows = max(1, ROW_BLOCK_ENTRIES // (side * (d0 + 1)))  # Gram rows of r points: r·(d0+1)
     with tqdm(total=n, unit="pt", desc=f"{args.kind} L={args.depth} {args.activation}",
               disable=args.no_progress) as bar:
+        p = d0 + 1
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
             compile = args.compile or None  # None: the JNTK_COMPILE environment variable
-            f = kernels.fields(x[r0:r1], x, depth=args.depth, activation=args.activation,
+            # the Gram is symmetric: compute the strip right of the diagonal, copy the rest
+            f = kernels.fields(x[r0:r1], x[r0:], depth=args.depth, activation=args.activation,
                                kind=args.kind, compile=compile)
-            # rows r0:r1 of the Gram are one contiguous slab: expand straight into it
-            kernels.expand_gram(f, x[r0:r1], x, lam=args.lam, compile=compile,
-                                out=torch.from_numpy(gram[r0 * (d0 + 1):r1 * (d0 + 1)]))
+            right = kernels.expand_gram(f, x[r0:r1], x[r0:], lam=args.lam, compile=compile)
+            gram[r0 * p:r1 * p, r0 * p:] = right.numpy()
+            gram[r0 * p:r1 * p, :r0 * p] = gram[:r0 * p, r0 * p:r1 * p].T
             bar.update(r1 - r0)
     if to_npy:
         gram.flush()
