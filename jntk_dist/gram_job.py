@@ -404,8 +404,10 @@ def _dispatch(actors: list[Any], tiles: list[tuple[int, int]], per_actor: int,
     def submit(k: int) -> None:
         if queue:
             i, j = queue.popleft()
+            # logged before the call: a tile a worker finishes is always in the log, even when
+            # the driver dies right after submitting it
+            log.debug("submitting tile (%d, %d) to actor %d", i, j, k)
             pending[actors[k].compute.remote(i, j)] = (i, j, k)
-            log.debug("submitted tile (%d, %d) to actor %d", i, j, k)
 
     start = last_record = time.perf_counter()
     bar = tqdm(total=result.tiles_total, initial=result.tiles_already_done, unit="tile",

@@ -90,7 +90,7 @@ def test_sigkilled_driver_leaves_a_store_a_rerun_completes(ray_session: str,
     assert driver.returncode == -signal.SIGKILL, log.read_text()[-3000:]
     done_at_kill = _done_tiles(out)
     text = log.read_text()
-    submitted = {tuple(map(int, m)) for m in re.findall(r"submitted tile \((\d+), (\d+)\)", text)}
+    submitted = {tuple(map(int, m)) for m in re.findall(r"submitting tile \((\d+), (\d+)\)", text)}
     in_flight = submitted - done_at_kill
     assert 0 < len(done_at_kill) < total, "the kill must land mid-run"
     assert done_at_kill <= submitted
