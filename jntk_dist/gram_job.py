@@ -31,7 +31,6 @@ from .store import (
     create_store,
     done_bitmap_hex,
     is_store,
-    is_url,
     location_name,
     open_gram,
     store_exists,
@@ -483,7 +482,7 @@ def describe(result: GramRunResult) -> str:
     """Human summary: where the store is and how to open it."""
     store = open_gram(result.path, result.storage_options)
     where = location_name(result.path)
-    options = (f", storage_options={{…}}" if result.storage_options else "")
+    options = (", storage_options={…}" if result.storage_options else "")
     rate = (f", {result.entries_per_s:.3g} entries/s with {result.num_actors} actor(s)"
             if result.tiles_computed else "")
     lam = store.lam if store.lam is not None else 0.01

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import types
-from dataclasses import dataclass, fields as dataclass_fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np

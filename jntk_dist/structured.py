@@ -22,7 +22,7 @@ recomputed tile by tile on every product (bounded memory, any N).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch

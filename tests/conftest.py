@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 import torch
 
 
-def write_sphere_dataset(folder: "Path", n: int, d0: int, seed: int) -> "Path":
+def write_sphere_dataset(folder: Path, n: int, d0: int, seed: int) -> Path:
     """An .npz dataset of n unit vectors in R^d0 (labels: sign of the first coordinate)."""
     import numpy as np
 
@@ -21,9 +22,9 @@ def write_sphere_dataset(folder: "Path", n: int, d0: int, seed: int) -> "Path":
     return path
 
 
-def write_gram_store(path: "Path", X: Any, y: Any, *, depth: int, activation: str,
+def write_gram_store(path: Path, X: Any, y: Any, *, depth: int, activation: str,
                      lam: float | None = None, mode: str = "dense",
-                     tile_points: int = 7) -> "Path":
+                     tile_points: int = 7) -> Path:
     """A complete Gram store written tile by tile with the store's own writer (no Ray needed)."""
     from jntk_dist import kernels, store
 

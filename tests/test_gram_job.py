@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import ray
 
 from jntk_dist import kernels
 from jntk_dist.config import load_config
