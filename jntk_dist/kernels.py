@@ -453,8 +453,8 @@ def expand_blocks(f: KernelFields, x1: ArrayLike, x2: ArrayLike | None = None,
     p = d0 + 1
     if out is None:
         out = torch.empty((n1, n2, p, p), dtype=f.k.dtype, device=f.k.device)
-    # Λ·K·Λ is applied as lambda_scale does (row 0 × √λ, column 0 × √λ, the rest × λ, after the
-    # sum), so Θ_λ here equals a stored Θ scaled by a reader bit for bit
+    # Λ·K·Λ is applied after the sum with lambda_scale's factors, so Θ_λ here equals a stored
+    # Θ scaled by a reader bit for bit
     scale = None if lam is None else _lambda_scales(_check_lam(lam), p, t1)
     rows_out = out.permute(0, 2, 1, 3)  # (n1, d0+1, n2, d0+1): the Gram's row order
     fused = _compiled_expansion() if compile_enabled(compile) else None
@@ -479,14 +479,16 @@ _CACHE_ENTRIES = 1 << 19  # output entries written per in-place pass (4 MiB, in 
 _FUSED_EXPANSION_ROWS = 32
 
 
-def _lambda_scales(lam: float, p: int, like: Tensor) -> tuple[Tensor, Tensor]:
-    """Λ's factors per block column for row 0, (1, √λ, …, √λ), and for rows α ≥ 1, (√λ, λ, …, λ)."""
+def _lambda_scales(lam: float, p: int, like: ArrayLike) -> tuple[ArrayLike, ArrayLike]:
+    """The entries of ΛKΛ are K times, per block column: (1, √λ, …, √λ) in row 0 and
+    (√λ, λ, …, λ) in rows α ≥ 1 (numpy or torch, like ``like``)."""
     root = math.sqrt(lam)
-    row0 = torch.full((p,), root, dtype=like.dtype, device=like.device)
-    row0[0] = 1.0
-    rest = torch.full((p,), lam, dtype=like.dtype, device=like.device)
-    rest[0] = root
-    return row0, rest
+    row0, rest = np.full(p, root), np.full(p, lam)
+    row0[0], rest[0] = 1.0, root
+    if isinstance(like, torch.Tensor):
+        return (torch.as_tensor(row0, dtype=like.dtype, device=like.device),
+                torch.as_tensor(rest, dtype=like.dtype, device=like.device))
+    return row0.astype(like.dtype, copy=False), rest.astype(like.dtype, copy=False)
 
 
 def _block_row_factors(x1: Tensor, x2: Tensor,
@@ -558,7 +560,8 @@ def expand_gram(f: KernelFields, x1: ArrayLike, x2: ArrayLike | None = None,
     (no (n1, n2, d0+1, d0+1) intermediate); torch in, torch out.
 
     ``out`` (contiguous, that shape) is reused if given: a fresh matrix of a few hundred MB
-    costs as much in first-touch page faults as the whole expansion.
+    costs as much in first-touch page faults as the whole expansion. ``compile``: as in
+    :func:`expand_blocks`.
     """
     t1 = torch.as_tensor(x1, dtype=f.k.dtype, device=f.k.device)
     n1, n2, p = f.shape[0], f.shape[1], t1.shape[1] + 1
@@ -593,11 +596,9 @@ def _check_lam(lam: float) -> float:
 
 def lambda_scale(blocks: ArrayLike, lam: float) -> ArrayLike:
     """Θ_λ = ΛΘΛ in place on (…, d0+1, d0+1) blocks, Λ = diag(1, √λ, …, √λ); returns blocks."""
-    lam = _check_lam(lam)
-    root = math.sqrt(lam)
-    blocks[..., 1:, 0] *= root
-    blocks[..., 0, 1:] *= root
-    blocks[..., 1:, 1:] *= lam
+    row0, rest = _lambda_scales(_check_lam(lam), blocks.shape[-1], blocks)
+    blocks[..., 0, :] *= row0
+    blocks[..., 1:, :] *= rest
     return blocks
 
 

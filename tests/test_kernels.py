@@ -368,6 +368,20 @@ def test_user_callable_activation():
     torch.testing.assert_close(via_callable, via_name, rtol=1e-13, atol=1e-15)
 
 
+def test_lambda_in_the_expansion_equals_scaling_stored_blocks_bit_for_bit():
+    """Θ_λ expanded directly equals Θ expanded and then scaled by lambda_scale (what a store
+    reader does), bit for bit, torch and numpy; and lambda_scale is ΛKΛ with Λ built by hand."""
+    x1, x2 = unit_rows(9, 4, seed=46), unit_rows(7, 4, seed=47)
+    f = kernels.fields(x1, x2, depth=3, activation="gelu")
+    plain = kernels.expand_blocks(f, x1, x2)
+    for lam in (0.0, 0.3, 2.0):
+        direct = kernels.expand_blocks(f, x1, x2, lam=lam)
+        assert torch.equal(direct, kernels.lambda_scale(plain.clone(), lam))
+        assert np.array_equal(direct.numpy(), kernels.lambda_scale(plain.numpy().copy(), lam))
+        Lam = torch.diag(torch.tensor([1.0] + [lam ** 0.5] * 4, dtype=torch.float64))
+        torch.testing.assert_close(direct, Lam @ plain @ Lam, rtol=1e-15, atol=0)
+
+
 @pytest.mark.slow
 def test_fused_compiled_expansion_matches_eager_and_blocks():
     """The torch.compile'd one-pass expansion (full 32-row chunks; the ragged rest eager) writes

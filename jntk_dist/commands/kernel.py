@@ -125,13 +125,13 @@ def _compute_and_save(args: argparse.Namespace, x: torch.Tensor, X: np.ndarray, 
     with tqdm(total=n, unit="pt", desc=f"{args.kind} L={args.depth} {args.activation}",
               disable=args.no_progress) as bar:
         p = d0 + 1
+        use_compile = args.compile or None  # None: the JNTK_COMPILE environment variable
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
-            compile = args.compile or None  # None: the JNTK_COMPILE environment variable
             # the Gram is symmetric: compute the strip right of the diagonal, copy the rest
             f = kernels.fields(x[r0:r1], x[r0:], depth=args.depth, activation=args.activation,
-                               kind=args.kind, compile=compile)
-            right = kernels.expand_gram(f, x[r0:r1], x[r0:], lam=args.lam, compile=compile)
+                               kind=args.kind, compile=use_compile)
+            right = kernels.expand_gram(f, x[r0:r1], x[r0:], lam=args.lam, compile=use_compile)
             gram[r0 * p:r1 * p, r0 * p:] = right.numpy()
             gram[r0 * p:r1 * p, :r0 * p] = gram[:r0 * p, r0 * p:r1 * p].T
             bar.update(r1 - r0)
