@@ -8,7 +8,7 @@ its own subprocess (so that each peak RSS is its own):
 
 * ``scipy``: read the whole matrix into memory, ``scipy.linalg.cho_factor`` + ``cho_solve``
   (BLAS on all cores) -- the baseline;
-* ``dask-threads``: :func:`jntk_dist.linalg.cholesky_solve` on the lazy store, Dask's threads;
+* ``dask-threads``: :func:`jntk_dist.solvers.cholesky_solve` on the lazy store, Dask's threads;
 * ``dask-limited``: the same on a ``distributed.LocalCluster`` whose workers each have a memory
   limit *below the matrix size* (they spill to disk): the out-of-core demonstration.
 
@@ -94,7 +94,7 @@ class RssSampler:
 def part(name: str, store_path: str, ridge: float, block: int, worker_memory: str,
          out: str) -> None:
     """One solver, in this (fresh) process; writes x and timings."""
-    from jntk_dist import linalg
+    from jntk_dist import solvers
     from jntk_dist.store import open_gram
 
     st = open_gram(store_path)
@@ -114,7 +114,7 @@ def part(name: str, store_path: str, ridge: float, block: int, worker_memory: st
         x = scipy.linalg.cho_solve(c, rhs, check_finite=False)
         result["solve_seconds"] = time.perf_counter() - t1
     elif name == "dask-threads":
-        x = linalg.cholesky_solve(st.dask_array(), rhs, ridge=ridge, block_size=block,
+        x = solvers.cholesky_solve(st.dask_array(), rhs, ridge=ridge, block_size=block,
                                   scheduler_name="threads")
         result["solve_seconds"] = time.perf_counter() - t0
     elif name == "dask-limited":
@@ -130,7 +130,7 @@ def part(name: str, store_path: str, ridge: float, block: int, worker_memory: st
             pids = list(client.run(os.getpid).values())
             with RssSampler(lambda: pids) as sampler:
                 t1 = time.perf_counter()
-                x = linalg.cholesky_solve(st.dask_array(), rhs, ridge=ridge, block_size=block,
+                x = solvers.cholesky_solve(st.dask_array(), rhs, ridge=ridge, block_size=block,
                                           scheduler_name="distributed")
                 result["solve_seconds"] = time.perf_counter() - t1
             result["workers_peak_rss_gib"] = sampler.peak / 2 ** 30

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jntk_dist.finite import FiniteMLP, finite_jntk, jet_forward
+from jntk_dist.networks.finite import FiniteMLP, finite_jntk, jet_forward
 
 
 def unit_rows(n: int, d0: int, seed: int = 0) -> torch.Tensor:
@@ -77,7 +77,7 @@ def bench_kernel(widths: list[int], depth: int, n: int, d0: int) -> None:
 
 
 def bench_training(widths: list[int], depth: int, n: int, d0: int, steps: int) -> None:
-    from jntk_dist.training import RobustTrainer
+    from jntk_dist.networks.training import RobustTrainer
 
     print(f"\n## robust training: full-batch GD steps/s (depth {depth}, n={n}, d0={d0}, "
           "float64); finite-JNTK record (components 00,22,02,12) in s")
@@ -99,8 +99,8 @@ def bench_training(widths: list[int], depth: int, n: int, d0: int, steps: int) -
 def bench_grid(backends: list[str]) -> None:
     import ray
 
-    from jntk_dist.config import load_config
-    from jntk_dist.drift import DriftConfig, run_drift
+    from jntk_dist.workflows.config import load_config
+    from jntk_dist.workflows.drift import DriftConfig, run_drift
 
     print("\n## drift grid wall time on 2 cores: 4 runs (widths 64,128 × seeds 0,1, depth 1, "
           "32 Fibonacci points, steps 0,1,2,4,8,16,32)")

@@ -2,7 +2,7 @@
 
 For a dense store and a fields store, with 1 and 2 Ray actors:
 
-* ``gram``: :func:`jntk_dist.gram_job.run_gram` (fields -> tile -> Zarr, mirror chunk, done mark),
+* ``gram``: :func:`jntk_dist.workflows.gram.run_gram` (fields -> tile -> Zarr, mirror chunk, done mark),
   entries/s over the tile phase (the pool is started and ready before the clock starts) and
   end to end (validation, store creation, pool start-up, tiles, finish);
 * ``raw``: the same number of actors writing pre-generated random tiles into an array of the same
@@ -32,10 +32,10 @@ import numpy as np
 import ray
 import zarr
 
-from jntk_dist.config import load_config
-from jntk_dist.gram_job import GramJobConfig, run_gram
+from jntk_dist.workflows.config import load_config
+from jntk_dist.workflows.gram import GramJobConfig, run_gram
 from jntk_dist.store import zarr_compressors
-from jntk_dist.tiling import tile_range, upper_tiles
+from jntk_dist.store.tiling import tile_range, upper_tiles
 
 
 class RawWriter:

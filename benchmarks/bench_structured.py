@@ -168,7 +168,7 @@ def bench_eigen(args: argparse.Namespace) -> None:
 
 def bench_lmin(args: argparse.Namespace) -> None:
     """λ_min by shift-invert (inner PCG) vs LOBPCG with the same preconditioner: operator products."""
-    from jntk_dist.linalg import positivity_tolerance
+    from jntk_dist.solvers import positivity_tolerance
     from jntk_dist.solvers import shift_invert_eigs
 
     if args.synthetic:

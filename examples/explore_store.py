@@ -93,14 +93,14 @@ plt.close(fig)
 
 # %% [markdown]
 # ## Spectrum of Θ_λ
-# The whole lazy Gram (one Dask chunk per tile) goes to `jntk_dist.linalg.eigen`: the full
+# The whole lazy Gram (one Dask chunk per tile) goes to `jntk_dist.solvers.eigen`: the full
 # spectrum when it fits one machine, the top eigenvalues and λ_min by Lanczos beyond. λ_min is
 # called positive only above τ = n·eps·λ_max.
 
 # %%
-from jntk_dist import linalg
+from jntk_dist import solvers
 
-spectra = linalg.eigen(store.dask_array(lam=lam), vectors=False)
+spectra = solvers.eigen(store.dask_array(lam=lam), vectors=False)
 spectrum = spectra.get("full") or spectra["top"]
 lambda_min = (spectra["full"] if "full" in spectra else spectra["bottom"]).lambda_min
 values = np.sort(spectrum.values)[::-1]

@@ -1,14 +1,19 @@
 """jntk_dist: exact Jacobian NNGP / JNTK kernels of wide MLPs, computed and analysed at scale.
 
-Public modules: :mod:`jntk_dist.kernels` (analytic kernels), :mod:`jntk_dist.activations`,
-:mod:`jntk_dist.data` (datasets and preprocessing).
+The package is a house of rooms along the data path, each importing only the rooms below it
+(kept by the import-linter contract in pyproject.toml; docs/design.md draws the picture):
+
+    kernels → data | networks | operators → solvers → store → analysis → workflows → report → cli
+
+The kernels' public API is re-exported here (``jntk_dist.jntk`` = ``jntk_dist.kernels.jntk``).
 """
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from . import activations, kernels
-from .activations import Activation, get_activation
+from . import kernels
 from .kernels import (
+    Activation,
+    get_activation,
     FIELD_NAMES,
     KernelFields,
     expand_blocks,
@@ -29,7 +34,6 @@ __all__ = [
     "Activation",
     "FIELD_NAMES",
     "KernelFields",
-    "activations",
     "expand_blocks",
     "fields",
     "get_activation",

@@ -8,7 +8,7 @@ import pytest
 import scipy.linalg
 import xarray as xr
 
-from jntk_dist import analysis, kernels, linalg
+from jntk_dist import analysis, kernels, solvers
 from jntk_dist.analysis import KernelRegressor
 
 from conftest import write_gram_store
@@ -97,7 +97,7 @@ def test_eigenfeatures_sum_to_the_predictor_and_project_the_targets(data):
     X, y, Xt, _ = data
     lam = 0.2
     G = kernels.gram(X, depth=2, activation="erf", lam=lam)
-    eig = linalg.eigh_dense(G)
+    eig = solvers.eigh_dense(G)
     Y = analysis.training_targets(y, X.shape[1] + 1)
     m = KernelRegressor(depth=2, activation="erf", lam=lam).fit(X, y, gram=G)
     F = analysis.eigenfeatures(eig, Y, m.cross_row(Xt))
@@ -119,7 +119,7 @@ def test_finite_time_predictions_match_matrix_exponential(data):
     m = KernelRegressor(depth=2, activation="gelu", lam=lam).fit(X, y, gram=G)
     u0 = np.random.default_rng(3).normal(size=Y.shape) * 0.1
     f0t = np.random.default_rng(4).normal(size=Xt.shape[0]) * 0.1
-    out = analysis.finite_time_predictions(linalg.eigh_dense(G), Y, [0.0, 0.7, 5.0, 1e9],
+    out = analysis.finite_time_predictions(solvers.eigh_dense(G), Y, [0.0, 0.7, 5.0, 1e9],
                                            cross_row=m.cross_row(Xt), u0_train=u0, u0_test=f0t)
     for i, t in enumerate([0.0, 0.7, 5.0]):
         E = scipy.linalg.expm(-G * t)
@@ -211,8 +211,8 @@ def npz_dataset(tmp_path_factory):
 
 @pytest.mark.parametrize("mode", ["dense", "fields"])
 def test_solve_job_from_store_equals_direct_computation(tmp_path, npz_dataset, mode):
-    from jntk_dist.commands.solve import SolveJobConfig, run_solve
-    from jntk_dist.config import load_config
+    from jntk_dist.workflows.solve import SolveJobConfig, run_solve
+    from jntk_dist.workflows.config import load_config
 
     path, X, y = npz_dataset
     store_path = _write_store(tmp_path / "g.zarr", X, y, depth=2, activation="gelu", lam=0.1,
@@ -242,9 +242,9 @@ def test_solve_job_from_store_equals_direct_computation(tmp_path, npz_dataset, m
 
 
 def test_eigen_and_eigenfeatures_jobs_from_a_dataset_file(tmp_path, npz_dataset):
-    from jntk_dist.commands.eigen import EigenJobConfig, run_eigen
-    from jntk_dist.commands.eigenfeatures import EigenfeaturesJobConfig, run_eigenfeatures
-    from jntk_dist.config import load_config
+    from jntk_dist.workflows.eigen import EigenJobConfig, run_eigen
+    from jntk_dist.workflows.eigenfeatures import EigenfeaturesJobConfig, run_eigenfeatures
+    from jntk_dist.workflows.config import load_config
 
     path, X, y = npz_dataset
     base = {"dataset": {"path": str(path)}, "kernel": {"depth": 2, "activation": "erf"},
@@ -271,8 +271,8 @@ def test_eigen_and_eigenfeatures_jobs_from_a_dataset_file(tmp_path, npz_dataset)
 
 
 def test_assumption8_job_writes_table_and_plot(tmp_path, npz_dataset):
-    from jntk_dist.commands.assumption8 import Assumption8JobConfig, run_assumption8
-    from jntk_dist.config import load_config
+    from jntk_dist.workflows.assumption8 import Assumption8JobConfig, run_assumption8
+    from jntk_dist.workflows.config import load_config
 
     path, X, _ = npz_dataset
     cfg = load_config({"datasets": [{"dataset": {"path": str(path)}, "max_points": 10}],

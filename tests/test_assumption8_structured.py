@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from jntk_dist import analysis, kernels
-from jntk_dist.commands.solve import StructuredSpec
-from jntk_dist.config import ConfigError, load_config
-from jntk_dist.linalg import positivity_tolerance
+from jntk_dist.workflows.problem import StructuredSpec
+from jntk_dist.workflows.config import ConfigError, load_config
+from jntk_dist.solvers import positivity_tolerance
 
 
 def _sphere(n: int, d: int, seed: int) -> np.ndarray:
@@ -46,7 +46,7 @@ def test_structured_mode_calls_a_singular_gram_not_positive(one_torch_thread) ->
 def test_assumption8_job_in_structured_mode(tmp_path, one_torch_thread) -> None:
     import zarr
 
-    from jntk_dist.commands.assumption8 import Assumption8JobConfig, run_assumption8
+    from jntk_dist.workflows.assumption8 import Assumption8JobConfig, run_assumption8
 
     np.savez(tmp_path / "d.npz", X=_sphere(16, 4, 7), y=np.sign(np.arange(16) - 7.5))
     base = {"datasets": [{"dataset": {"path": str(tmp_path / "d.npz")}}], "depths": [2, 3],

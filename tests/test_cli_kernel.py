@@ -30,7 +30,7 @@ def data_file(tmp_path):
 
 def test_npy_gram_equals_library(tmp_path, data_file, monkeypatch):
     path, X, _ = data_file
-    monkeypatch.setattr("jntk_dist.commands.kernel.ROW_BLOCK_ENTRIES", 5 * 52 * 4)  # 3 row blocks
+    monkeypatch.setattr("jntk_dist.workflows.kernel.ROW_BLOCK_ENTRIES", 5 * 52 * 4)  # 3 row blocks
     out = tmp_path / "k.npy"
     assert main(["kernel", "--data", str(path), "--depth", "3", "--activation", "erf",
                  "--lam", "0.1", "--out", str(out), "--no-progress"]) == 0

@@ -37,7 +37,7 @@ import psutil
 import pytest
 import yaml
 
-from jntk_dist.config import ConfigError, JobConfig, load_config
+from jntk_dist.workflows.config import ConfigError, JobConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 RAY_CLI = str(Path(sys.executable).with_name("ray"))
@@ -49,12 +49,12 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 def _job_models() -> dict[str, type[JobConfig]]:
     """Job name (jobs/<name>.py) -> the config model its entry point validates."""
-    from jntk_dist.commands.assumption8 import Assumption8JobConfig
-    from jntk_dist.commands.eigen import EigenJobConfig
-    from jntk_dist.commands.eigenfeatures import EigenfeaturesJobConfig
-    from jntk_dist.commands.solve import SolveJobConfig
-    from jntk_dist.drift import DriftConfig
-    from jntk_dist.gram_job import GramJobConfig
+    from jntk_dist.workflows.assumption8 import Assumption8JobConfig
+    from jntk_dist.workflows.eigen import EigenJobConfig
+    from jntk_dist.workflows.eigenfeatures import EigenfeaturesJobConfig
+    from jntk_dist.workflows.solve import SolveJobConfig
+    from jntk_dist.workflows.drift import DriftConfig
+    from jntk_dist.workflows.gram import GramJobConfig
 
     return {"gram": GramJobConfig, "solve": SolveJobConfig, "eigen": EigenJobConfig,
             "eigenfeatures": EigenfeaturesJobConfig, "assumption8": Assumption8JobConfig,
@@ -90,7 +90,7 @@ def test_every_job_has_a_model_and_a_config() -> None:
 
 
 def test_paper_configs_validate_as_job_configs(tmp_path: Path) -> None:
-    from jntk_dist.report import job_config, paper_configs
+    from jntk_dist.workflows.reproduce import job_config, paper_configs
 
     experiments = paper_configs()
     assert experiments
@@ -160,7 +160,7 @@ def test_job_entry_point_rejects_typos_naming_the_key(job: str, tmp_path: Path) 
                                            ("store=sparse", "store"),
                                            ("ray.num_actors=-1", "ray.num_actors")])
 def test_quickstart_bad_values_name_the_key(override: str, key: str) -> None:
-    from jntk_dist.gram_job import GramJobConfig
+    from jntk_dist.workflows.gram import GramJobConfig
 
     with pytest.raises(ConfigError) as err:
         load_config(REPO / "configs" / "quickstart.yaml", GramJobConfig, [override])

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jntk_dist.config import (
+from jntk_dist.workflows.config import (
     ConfigError,
     DatasetSpec,
     JobConfig,
@@ -107,8 +107,8 @@ def test_hash_and_diff() -> None:
 
 def test_object_store_outputs_are_refused_not_mangled():
     """Path outputs refuse URLs; the gram job's store output keeps them as URLs."""
-    from jntk_dist.config import OutputPath
-    from jntk_dist.gram_job import GramJobConfig
+    from jntk_dist.workflows.config import OutputPath
+    from jntk_dist.workflows.gram import GramJobConfig
 
     class PathJob(JobConfig):
         output: OutputPath

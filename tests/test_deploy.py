@@ -26,7 +26,7 @@ import pytest
 import ray
 import yaml
 
-from jntk_dist.config import ConfigError, load_config
+from jntk_dist.workflows.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -76,7 +76,7 @@ def test_runtime_env_upload_holds_code_not_results(tmp_path: Path) -> None:
     create_package(str(repo_copy), package, include_gitignore=True, excludes=env["excludes"])
     names = set(zipfile.ZipFile(package).namelist())
     for needed in ("jntk_dist/__init__.py", "jobs/gram.py", "configs/quickstart.yaml",
-                   "jntk_dist/data.py"):
+                   "jntk_dist/data/catalog.py"):
         assert needed in names, f"{needed} missing from the upload"
     assert any(n.startswith("jntk_dist/datasets/") for n in names)
     leaked = [n for n in names if n.startswith((".git/", "runs/")) or ".zarr" in n
@@ -265,12 +265,12 @@ def test_kuberay_security(path: Path) -> None:
 
 
 def _job_model(job: str) -> Any:
-    from jntk_dist.commands.assumption8 import Assumption8JobConfig
-    from jntk_dist.commands.eigen import EigenJobConfig
-    from jntk_dist.commands.eigenfeatures import EigenfeaturesJobConfig
-    from jntk_dist.commands.solve import SolveJobConfig
-    from jntk_dist.drift import DriftConfig
-    from jntk_dist.gram_job import GramJobConfig
+    from jntk_dist.workflows.assumption8 import Assumption8JobConfig
+    from jntk_dist.workflows.eigen import EigenJobConfig
+    from jntk_dist.workflows.eigenfeatures import EigenfeaturesJobConfig
+    from jntk_dist.workflows.solve import SolveJobConfig
+    from jntk_dist.workflows.drift import DriftConfig
+    from jntk_dist.workflows.gram import GramJobConfig
 
     return {"gram": GramJobConfig, "solve": SolveJobConfig, "eigen": EigenJobConfig,
             "eigenfeatures": EigenfeaturesJobConfig, "assumption8": Assumption8JobConfig,
@@ -377,10 +377,10 @@ def test_no_open_unauthenticated_dashboard_anywhere() -> None:
 
 
 def test_configs_and_stores_are_never_unpickled_or_evaluated(tmp_path: Path) -> None:
-    from jntk_dist.gram_job import GramJobConfig
+    from jntk_dist.workflows.gram import GramJobConfig
 
-    sources = [REPO / "jntk_dist" / n for n in ("config.py", "store.py", "gram_job.py")]
-    sources += sorted((REPO / "jntk_dist" / "commands").glob("*.py"))
+    sources = [p for room in ("workflows", "store", "cli")
+               for p in sorted((REPO / "jntk_dist" / room).rglob("*.py"))]
     sources += sorted((REPO / "jobs").glob("*.py")) + sorted((REPO / "examples").glob("*.py"))
     for path in sources:
         code = path.read_text()

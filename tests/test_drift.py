@@ -15,11 +15,12 @@ import torch
 import xarray as xr
 
 from jntk_dist import kernels
-from jntk_dist.config import load_config
-from jntk_dist.drift import (DriftConfig, FileCheckpointer, RunSpec, execute_run, fit_slopes,
-                             load_run_data, open_drift, plot_drift, run_drift)
-from jntk_dist.finite import FiniteMLP, finite_jntk, mc_jacobian_nngp
-from jntk_dist.training import RobustTrainer
+from jntk_dist.workflows.config import load_config
+from jntk_dist.solvers.checkpoint import FileCheckpointer
+from jntk_dist.workflows.drift import (DriftConfig, RunSpec, execute_run, fit_slopes,
+                                       load_run_data, open_drift, plot_drift, run_drift)
+from jntk_dist.networks.finite import FiniteMLP, finite_jntk, mc_jacobian_nngp
+from jntk_dist.networks.training import RobustTrainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

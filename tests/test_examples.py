@@ -23,7 +23,7 @@ from unittest.mock import patch
 import numpy as np
 import pytest
 
-from jntk_dist.config import load_config
+from jntk_dist.workflows.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "explore_store.py"
@@ -35,8 +35,8 @@ DEPTH, LAM = 2, 0.05
 def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     import ray
 
-    from jntk_dist.drift import DriftConfig, run_drift
-    from jntk_dist.gram_job import GramJobConfig, run_gram
+    from jntk_dist.workflows.drift import DriftConfig, run_drift
+    from jntk_dist.workflows.gram import GramJobConfig, run_gram
 
     tmp = tmp_path_factory.mktemp("examples")
     gram_cfg = load_config({

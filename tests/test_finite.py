@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from jntk_dist import kernels
-from jntk_dist.finite import FiniteMLP, finite_jntk, mc_jacobian_nngp
+from jntk_dist.networks.finite import FiniteMLP, finite_jntk, mc_jacobian_nngp
 
 
 def unit_rows(n: int, d0: int, seed: int = 0) -> torch.Tensor:

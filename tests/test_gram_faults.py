@@ -17,8 +17,8 @@ import numpy as np
 import ray
 
 from jntk_dist import kernels
-from jntk_dist.config import load_config
-from jntk_dist.gram_job import GramJobConfig, run_gram
+from jntk_dist.workflows.config import load_config
+from jntk_dist.workflows.gram import GramJobConfig, run_gram
 from jntk_dist.store import open_gram
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from jntk_dist import kernels
-from jntk_dist.config import load_config
-from jntk_dist.gram_job import GramJobConfig, describe, run_gram
+from jntk_dist.workflows.config import load_config
+from jntk_dist.workflows.gram import GramJobConfig, describe, run_gram
 from jntk_dist.store import StoreError, StoreLock, StoreLockedError, open_gram
 
 from conftest import write_sphere_dataset
@@ -156,12 +156,9 @@ def test_existing_non_store_is_refused(ray_session: None, dataset: Path, tmp_pat
 
 def test_command_line_entry(dense_store: tuple[Path, Any], dataset: Path, tmp_path: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:
-    import argparse
+    from jntk_dist.cli import build_parser
 
-    from jntk_dist.commands import gram as gram_command
-
-    parser = argparse.ArgumentParser()
-    gram_command.register(parser.add_subparsers())
+    parser = build_parser()
     cfg = tmp_path / "job.yaml"
     cfg.write_text(f"dataset: {{path: {dataset}}}\nkernel: {{depth: 1, activation: {ACT}}}\n"
                    f"output: {dense_store[0]}\ntile_points: {P}\n")
@@ -177,7 +174,7 @@ def test_command_line_entry(dense_store: tuple[Path, Any], dataset: Path, tmp_pa
 
 
 def test_compile_auto_only_when_workers_have_minutes_of_work():
-    from jntk_dist.gram_job import AUTO_COMPILE_PAIR_LAYERS, resolve_compile
+    from jntk_dist.workflows.gram import AUTO_COMPILE_PAIR_LAYERS, resolve_compile
 
     big = 2 * AUTO_COMPILE_PAIR_LAYERS
     assert resolve_compile("auto", "gelu", 1, big, 1) is True

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from jntk_dist.drift import FileCheckpointer, load_state
-from jntk_dist.image_data import load_cifar10, read_cifar10_binary, read_cifar10_python
+from jntk_dist.solvers.checkpoint import FileCheckpointer, load_state
+from jntk_dist.data.images import load_cifar10, read_cifar10_binary, read_cifar10_python
 
 
 class _RunsCode:

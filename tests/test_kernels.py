@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from jntk_dist import kernels
-from jntk_dist.activations import (
+from jntk_dist.kernels.compile import block_side
+from jntk_dist.kernels.activations import (
     Activation,
     DualJet,
     QuadratureActivation,
@@ -426,7 +427,7 @@ def test_symmetric_block_triangle_matches_two_set_route(activation):
     the autodiff tests check, on every pair — several row blocks, mixed norms."""
     x = unit_rows(300, 4, seed=41)
     x[::3] *= 1.8
-    rows = kernels._block_side(torch.device("cpu"))
+    rows = block_side(torch.device("cpu"))
     assert rows < 150, "the test must span several row blocks (and a ragged edge block)"
     for kind in ("jntk", "nngp"):
         sym = kernels.fields(x, depth=4, activation=activation, kind=kind).stack()
@@ -435,7 +436,7 @@ def test_symmetric_block_triangle_matches_two_set_route(activation):
         assert ((sym - two).abs() / scale).max() < 1e-13
         # below the diagonal blocks the entries are exact mirrors of the swapped fields
         lower = sym[:, rows:, :rows]
-        mirrored = sym[list(kernels._SWAPPED_FIELD), :rows, rows:].transpose(1, 2)
+        mirrored = sym[list(kernels.MIRROR_ORDER), :rows, rows:].transpose(1, 2)
         assert torch.equal(lower, mirrored)
 
 

@@ -10,7 +10,8 @@ import pytest
 import scipy.linalg
 import zarr
 
-from jntk_dist import kernels, linalg
+from jntk_dist import kernels, solvers
+from jntk_dist.operators import dask_arrays
 
 
 def _sphere(n: int, d: int, seed: int) -> np.ndarray:
@@ -38,11 +39,11 @@ def test_dask_solve_matches_scipy_on_numpy_backed_dask(gram):
     rhs = np.random.default_rng(1).standard_normal((gram.shape[0], 3))
     ref = scipy.linalg.solve(gram, rhs, assume_a="pos")
     # 246 rows in blocks of 64: uneven, so the identity padding path is exercised too
-    x = linalg.cholesky_solve(linalg.as_dask(gram, chunks=50), rhs, block_size=64,
+    x = solvers.cholesky_solve(dask_arrays.as_dask(gram, chunks=50), rhs, block_size=64,
                               scheduler_name="threads")
     assert x.shape == rhs.shape
     assert _rel(x, ref) <= 1e-10
-    x1 = linalg.cholesky_solve(gram, rhs[:, 0], block_size=123, scheduler_name="sync")
+    x1 = solvers.cholesky_solve(gram, rhs[:, 0], block_size=123, scheduler_name="sync")
     assert x1.shape == (gram.shape[0],)
     assert _rel(x1, ref[:, 0]) <= 1e-10
 
@@ -53,13 +54,13 @@ def test_dask_solve_from_zarr_path_with_ridge(gram, tmp_path):
     rhs = np.random.default_rng(2).standard_normal(gram.shape[0])
     mu = 1e-3
     ref = scipy.linalg.solve(gram + mu * np.eye(gram.shape[0]), rhs, assume_a="pos")
-    lazy = linalg.zarr_to_dask(path)
+    lazy = dask_arrays.zarr_to_dask(path)
     assert lazy.chunks[0][0] == 48  # tasks read whole stored chunks
     np.testing.assert_array_equal(lazy[:7, :9].compute(), gram[:7, :9])
-    x = linalg.cholesky_solve(str(path), rhs, ridge=mu, block_size=96, scheduler_name="threads")
+    x = solvers.cholesky_solve(str(path), rhs, ridge=mu, block_size=96, scheduler_name="threads")
     assert _rel(x, ref) <= 1e-10
     # a zarr.Array object is accepted as well (read through its store path)
-    x2 = linalg.cholesky_solve(zarr.open_array(str(path), mode="r"), rhs, ridge=mu, block_size=96)
+    x2 = solvers.cholesky_solve(zarr.open_array(str(path), mode="r"), rhs, ridge=mu, block_size=96)
     assert _rel(x2, ref) <= 1e-10
 
 
@@ -93,11 +94,11 @@ def test_dask_solve_on_ray_scheduler_reads_zarr_inside_tasks(gram, tmp_path):
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        with linalg.scheduler("auto") as used:
+        with dask_arrays.scheduler("auto") as used:
             assert used == "ray"
-        x = linalg.cholesky_solve(path, rhs, block_size=82)
+        x = solvers.cholesky_solve(path, rhs, block_size=82)
         # the Gram store's own lazy reader (λ applied in the tasks) on the same cluster
-        x_store = linalg.cholesky_solve(st.dask_array(lam=0.5), rhs, block_size=100)
+        x_store = solvers.cholesky_solve(st.dask_array(lam=0.5), rhs, block_size=100)
     finally:
         if started:
             ray.shutdown()
@@ -109,27 +110,27 @@ def test_not_positive_definite_names_a_ridge_that_works(gram):
     shifted = gram - 0.05 * np.eye(gram.shape[0])  # λ_min(gram) ≈ 0.03 → indefinite
     assert np.linalg.eigvalsh(shifted)[0] < 0
     rhs = np.ones(gram.shape[0])
-    with pytest.raises(linalg.NotPositiveDefiniteError, match=r"not numerically positive definite.*ridge") as info:
-        linalg.cholesky_solve(shifted, rhs, block_size=64)
+    with pytest.raises(solvers.NotPositiveDefiniteError, match=r"not numerically positive definite.*ridge") as info:
+        solvers.cholesky_solve(shifted, rhs, block_size=64)
     suggested = float(str(info.value).split("--ridge ")[1].split(")")[0])
-    x = linalg.cholesky_solve(shifted, rhs, ridge=suggested, block_size=64)
+    x = solvers.cholesky_solve(shifted, rhs, ridge=suggested, block_size=64)
     ref = scipy.linalg.solve(shifted + suggested * np.eye(gram.shape[0]), rhs)
     assert _rel(x, ref) <= 1e-8
 
 
 def test_bad_shapes_and_values_are_named(gram):
     with pytest.raises(ValueError, match="square"):
-        linalg.cholesky_solve(gram[:, :-1], np.ones(gram.shape[0]))
+        solvers.cholesky_solve(gram[:, :-1], np.ones(gram.shape[0]))
     with pytest.raises(ValueError, match="right-hand side has shape"):
-        linalg.cholesky_solve(gram, np.ones(gram.shape[0] + 1))
+        solvers.cholesky_solve(gram, np.ones(gram.shape[0] + 1))
     with pytest.raises(ValueError, match="NaN"):
-        linalg.cholesky_solve(gram, np.full(gram.shape[0], np.nan))
+        solvers.cholesky_solve(gram, np.full(gram.shape[0], np.nan))
     with pytest.raises(ValueError, match="ridge"):
-        linalg.cholesky_solve(gram, np.ones(gram.shape[0]), ridge=-1.0)
+        solvers.cholesky_solve(gram, np.ones(gram.shape[0]), ridge=-1.0)
 
 
 def test_dense_eigh_equals_numpy(gram):
-    res = linalg.eigh_dense(linalg.as_dask(gram, chunks=100))
+    res = solvers.eigh_dense(dask_arrays.as_dask(gram, chunks=100))
     ref = np.linalg.eigvalsh(gram)
     np.testing.assert_allclose(res.values, ref, rtol=0, atol=1e-12 * ref[-1])
     np.testing.assert_allclose(gram @ res.vectors, res.vectors * res.values, atol=1e-10 * ref[-1])
@@ -140,11 +141,11 @@ def test_lanczos_top_k_and_smallest_match_dense(gram, tmp_path):
     path = tmp_path / "g.zarr"
     _write_zarr(path, gram, chunks=100)
     ref = np.linalg.eigvalsh(gram)
-    top = linalg.top_eigenpairs(path, 4, scheduler_name="threads")
+    top = solvers.top_eigenpairs(path, 4, scheduler_name="threads")
     np.testing.assert_allclose(top.values, ref[-4:], rtol=1e-10)
     assert np.allclose(np.abs(top.vectors.T @ np.linalg.eigh(gram)[1][:, -4:]), np.eye(4), atol=1e-6)
-    tau = linalg.positivity_tolerance(ref[-1], gram.shape[0])
-    low = linalg.smallest_eigenvalue(path, k=2, lambda_max=top.lambda_max, scheduler_name="threads",
+    tau = solvers.positivity_tolerance(ref[-1], gram.shape[0])
+    low = solvers.smallest_eigenvalue(path, k=2, lambda_max=top.lambda_max, scheduler_name="threads",
                                      block_size=100)
     assert low.method.startswith("shift-invert")
     assert abs(low.values[0] - ref[0]) <= tau
@@ -155,15 +156,15 @@ def test_lanczos_top_k_and_smallest_match_dense(gram, tmp_path):
 def test_shifted_lanczos_smallest_and_indefinite_fallback():
     ntk = kernels.ntk(_sphere(30, 5, 4), depth=2, activation="erf")
     ref = np.linalg.eigvalsh(ntk)
-    tau = linalg.positivity_tolerance(ref[-1], ntk.shape[0])
-    low = linalg.smallest_eigenvalue(ntk, k=2, method="shift")
+    tau = solvers.positivity_tolerance(ref[-1], ntk.shape[0])
+    low = solvers.smallest_eigenvalue(ntk, k=2, method="shift")
     assert low.method.startswith("shifted Lanczos")
     np.testing.assert_allclose(low.values[:2], ref[:2], rtol=0, atol=tau)
     # clearly indefinite: the first factorisation fails; auto raises the shift until one works
     neg = ntk - (ref[0] + 0.5 * (ref[1] - ref[0])) * np.eye(ntk.shape[0])
-    with pytest.raises(linalg.NotPositiveDefiniteError):
-        linalg.smallest_eigenvalue(neg, method="shift-invert")
-    low = linalg.smallest_eigenvalue(neg)
+    with pytest.raises(solvers.NotPositiveDefiniteError):
+        solvers.smallest_eigenvalue(neg, method="shift-invert")
+    low = solvers.smallest_eigenvalue(neg)
     assert low.method.startswith("shift-invert")
     assert low.lambda_min < 0
     assert abs(low.lambda_min - np.linalg.eigvalsh(neg)[0]) <= tau
@@ -174,18 +175,18 @@ def test_smallest_eigenvalue_of_a_singular_gram_is_within_tolerance_of_zero():
     x = np.vstack([x, x[:1]])  # a repeated point: the Gram is exactly singular
     g = kernels.gram(x, depth=1, activation="gelu", lam=1.0)
     ref = np.linalg.eigvalsh(g)
-    tau = linalg.positivity_tolerance(ref[-1], g.shape[0])
+    tau = solvers.positivity_tolerance(ref[-1], g.shape[0])
     assert abs(ref[0]) <= tau  # the dense answer: numerically zero
-    low = linalg.smallest_eigenvalue(g)
+    low = solvers.smallest_eigenvalue(g)
     assert abs(low.lambda_min - ref[0]) <= tau
     assert not low.lambda_min > low.tolerance
     assert low.method.startswith("shift-invert")
 
 
 def test_eigen_dispatches_dense_or_iterative(gram):
-    dense = linalg.eigen(gram, max_dense=10_000)
+    dense = solvers.eigen(gram, max_dense=10_000)
     assert set(dense) == {"full"} and dense["full"].values.size == gram.shape[0]
-    it = linalg.eigen(gram, k=3, max_dense=100, vectors=False)
+    it = solvers.eigen(gram, k=3, max_dense=100, vectors=False)
     ref = np.linalg.eigvalsh(gram)
     np.testing.assert_allclose(it["top"].values, ref[-3:], rtol=1e-10)
     assert abs(it["bottom"].lambda_min - ref[0]) <= it["bottom"].tolerance

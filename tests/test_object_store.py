@@ -19,8 +19,8 @@ import pytest
 import zarr
 
 from jntk_dist import kernels
-from jntk_dist.config import ConfigError, load_config
-from jntk_dist.gram_job import GramJobConfig, describe, run_gram
+from jntk_dist.workflows.config import ConfigError, load_config
+from jntk_dist.workflows.gram import GramJobConfig, describe, run_gram
 from jntk_dist.store import (
     ObjectStoreLock,
     StoreError,
@@ -207,7 +207,7 @@ def test_missing_fsspec_backend_names_the_extra(dataset: Path) -> None:
 def test_relative_output_in_a_ray_job_warns(monkeypatch: pytest.MonkeyPatch, dataset: Path,
                                             tmp_path: Path, caplog: pytest.LogCaptureFixture
                                             ) -> None:
-    with caplog.at_level(logging.WARNING, logger="jntk_dist.config"):
+    with caplog.at_level(logging.WARNING, logger="jntk_dist.workflows.config"):
         _config(dataset, "runs/g.zarr")  # not inside a Ray job: no warning
         assert caplog.text == ""
         # what Ray's job supervisor sets for the driver of `ray job submit`

@@ -16,10 +16,10 @@ import pytest
 import zarr
 
 from jntk_dist.cli import main as jntk_main
-from jntk_dist.config import ConfigError
-from jntk_dist.report import (GENERATED_MARKER, PAPER_CONFIGS, assumption8_rows, evaluate,
-                              job_config, load_paper_config, paper_configs, run_experiment,
-                              write_report)
+from jntk_dist.workflows.config import ConfigError
+from jntk_dist.report import GENERATED_MARKER, assumption8_rows, evaluate, write_report
+from jntk_dist.workflows.reproduce import (PAPER_CONFIGS, job_config, load_paper_config,
+                                           paper_configs, run_experiment)
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "# My reproduction notes\n\nHand-written text that the report must keep.\n\n"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from jntk_dist import kernels
-from jntk_dist.linalg import positivity_tolerance
+from jntk_dist.solvers import positivity_tolerance
 from jntk_dist.solvers import (NystromPreconditioner, TwoLevelPreconditioner, labels_to_rhs,
                                pivoted_cholesky, shift_invert_eigs, structured_solve)
 from jntk_dist.structured import structured_operator

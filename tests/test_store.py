@@ -16,6 +16,7 @@ import torch
 import xarray as xr
 
 from jntk_dist import kernels
+from jntk_dist.kernels import mirror_stack
 from jntk_dist.store import (
     GramStore,
     StoreError,
@@ -25,10 +26,9 @@ from jntk_dist.store import (
     TileWriter,
     create_store,
     lock_path,
-    mirror_fields,
     open_gram,
 )
-from jntk_dist.tiling import auto_tile_points, n_tiles, tile_range, upper_tiles
+from jntk_dist.store.tiling import auto_tile_points, n_tiles, tile_range, upper_tiles
 
 DEPTH, ACT = 2, "erf"
 
@@ -115,7 +115,7 @@ def test_fields_store_expands_to_the_same_gram(tmp_path: Path) -> None:
         ref = kernels.fields(X[a:b], X[c:d], depth=DEPTH, activation=ACT).stack().numpy()
         np.testing.assert_array_equal(fields.fields(i, j).stack().numpy(), ref)
         if i != j:
-            np.testing.assert_array_equal(fields.fields(j, i).stack().numpy(), mirror_fields(ref))
+            np.testing.assert_array_equal(fields.fields(j, i).stack().numpy(), mirror_stack(ref))
     # the lower tiles come from swapped fields; the kernel's symmetry makes them the transpose
     np.testing.assert_allclose(fields.to_numpy(), dense.to_numpy(), rtol=1e-13, atol=1e-14)
     np.testing.assert_allclose(fields.to_numpy(lam=0.1), dense.to_numpy(lam=0.1),
@@ -126,7 +126,7 @@ def test_mirror_fields_is_the_kernels_symmetry() -> None:
     X1, X2 = _unit_rows(5, 3, seed=2), _unit_rows(4, 3, seed=3)
     f12 = kernels.fields(X1, X2, depth=3, activation="gelu").stack().numpy()
     f21 = kernels.fields(X2, X1, depth=3, activation="gelu").stack().numpy()
-    np.testing.assert_allclose(mirror_fields(f12), f21, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(mirror_stack(f12), f21, rtol=1e-12, atol=1e-14)
 
 
 def test_reader_regions_lambda_and_dask(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import torch
 import zarr
 
 from jntk_dist import kernels
-from jntk_dist.image_data import image_dataset, load_cifar10, load_mnist, read_idx
+from jntk_dist.data.images import image_dataset, load_cifar10, load_mnist, read_idx
 from jntk_dist.structured import structured_operator, structured_predict
 
 

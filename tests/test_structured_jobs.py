@@ -8,9 +8,9 @@ import pytest
 import xarray as xr
 
 from jntk_dist import kernels
-from jntk_dist.commands.eigen import EigenJobConfig, run_eigen
-from jntk_dist.commands.solve import SolveJobConfig, run_solve
-from jntk_dist.config import load_config
+from jntk_dist.workflows.eigen import EigenJobConfig, run_eigen
+from jntk_dist.workflows.solve import SolveJobConfig, run_solve
+from jntk_dist.workflows.config import load_config
 
 from conftest import write_gram_store
 
@@ -140,16 +140,19 @@ def test_structured_mode_refuses_what_it_cannot_do(tmp_path, data):
 
 def test_structured_flag_and_config_forms(tmp_path, data):
     from jntk_dist.cli import build_parser
-    from jntk_dist.commands.solve import load_job_config
+    from jntk_dist.workflows.registry import get_job, load_job_config
 
     path, X, y = data
     conf = tmp_path / "c.yaml"
     conf.write_text(f"dataset: {{path: {path}}}\nkernel: {{depth: 2, activation: erf}}\n"
                     f"ridge: 0.001\nstructured: {{preconditioner: kron, enabled: false}}\n"
                     f"output: {tmp_path / 'o.zarr'}\n")
-    off = load_job_config(build_parser().parse_args(["solve", str(conf)]), SolveJobConfig)
-    on = load_job_config(build_parser().parse_args(["solve", str(conf), "--structured"]),
-                         SolveJobConfig)
+    def parsed(*argv: str) -> SolveJobConfig:
+        args = build_parser().parse_args(["solve", *argv])
+        return load_job_config(get_job("solve"), args.config, args.overrides,  # type: ignore
+                               structured=args.structured)
+
+    off, on = parsed(str(conf)), parsed(str(conf), "--structured")
     assert not off.structured.enabled and on.structured.enabled
     assert on.structured.preconditioner == "kron"  # the flag keeps the sub-options
     assert not load_config({"dataset": {"path": str(path)}, "kernel": {"depth": 2},

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from jntk_dist import kernels
-from jntk_dist.finite import FiniteMLP, finite_jntk
-from jntk_dist.training import RobustTrainer, max_norm_distance, robust_loss
+from jntk_dist.networks.finite import FiniteMLP, finite_jntk
+from jntk_dist.networks.training import RobustTrainer, max_norm_distance, robust_loss
 
 
 def data(n: int = 6, d0: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,13 +15,13 @@ import torch
 import xarray as xr
 
 from jntk_dist import kernels
-from jntk_dist.commands.assumption8 import Assumption8JobConfig, run_assumption8
-from jntk_dist.commands.eigen import EigenJobConfig, run_eigen
-from jntk_dist.commands.solve import SolveJobConfig, run_solve
-from jntk_dist.config import ConfigError, load_config
-from jntk_dist.drift import DriftConfig, open_drift, run_drift
-from jntk_dist.finite import FiniteMLP, finite_jntk
-from jntk_dist.gram_job import GramJobConfig, run_gram
+from jntk_dist.workflows.assumption8 import Assumption8JobConfig, run_assumption8
+from jntk_dist.workflows.eigen import EigenJobConfig, run_eigen
+from jntk_dist.workflows.solve import SolveJobConfig, run_solve
+from jntk_dist.workflows.config import ConfigError, load_config
+from jntk_dist.workflows.drift import DriftConfig, open_drift, run_drift
+from jntk_dist.networks.finite import FiniteMLP, finite_jntk
+from jntk_dist.workflows.gram import GramJobConfig, run_gram
 from jntk_dist.store import beside, local_beside
 
 N, D0, DEPTH, ACT, LAM = 13, 3, 2, "gelu", 0.1
@@ -71,7 +71,7 @@ def _drift_config(output: str, widths: tuple[int, ...] = (16, 32), **over: Any) 
 
 def _assert_drift_values(ds: xr.Dataset, cfg: DriftConfig) -> None:
     """Step-0 distances against the finite and analytic kernels computed here."""
-    from jntk_dist.drift import load_run_data
+    from jntk_dist.workflows.drift import load_run_data
 
     widths = cfg.grid.widths
     assert dict(ds.sizes) == {"width": len(widths), "depth": 1, "seed": 1, "step": 2,

@@ -1,0 +1,90 @@
+"""The ``jntk`` command line: thin. It parses, looks the job up in the one registry
+(:mod:`jntk_dist.workflows.registry`), runs it and prints one-line errors.
+
+    jntk <job> CONFIG [--set key=value …] [--overwrite] [--structured] [--no-progress]
+    jntk kernel …        one dataset's kernel in this process, to .npy/.npz/.zarr
+    jntk reproduce …     the paper's experiments (configs/paper/)
+    jntk report …        their verdicts, into docs/reproduction.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from .. import __version__
+from ..workflows.config import JobError
+from ..workflows.registry import JOBS, Job, load_job_config, run_config_job
+from . import kernel, report, reproduce
+
+__all__ = ["build_parser", "main", "run_job"]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, job: Job) -> None:
+    """The arguments every config job takes: CONFIG, ``--set``, ``--no-progress`` (and
+    ``--overwrite`` / ``--structured`` where the job has them)."""
+    parser.add_argument("config", help=f"YAML job config (see {job.example})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config key, e.g. kernel.depth=3 "
+                        "(repeatable; values parsed as YAML)")
+    if job.overwrite_help:
+        parser.add_argument("--overwrite", action="store_true", help=job.overwrite_help)
+    if job.structured:
+        parser.add_argument("--structured", action="store_true",
+                            help="never form the dense Gram: matrix-free structured operator "
+                                 "(sets structured.enabled; tune with --set structured.tol=… etc.)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_config_job(args: argparse.Namespace) -> int:
+    job = JOBS[args.command]
+    config = load_job_config(job, args.config, args.overrides,
+                             structured=getattr(args, "structured", False))
+    text = run_config_job(job, config, overwrite=getattr(args, "overwrite", False),
+                          progress=not args.no_progress)
+    print(text, flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``jntk`` parser: one sub-command per registered job, plus kernel, reproduce, report."""
+    parser = argparse.ArgumentParser(
+        prog="jntk", description="Exact Jacobian NNGP / JNTK kernels, distributed.")
+    parser.add_argument("--version", action="version", version=f"jntk_dist {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    kernel.register(sub)
+    for job in JOBS.values():
+        p = sub.add_parser(job.name, help=job.help, description=job.description)
+        add_config_arguments(p, job)
+        p.set_defaults(func=_run_config_job)
+    reproduce.register(sub)
+    report.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``jntk``; returns the exit status (2 for a one-line error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileExistsError, FileNotFoundError, JobError) as err:
+        print(f"jntk {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def run_job(command: str, argv: Sequence[str] | None = None) -> int:
+    """``python jobs/<command>.py CONFIG …`` (what ``ray job submit`` runs) = ``jntk <command> …``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = [a for a in args if a in ("-v", "--verbose")]
+    rest = [a for a in args if a not in ("-v", "--verbose")]
+    return main([*verbose, command, *rest])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

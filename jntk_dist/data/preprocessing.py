@@ -1,0 +1,198 @@
+"""The paper's preprocessing as composable functions, and labels and splits.
+
+    X = normalize_rows(scale_columns(X_raw))
+    X, y, kept = remove_near_parallel(X, y, threshold=0.99)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Hashable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ..kernels import validate_inputs
+
+if TYPE_CHECKING:
+    from .dataset import Dataset
+
+__all__ = ["binary_labels", "constant_columns", "normalize_rows", "one_vs_rest_targets",
+           "remove_near_parallel", "scale_columns", "train_test_split", "as_value_set"]
+
+
+def _as_matrix(X: Any, what: str = "X") -> np.ndarray:
+    A = np.asarray(X, dtype=np.float64)
+    if A.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D array of shape (n, d0), got shape {A.shape}")
+    if A.shape[0] == 0 or A.shape[1] == 0:
+        raise ValueError(f"{what} is empty: shape {A.shape}")
+    bad = ~np.isfinite(A)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise ValueError(f"{what} has {rows.size} row(s) with NaN/inf values, e.g. row {rows[0]} "
+                         f"(column {int(np.flatnonzero(bad[rows[0]])[0])}); rows {rows[:10].tolist()}")
+    return A
+
+
+def _column_label(j: int, names: Sequence[str] | None) -> str:
+    return f"column {j} ({names[j]!r})" if names is not None else f"column {j}"
+
+
+def constant_columns(X: Any) -> np.ndarray:
+    """Indices of the columns of X whose values are all equal."""
+    A = _as_matrix(X)
+    return np.flatnonzero(A.min(axis=0) == A.max(axis=0))
+
+
+def scale_columns(X: Any, *, drop_constant: bool = False, bounds: tuple[float, float] | None = None,
+                  feature_names: Sequence[str] | None = None) -> np.ndarray:
+    """Scale every column affinely to [-1, 1]: its minimum to -1 and its maximum to +1.
+
+    A constant column cannot be scaled: it raises a ValueError naming the column, unless
+    ``drop_constant=True``, which drops it (find which with :func:`constant_columns`). ``bounds=(lo,
+    hi)`` scales every column by the fixed range [lo, hi] instead of its own min/max (e.g. digits'
+    pixel range (0, 16)); a value outside it is an error. ``feature_names`` only improve messages.
+    """
+    A = _as_matrix(X)
+    names = None if feature_names is None else list(feature_names)
+    if names is not None and len(names) != A.shape[1]:
+        raise ValueError(f"{len(names)} feature names for {A.shape[1]} columns")
+    if bounds is not None:
+        lo_b, hi_b = (float(b) for b in bounds)
+        if not hi_b > lo_b:
+            raise ValueError(f"bounds must be (lo, hi) with lo < hi, got {bounds!r}")
+        outside = (A < lo_b) | (A > hi_b)
+        if outside.any():
+            i, j = (int(v) for v in np.argwhere(outside)[0])
+            raise ValueError(f"value {A[i, j]} at row {i}, {_column_label(j, names)} lies outside "
+                             f"bounds {bounds!r}")
+        return 2.0 * (A - lo_b) / (hi_b - lo_b) - 1.0
+    lo, hi = A.min(axis=0), A.max(axis=0)
+    const = lo == hi
+    if const.any():
+        if not drop_constant:
+            j = int(np.flatnonzero(const)[0])
+            raise ValueError(
+                f"{_column_label(j, names)} is constant (every value {lo[j].item()!r}), so min/max scaling to "
+                f"[-1, 1] is undefined; constant columns: {np.flatnonzero(const).tolist()}. Pass "
+                "drop_constant=True to drop them.")
+        A, lo, hi = A[:, ~const], lo[~const], hi[~const]
+        if A.shape[1] == 0:
+            raise ValueError("every column is constant: nothing is left after dropping them")
+    # (x - lo) / (hi - lo) is exactly 0 at the minimum and exactly 1 at the maximum.
+    return 2.0 * (A - lo) / (hi - lo) - 1.0
+
+
+def normalize_rows(X: Any) -> np.ndarray:
+    """Scale every row to unit Euclidean norm; a zero row (or NaN/inf) is a ValueError naming it."""
+    A = _as_matrix(X)
+    validate_inputs(torch.from_numpy(A if A.flags.writeable else A.copy()), name="X")
+    return A / np.linalg.norm(A, axis=1, keepdims=True)
+
+
+def remove_near_parallel(X: Any, y: Any | None, threshold: float, *, block_size: int = 1024
+                         ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Greedily drop rows nearly parallel (or antiparallel) to an earlier kept row.
+
+    Rows are visited in order; row i is kept unless |cos(x_i, x_k)| > threshold for some already
+    kept row k (on unit rows cos is the inner product), so the first row of each near-parallel group
+    survives. Exact duplicates are always removed (cos = 1). Returns (X[kept], y[kept], kept) with
+    ``kept`` the sorted row indices; y may be None (then None is returned) or have any trailing shape.
+    The result has no pair above the threshold, so applying the function again keeps every row.
+    """
+    A = _as_matrix(X)
+    t = float(threshold)
+    if not 0.0 < t < 1.0:
+        raise ValueError(f"near-parallel threshold must lie in (0, 1), got {threshold!r}")
+    Y = None if y is None else np.asarray(y)
+    if Y is not None and Y.shape[:1] != A.shape[:1]:
+        raise ValueError(f"y has {Y.shape[0] if Y.ndim else 0} rows but X has {A.shape[0]}")
+    U = normalize_rows(A)
+    n = U.shape[0]
+    kept: list[int] = []
+    for start in range(0, n, block_size):
+        block = U[start:start + block_size]
+        candidates = np.arange(block.shape[0])
+        if kept:
+            clash = (np.abs(block @ U[kept].T) > t).any(axis=1)
+            candidates = candidates[~clash]
+        within = np.abs(block[candidates] @ block[candidates].T) > t
+        chosen: list[int] = []
+        for j in range(candidates.size):
+            if not chosen or not within[j, chosen].any():
+                chosen.append(j)
+        kept.extend((start + candidates[chosen]).tolist())
+    idx = np.asarray(kept, dtype=np.int64)
+    return A[idx], (None if Y is None else Y[idx]), idx
+
+
+def as_value_set(positive: Any) -> list[Any]:
+    if isinstance(positive, (str, bytes)) or not isinstance(positive, Iterable):
+        return [positive]
+    return list(positive)
+
+
+def binary_labels(labels: Any, positive: Any) -> np.ndarray:
+    """Labels as float64 ±1: +1 where the label equals ``positive`` (a value or a collection of
+    values), -1 elsewhere. A ``positive`` that matches no label is an error listing the labels seen."""
+    lab = np.asarray(labels)
+    if lab.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {lab.shape}")
+    values = as_value_set(positive)
+    pos = np.isin(lab, values)
+    if not pos.any():
+        raise ValueError(f"positive={positive!r} matches no label; labels present: "
+                         f"{np.unique(lab)[:20].tolist()}")
+    return np.where(pos, 1.0, -1.0)
+
+
+def one_vs_rest_targets(labels: Any, low: float = -0.1, high: float = 0.9,
+                        classes: Sequence[Hashable] | None = None) -> np.ndarray:
+    """Multi-class regression targets in the style of Arora et al. (2019): row i is ``high`` in the
+    column of its class and ``low`` elsewhere; shape (n, n_classes). Columns follow ``classes``
+    (default: the sorted distinct labels); a label outside ``classes`` is an error."""
+    lab = np.asarray(labels)
+    if lab.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {lab.shape}")
+    cls = np.unique(lab) if classes is None else np.asarray(list(classes))
+    if cls.size != np.unique(cls).size:
+        raise ValueError(f"classes must be distinct, got {cls.tolist()}")
+    hit = lab[:, None] == cls[None, :]
+    missing = ~hit.any(axis=1)
+    if missing.any():
+        i = int(np.flatnonzero(missing)[0])
+        raise ValueError(f"label {lab[i].item()!r} of row {i} is not among classes {cls.tolist()}")
+    return np.where(hit, float(high), float(low))
+
+
+def train_test_split(ds: Dataset, test_fraction: float = 0.25, seed: int = 0,
+                     stratify: bool = True) -> tuple[Dataset, Dataset]:
+    """Deterministic split of ``ds`` into (train, test); rows keep their order within each part.
+
+    With ``stratify`` each original label (``ds.labels``) contributes round(test_fraction * count)
+    rows to the test part (at least one row of each class stays in train), chosen by
+    ``numpy.random.default_rng(seed)``. The split acts on the preprocessed data: scaling used the
+    whole dataset, as in the paper.
+    """
+    f = float(test_fraction)
+    if not 0.0 < f < 1.0:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
+    rng = np.random.default_rng(seed)
+    if stratify:
+        groups = [np.flatnonzero(ds.labels == c) for c in np.unique(ds.labels)]
+    else:
+        groups = [np.arange(ds.n)]
+    test_parts = []
+    for g in groups:
+        k = min(int(round(f * g.size)), g.size - 1)
+        test_parts.append(rng.permutation(g)[:k])
+    test = np.sort(np.concatenate(test_parts))
+    train = np.setdiff1d(np.arange(ds.n), test)
+    if test.size == 0 or train.size == 0:
+        raise ValueError(f"test_fraction={test_fraction} splits {ds.n} rows into {train.size} train and "
+                         f"{test.size} test rows: both parts must be non-empty")
+    how = "stratified by label" if stratify else "not stratified"
+    note = (f"split: test_fraction={f}, seed={seed}, {how}: {train.size} train / {test.size} test rows")
+    return (ds.take(train, note + " — this is the train part", name=f"{ds.name}[train]"),
+            ds.take(test, note + " — this is the test part", name=f"{ds.name}[test]"))
+

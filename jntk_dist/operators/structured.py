@@ -1,0 +1,346 @@
+"""Matrix-free structured Gram operators for Θ_λ(X1, X2) and Σ^(L)(X1, X2).
+
+Every (d0+1)×(d0+1) block of the Jacobian kernels is a scaled identity plus outer products of
+x and x', built from the 8 scalar fields of :mod:`jntk_dist.kernels` (DESIGN.md §2).  With the
+point-major vector v = (u_j, w_j) (u_j = v_j0, w_j = v_jβ) the product K v needs only
+
+    G = X1 Wᵀ  (G_ij = <x_i, w_j>),      s_j = <x'_j, w_j>,
+
+    (Kv)_i0 = (κ u)_i + Σ_j κ_b,ij G_ij + 2 (κ_c s)_i
+    (Kv)_iα = x_iα [2 (κ_a u)_i + 2 Σ_j κ_ab,ij G_ij + 4 (κ_ac s)_i]
+              + (κ_b (W + u∘X2))_iα + 2 (κ_bc (s∘X2))_iα + ((κ_bb ∘ G) X2)_iα
+
+four N×N×d0 matrix products, O(N² d0) flops per column instead of the O(N² d0²) of the dense
+Gram, and never more than one row tile of fields in memory.  Θ_λ = ΛΘΛ scales the Jacobian parts
+by √λ on the way in and out.
+
+The fields come from a *field source* (:mod:`.field_sources`): the 8 arrays in memory, a fields
+store, or :func:`jntk_dist.kernels.fields` recomputed tile by tile (bounded memory, any N).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .. import kernels
+from ..kernels import FIELD_NAMES, KernelFields
+from .field_sources import AccessorFields, ArrayFields, FieldSource, InMemoryFields, RecomputedFields
+
+__all__ = ["StructuredKernel", "structured_operator", "structured_predict"]
+
+Tensor = torch.Tensor
+_K, _KA, _KB, _KC, _KAB, _KAC, _KBB, _KBC = range(8)
+
+
+# ---- the row-tile product (the one place the structured formula lives) ------------------
+
+
+def _rows_matmat(F: Tensor, x_rows: Tensor, x2: Tensor, u: Tensor, W: Tensor, s: Tensor,
+                 Zb: Tensor, sX: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows of K V for one tile of fields F (8, r, n2); V given as u (n2, m), W (n2, d0, m).
+
+    Zb = W + u∘X2 and sX = s∘X2 are (n2, d0·m) and shared across tiles.
+    Returns the output (r, m) and Jacobian (r, d0, m) parts (before Λ scaling).
+    """
+    r, d0 = x_rows.shape
+    n2, m = u.shape
+    G = (x_rows @ W.permute(1, 0, 2).reshape(d0, n2 * m)).reshape(r, n2, m)
+    t_b = torch.einsum("ij,ijm->im", F[_KB], G)
+    t_ab = torch.einsum("ij,ijm->im", F[_KAB], G)
+    G.mul_(F[_KBB][:, :, None])  # G is now κ_bb ∘ G
+    jac = torch.matmul(G.permute(2, 0, 1), x2).permute(1, 2, 0)  # (r, d0, m)
+    jac = jac + (F[_KB] @ Zb + 2.0 * (F[_KBC] @ sX)).reshape(r, d0, m)
+    out0 = F[_K] @ u + t_b + 2.0 * (F[_KC] @ s)
+    coef = 2.0 * (F[_KA] @ u) + 2.0 * t_ab + 4.0 * (F[_KAC] @ s)
+    jac.addcmul_(x_rows[:, :, None], coef[:, None, :])
+    return out0, jac
+
+
+def _block_inputs(x2: Tensor, V: Tensor, root_lam: float) -> tuple[Tensor, ...]:
+    n2, d0 = x2.shape
+    m = V.shape[1]
+    Vb = V.reshape(n2, d0 + 1, m)
+    u = Vb[:, 0, :].contiguous()
+    W = Vb[:, 1:, :] * root_lam if root_lam != 1.0 else Vb[:, 1:, :].contiguous()
+    s = torch.einsum("jd,jdm->jm", x2, W)
+    Zb = (W + u[:, None, :] * x2[:, :, None]).reshape(n2, d0 * m)
+    sX = (s[:, None, :] * x2[:, :, None]).reshape(n2, d0 * m)
+    return u, W, s, Zb, sX
+
+
+# ---- the operator -----------------------------------------------------------------------
+
+
+class StructuredKernel:
+    """Θ_λ(X1, X2) (or Σ^(L)) as a matrix-free operator of shape (n1(d0+1), n2(d0+1)).
+
+    Use :func:`structured_operator` to build one.  ``op @ v`` / :meth:`matvec` / :meth:`matmat`
+    accept numpy or torch (numpy in → numpy out); :meth:`aslinearoperator` gives a scipy
+    ``LinearOperator``.  Memory is bounded by ``tile_rows`` rows of fields at a time.
+    """
+
+    def __init__(self, x1: Tensor, x2: Tensor, source: FieldSource, *, lam: float | None = None,
+                 tile_rows: int | None = None, memory_mb: float = 512.0,
+                 description: dict[str, Any] | None = None) -> None:
+        self.x1, self.x2, self.source = x1, x2, source
+        self.n1, self.d0 = x1.shape
+        self.n2 = x2.shape[0]
+        if tuple(source.shape) != (self.n1, self.n2):
+            raise ValueError(f"field source of shape {tuple(source.shape)} does not match inputs "
+                             f"({self.n1}, {self.n2})")
+        self.lam = None if lam is None else float(lam)
+        if self.lam is not None and (not math.isfinite(self.lam) or self.lam < 0):
+            raise ValueError(f"lam (Jacobian-regularisation weight λ) must be ≥ 0, got {lam}")
+        self.root_lam = 1.0 if self.lam is None else math.sqrt(self.lam)
+        self.tile_rows = tile_rows
+        self.memory_mb = float(memory_mb)
+        self.description = dict(description or {})
+        self.n_products = 0  # columns multiplied so far (progress / cost accounting)
+
+    # -- linear-operator protocol ------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n1 * (self.d0 + 1), self.n2 * (self.d0 + 1))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x1.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.x1.device
+
+    @property
+    def is_square(self) -> bool:
+        return self.x1 is self.x2 or (self.n1 == self.n2 and torch.equal(self.x1, self.x2))
+
+    def _rows_per_tile(self, m: int) -> int:
+        if self.tile_rows is not None:
+            return max(1, int(self.tile_rows))
+        per_row = (8 + 2 * m) * self.n2 + 3 * self.d0 * m  # fields + G (and its product) + out
+        itemsize = torch.finfo(self.dtype).bits // 8
+        return int(max(1, min(self.n1, self.memory_mb * 2**20 / (itemsize * per_row))))
+
+    def matmat(self, V: Any) -> Any:
+        """K V for V of shape (n2(d0+1), m); numpy in → numpy out."""
+        is_numpy = not isinstance(V, torch.Tensor)
+        Vt = torch.as_tensor(np.asarray(V) if is_numpy else V).to(dtype=self.dtype, device=self.device)
+        squeeze = Vt.ndim == 1
+        if squeeze:
+            Vt = Vt[:, None]
+        if Vt.ndim != 2 or Vt.shape[0] != self.shape[1]:
+            raise ValueError(f"operand of shape {tuple(Vt.shape)} does not match operator shape "
+                             f"{self.shape} (point-major, d0={self.d0})")
+        out = self._matmat(Vt)
+        if squeeze:
+            out = out[:, 0]
+        return out.cpu().numpy() if is_numpy else out
+
+    def matvec(self, v: Any) -> Any:
+        """K v for a vector of length n2(d0+1)."""
+        return self.matmat(v)
+
+    def __matmul__(self, V: Any) -> Any:
+        return self.matmat(V)
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        m = V.shape[1]
+        with torch.no_grad():
+            u, W, s, Zb, sX = _block_inputs(self.x2, V, self.root_lam)
+            out = torch.empty((self.n1, self.d0 + 1, m), dtype=self.dtype, device=self.device)
+            step = self._rows_per_tile(m)
+            for start in range(0, self.n1, step):
+                rows = slice(start, min(start + step, self.n1))
+                F = self.source.tile(rows)
+                out0, jac = _rows_matmat(F, self.x1[rows], self.x2, u, W, s, Zb, sX)
+                out[rows, 0, :] = out0
+                out[rows, 1:, :] = jac * self.root_lam if self.root_lam != 1.0 else jac
+        self.n_products += m
+        return out.reshape(self.n1 * (self.d0 + 1), m)
+
+    def aslinearoperator(self) -> Any:
+        """A scipy ``LinearOperator`` (float64 numpy) view of this operator."""
+        from scipy.sparse.linalg import LinearOperator
+
+        return LinearOperator(self.shape, matvec=self.matmat, matmat=self.matmat,
+                              rmatvec=self._rmatvec, dtype=np.float64)
+
+    def _rmatvec(self, v: Any) -> Any:
+        if not self.is_square:
+            raise NotImplementedError("rmatvec is only available for the symmetric X–X operator")
+        return self.matmat(v)
+
+    # -- structure used by preconditioners -------------------------------------------------
+    def block_diagonal_parts(self) -> dict[str, Tensor]:
+        """The diagonal blocks B_i = [[k, c1 xᵀ], [c2 x, κ_b I + e x xᵀ]] (with Λ scaling).
+
+        Returns tensors ``k``, ``c_col`` (B_α0 = c_col x_α), ``c_row`` (B_0β = c_row x_β),
+        ``iso`` (κ_b, the identity coefficient) and ``rank1`` (e) of length n.
+        """
+        if not self.is_square:
+            raise ValueError("block diagonal is only defined for the square X–X operator")
+        D = self.source.diagonal()
+        lam = 1.0 if self.lam is None else self.lam
+        return {
+            "k": D[_K],
+            "c_col": self.root_lam * (2 * D[_KA] + D[_KB]),
+            "c_row": self.root_lam * (D[_KB] + 2 * D[_KC]),
+            "iso": lam * D[_KB],
+            "rank1": lam * (2 * D[_KAB] + 4 * D[_KAC] + D[_KBB] + 2 * D[_KBC]),
+        }
+
+    def diagonal(self) -> Tensor:
+        """The diagonal of the Gram matrix, point-major (length n(d0+1))."""
+        p = self.block_diagonal_parts()
+        diag = p["iso"][:, None] + p["rank1"][:, None] * self.x1 ** 2
+        return torch.cat([p["k"][:, None], diag], dim=1).reshape(-1)
+
+    def field_matrices(self, names: Sequence[str]) -> dict[str, Tensor]:
+        """Full n1×n2 matrices of the named fields, assembled tile by tile."""
+        idx = [FIELD_NAMES.index(n) for n in names]
+        out = {n: torch.empty((self.n1, self.n2), dtype=self.dtype, device=self.device)
+               for n in names}
+        step = max(1, self._rows_per_tile(1))
+        for start in range(0, self.n1, step):
+            rows = slice(start, min(start + step, self.n1))
+            F = self.source.tile(rows)
+            for n, i in zip(names, idx):
+                out[n][rows] = F[i]
+        return out
+
+    def compressed_on_inputs(self, fields: dict[str, Tensor] | None = None) -> Tensor:
+        """QᵀKQ for the orthonormal Q = [e_i⊗e_0 (all i), e_i⊗x̂_i (all i)]: a 2n×2n matrix.
+
+        The block formula contracted with x̂_i on the left and x̂_j on the right (B = X Xᵀ):
+        ⟨x̂_i, x_i⟩ = |x_i|, ⟨x̂_i, x_j⟩ = B_ij/|x_i|.  O(n² d0) for B, O(n²) for the rest.
+        """
+        if not self.is_square:
+            raise ValueError("the compression is only defined for the square X–X operator")
+        F = fields if fields is not None else self.field_matrices(FIELD_NAMES)
+        return self._compressed(F, self.x1, self.x2)
+
+    def compressed_columns(self, points: Sequence[int]) -> Tensor:
+        """The columns of QᵀKQ for the given points: (2n, 2m), the e_0 columns of the m points,
+        then their x̂ columns; reads only the fields of those m columns."""
+        if not self.is_square:
+            raise ValueError("the compression is only defined for the square X–X operator")
+        cols = [int(j) for j in points]
+        tiles = [self.source.tile(slice(0, self.n1), slice(j, j + 1)) for j in cols]
+        T = torch.cat(tiles, dim=2)
+        F = {name: T[i] for i, name in enumerate(FIELD_NAMES)}
+        C = self._compressed(F, self.x1, self.x2[cols])
+        m = len(cols)
+        return torch.cat([C[:, :m], C[:, m:]], 1)
+
+    def compressed_diagonal(self) -> Tensor:
+        """The diagonal of QᵀKQ (length 2n): k(x_i, x_i), then x̂_iᵀ B_i x̂_i."""
+        p = self.block_diagonal_parts()
+        sq = torch.linalg.vector_norm(self.x1, dim=1) ** 2
+        return torch.cat([p["k"], p["iso"] + p["rank1"] * sq])
+
+    def _compressed(self, F: dict[str, Tensor], x_rows: Tensor, x_cols: Tensor) -> Tensor:
+        ni = torch.linalg.vector_norm(x_rows, dim=1)[:, None]
+        nj = torch.linalg.vector_norm(x_cols, dim=1)[None, :]
+        B = x_rows @ x_cols.T
+        lam = 1.0 if self.lam is None else self.lam
+        c00 = F["k"]
+        c0x = self.root_lam * (F["k_b"] * B / nj + 2 * F["k_c"] * nj)
+        cx0 = self.root_lam * (2 * F["k_a"] * ni + F["k_b"] * B / ni)
+        cxx = lam * (F["k_b"] * B / (ni * nj) + 2 * F["k_ab"] * ni * B / nj
+                     + 4 * F["k_ac"] * ni * nj + F["k_bb"] * B * B / (ni * nj)
+                     + 2 * F["k_bc"] * B * nj / ni)
+        return torch.cat([torch.cat([c00, c0x], 1), torch.cat([cx0, cxx], 1)], 0)
+
+    def field_columns(self, name: str, points: Sequence[int]) -> Tensor:
+        """Columns of one n1×n2 field at the given points: (n1, m)."""
+        i = FIELD_NAMES.index(name)
+        return torch.cat([self.source.tile(slice(0, self.n1), slice(int(j), int(j) + 1))[i]
+                          for j in points], dim=1)
+
+    def to_dense(self) -> Tensor:
+        """The dense Gram (small problems only; for checks)."""
+        return self._matmat(torch.eye(self.shape[1], dtype=self.dtype, device=self.device))
+
+    def __repr__(self) -> str:
+        return (f"StructuredKernel(shape={self.shape}, d0={self.d0}, lam={self.lam}, "
+                f"source={type(self.source).__name__}, {self.description})")
+
+
+def _inputs(x: Any, name: str, dtype: torch.dtype, device: Any, d0: int | None = None) -> Tensor:
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    t = t.to(dtype=dtype, device=device)
+    kernels.validate_inputs(t, name, d0=d0)
+    return t
+
+
+def structured_operator(x1: Any, x2: Any | None = None, *, fields: Any = None,
+                        depth: int | None = None, activation: str = "gelu",
+                        kind: str = "jntk", lam: float | None = None, mode: str = "memory",
+                        tile_rows: int | None = None, memory_mb: float = 512.0,
+                        dtype: torch.dtype = torch.float64,
+                        device: torch.device | str | None = None) -> StructuredKernel:
+    """Build the matrix-free operator of Θ_λ(X1, X2) (``kind="jntk"``) or Σ^(L) (``"nngp"``).
+
+    Field source, in order of precedence:
+      * ``fields`` given: a :class:`KernelFields`, an (8, n1, n2) numpy/torch array or a dict of
+        the 8 arrays (held in memory); any other (8, n1, n2) array-like such as a Zarr array
+        (read one row tile per product); or any object with ``fields_tile(rows, cols)``;
+      * ``mode="memory"``: :func:`kernels.fields` once, all 8 n1×n2 fields kept (8·n1·n2 numbers);
+      * ``mode="recompute"``: :func:`kernels.fields` per row tile on every product (bounded memory).
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    t1 = _inputs(x1, "x1", dtype, device)
+    t2 = t1 if x2 is None else _inputs(x2, "x2", dtype, device, d0=t1.shape[1])
+    desc: dict[str, Any] = {"kind": kind, "depth": depth, "activation": str(activation)}
+    if fields is not None:
+        if hasattr(fields, "fields_tile"):
+            source: FieldSource = AccessorFields(fields, (t1.shape[0], t2.shape[0]), dtype, device)
+            desc["mode"] = "accessor"
+        elif not isinstance(fields, (KernelFields, dict, np.ndarray, torch.Tensor)):
+            source = ArrayFields(fields, dtype, device)  # e.g. a Zarr array read tile by tile
+            desc["mode"] = "array"
+        else:
+            if isinstance(fields, KernelFields):
+                desc.update(kind=fields.kind, depth=fields.depth, activation=fields.activation)
+            source = InMemoryFields(fields, dtype, device)
+            desc["mode"] = "memory"
+    else:
+        if depth is None:
+            raise ValueError("depth (number of hidden layers L) is required to compute fields")
+        if mode == "memory":
+            source = InMemoryFields(kernels.fields(t1, None if x2 is None else t2, depth=depth,
+                                                   activation=activation, kind=kind))  # type: ignore[arg-type]
+            source.stacked = source.stacked.to(dtype=dtype, device=device)
+        elif mode == "recompute":
+            source = RecomputedFields(t1, None if x2 is None else t2, depth=depth,
+                                      activation=activation, kind=kind)
+        else:
+            raise ValueError(f"mode must be 'memory' or 'recompute', got {mode!r}")
+        desc["mode"] = mode
+    return StructuredKernel(t1, t2, source, lam=lam, tile_rows=tile_rows, memory_mb=memory_mb,
+                            description=desc)
+
+
+def structured_predict(op: StructuredKernel, alpha: Any, x_test: Any, *,
+                       test_fields: Any = None, with_jacobian: bool = False,
+                       memory_mb: float = 512.0) -> Any:
+    """f_ntk(x) = Θ_λ(x, X)_{0,:} α for the coefficients α = (Θ_λ + μI)⁻¹ y (eq. 4).
+
+    The cross-kernel fields are recomputed from the operator's (kind, depth, activation) unless
+    ``test_fields`` (n_test, n) are given.  With ``with_jacobian`` the (n_test, d0+1) predictions
+    of value and √λ-scaled input gradient are returned.
+    """
+    desc = op.description
+    cross = structured_operator(
+        x_test, op.x2, fields=test_fields, depth=desc.get("depth"),
+        activation=desc.get("activation", "gelu"), kind=desc.get("kind", "jntk"),
+        lam=op.lam, mode="recompute", memory_mb=memory_mb, dtype=op.dtype, device=op.device)
+    out = cross.matmat(alpha)
+    is_numpy = isinstance(out, np.ndarray)
+    blocks = out.reshape(cross.n1, op.d0 + 1)
+    return blocks if with_jacobian else (blocks[:, 0].copy() if is_numpy else blocks[:, 0])

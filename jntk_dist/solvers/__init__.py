@@ -1,0 +1,29 @@
+"""Solvers for kernel systems and spectra, on any kernel operator or chunked Gram.
+
+* :mod:`.cg` — preconditioned conjugate gradients for (op + μI) α = y (eq. 4), checkpointed;
+* :mod:`.preconditioners` — preconditioners that use the block structure (jacobi, kron,
+  two_level, nystrom);
+* :mod:`.iterative_eigen` — Lanczos / LOBPCG and shift-invert λ_min of operators;
+* :mod:`.cholesky` — blockwise Dask Cholesky solves of dense Grams;
+* :mod:`.dense_eigen` — spectra of dense Grams (eigh, Lanczos, shift-invert) and the positivity
+  tolerance;
+* :mod:`.results`, :mod:`.checkpoint` — what they return and how they resume.
+"""
+
+from .cg import IndefiniteError, labels_to_rhs, pcg, structured_solve
+from .cholesky import CholeskyInverseOperator, NotPositiveDefiniteError, add_ridge, cholesky_factor, cholesky_solve
+from .dense_eigen import (EigenResult, eigen, eigh_dense, positivity_tolerance, smallest_eigenvalue,
+                          suggest_ridge, top_eigenpairs)
+from .iterative_eigen import shift_invert_eigs, structured_eigs
+from .preconditioners import (PRECONDITIONERS, BlockJacobiPreconditioner, IdentityPreconditioner,
+                              KroneckerPreconditioner, NystromPreconditioner, Preconditioner,
+                              TwoLevelPreconditioner, make_preconditioner, pivoted_cholesky)
+from .results import EigResult, SolveResult
+
+__all__ = ["PRECONDITIONERS", "BlockJacobiPreconditioner", "CholeskyInverseOperator", "EigResult",
+           "EigenResult", "IdentityPreconditioner", "IndefiniteError", "KroneckerPreconditioner",
+           "NotPositiveDefiniteError", "NystromPreconditioner", "Preconditioner", "SolveResult",
+           "TwoLevelPreconditioner", "add_ridge", "cholesky_factor", "cholesky_solve", "eigen",
+           "eigh_dense", "labels_to_rhs", "make_preconditioner", "pcg", "pivoted_cholesky",
+           "positivity_tolerance", "shift_invert_eigs", "smallest_eigenvalue", "structured_eigs",
+           "structured_solve", "suggest_ridge", "top_eigenpairs"]

@@ -1,0 +1,255 @@
+"""The writer lock of a store: an ``flock``'d file beside a local store (:class:`StoreLock`), an
+exclusively created object beside a URL store (:class:`ObjectStoreLock`); :func:`store_lock`
+picks the right one."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .layout import StoreLockedError
+from .locations import is_url, url_filesystem
+
+__all__ = ["LOCK_SUFFIX", "StoreLock", "ObjectStoreLock", "store_lock", "lock_path"]
+
+log = logging.getLogger(__name__)
+
+LOCK_SUFFIX = ".lock"
+OBJECT_LOCK_STALE_S = 600.0  # an object-store lock without a heartbeat for this long is stale
+OBJECT_LOCK_HEARTBEAT_S = 60.0
+
+
+def lock_path(path: str | Path) -> Path:
+    """The writer lock of a store lives beside it: ``<store>.lock``."""
+    return Path(str(Path(path)) + LOCK_SUFFIX)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StoreLock:
+    """Exclusive writer lock of a store: ``<store>.lock``, an flock'd file holding pid/host/time.
+
+    The OS releases an flock when its process dies (SIGKILL included), so a crashed job never
+    blocks the next one; a lock file left by a dead holder is taken over with a warning.
+    """
+
+    def __init__(self, store_path: str | Path) -> None:
+        self.path = lock_path(store_path)
+        self._fd: int | None = None
+
+    def _holder(self) -> dict[str, Any]:
+        try:
+            text = self.path.read_text().strip()
+            return json.loads(text) if text else {}
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def acquire(self) -> "StoreLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            who = self._holder()
+            raise StoreLockedError(
+                f"store {str(self.path)[:-len(LOCK_SUFFIX)]} is being written by another job "
+                f"(pid {who.get('pid', '?')} on {who.get('host', '?')}, started "
+                f"{who.get('started', '?')}); wait for it to finish or stop it") from None
+        previous = self._holder()
+        if previous.get("pid"):
+            here = previous.get("host") == socket.gethostname()
+            state = ("no longer running" if here and not _pid_alive(int(previous["pid"]))
+                     else "not holding it")
+            log.warning("taking over the stale lock %s of pid %s on %s (started %s, %s)",
+                        self.path, previous.get("pid"), previous.get("host"),
+                        previous.get("started"), state)
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        os.ftruncate(self._fd, 0)  # an empty lock file is a free lock; keep the inode
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "StoreLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+class ObjectStoreLock:
+    """Exclusive writer lock of a store at an fsspec URL: the object ``<store>.lock``.
+
+    Taken by creating that object exclusively (``open(…, "xb")``: S3 ``If-None-Match: *``, an
+    ``O_EXCL`` create for ``file://``), then reading it back to check that the token in it is
+    ours. It holds the owner's host, pid, start time and a heartbeat that a background thread
+    renews every ``heartbeat_s``; releasing deletes it. Object stores cannot tell that a writer
+    died, so a lock is *stale* -- taken over with a warning -- when its holder ran on this host
+    and that pid is gone, or when its heartbeat is older than ``stale_after_s`` (a killed job on
+    another node: wait that long, or delete ``<store>.lock`` by hand once sure it is dead).
+    Clocks of the nodes are assumed to agree to well within ``stale_after_s``.
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None,
+                 stale_after_s: float | None = None, heartbeat_s: float | None = None) -> None:
+        self.url = str(url).rstrip("/") + LOCK_SUFFIX
+        self.store_url = str(url)
+        self.fs, self.path = url_filesystem(self.url, storage_options)
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        self._local = "file" in protocols
+        env_stale = os.environ.get("JNTK_LOCK_STALE_S")
+        self.stale_after_s = float(stale_after_s if stale_after_s is not None
+                                   else env_stale if env_stale else OBJECT_LOCK_STALE_S)
+        self.heartbeat_s = (heartbeat_s if heartbeat_s is not None
+                            else max(1.0, min(OBJECT_LOCK_HEARTBEAT_S, self.stale_after_s / 4)))
+        self.token: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def holder(self) -> dict[str, Any] | None:
+        """The lock object's contents, or None when there is no lock."""
+        for attempt in range(5):  # an exclusive create may not have written its bytes yet
+            self.fs.invalidate_cache(self.path)
+            try:
+                with self.fs.open(self.path, "rb") as fh:
+                    text = fh.read().decode()
+            except FileNotFoundError:
+                return None
+            try:
+                info = json.loads(text)
+                return info if isinstance(info, dict) else {}
+            except json.JSONDecodeError:
+                time.sleep(0.05 * (attempt + 1))
+        return {}
+
+    def _stale_reason(self, info: dict[str, Any]) -> str | None:
+        if info.get("host") == socket.gethostname() and info.get("pid"):
+            if not _pid_alive(int(info["pid"])):
+                return "its process is no longer running"
+            return None
+        beat = info.get("heartbeat")
+        if not isinstance(beat, (int, float)):
+            return "it holds no heartbeat"
+        age = time.time() - float(beat)
+        if age > self.stale_after_s:
+            return f"its last heartbeat is {age:.0f} s old (> {self.stale_after_s:.0f} s)"
+        return None
+
+    def _info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "host": socket.gethostname(), "token": self.token,
+                "started": self._started, "heartbeat": time.time()}
+
+    def _write(self, mode: str) -> None:
+        data = json.dumps(self._info()).encode()
+        if mode == "wb" and self._local:
+            # a local file is truncated before it is rewritten: readers must never see that
+            tmp = f"{self.path}.{self.token}.tmp"
+            with self.fs.open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, self.path)
+            return
+        with self.fs.open(self.path, mode) as fh:  # object stores put whole objects
+            fh.write(data)
+
+    def acquire(self) -> "ObjectStoreLock":
+        self.token = uuid.uuid4().hex
+        self._started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        for attempt in range(2):
+            try:
+                self._write("xb")
+            except FileExistsError:
+                info = self.holder()
+                if info is None:
+                    continue  # released meanwhile
+                reason = self._stale_reason(info)
+                if reason is None or attempt:
+                    self.token = None
+                    raise StoreLockedError(
+                        f"store {self.store_url} is being written by another job (pid "
+                        f"{info.get('pid', '?')} on {info.get('host', '?')}, started "
+                        f"{info.get('started', '?')}); wait for it to finish or stop it. If "
+                        f"that job is dead (e.g. its node was lost), the lock {self.url} turns "
+                        f"stale {self.stale_after_s:.0f} s after its last heartbeat, or "
+                        "delete it by hand") from None
+                log.warning("taking over the stale lock %s of pid %s on %s (started %s): %s",
+                            self.url, info.get("pid"), info.get("host"), info.get("started"),
+                            reason)
+                again = self.holder()
+                if again is not None and again.get("token") == info.get("token"):
+                    self.fs.rm(self.path)
+                continue
+            if (self.holder() or {}).get("token") != self.token:  # a backend without "x"
+                self.token = None
+                raise StoreLockedError(f"store {self.store_url}: another job took the lock "
+                                       f"{self.url} at the same moment; try again later")
+            break
+        else:
+            self.token = None
+            raise StoreLockedError(f"store {self.store_url}: could not take the lock {self.url}")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name="jntk-store-lock", daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                if (self.holder() or {}).get("token") != self.token:
+                    log.error("lost the store lock %s: another job took it over", self.url)
+                    return
+                self._write("wb")
+            except Exception as err:  # noqa: BLE001 -- a flaky network must not kill the job
+                log.warning("could not renew the store lock %s: %s", self.url, err)
+
+    def release(self) -> None:
+        if self.token is None:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        try:
+            if (self.holder() or {}).get("token") == self.token:
+                self.fs.rm(self.path)
+        finally:
+            self.token = None
+
+    def __enter__(self) -> "ObjectStoreLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def store_lock(location: str | Path, storage_options: dict[str, Any] | None = None
+               ) -> StoreLock | ObjectStoreLock:
+    """The writer lock of a store: :class:`StoreLock` for a local path, else :class:`ObjectStoreLock`."""
+    if is_url(location):
+        return ObjectStoreLock(str(location), storage_options)
+    return StoreLock(location)

@@ -1,0 +1,164 @@
+"""``jntk assumption8 CONFIG.yaml``: λ_min of the NTK (00) and JNTK Gram matrices vs depth
+(the paper's Fig. 6 / B7 / B8), as a table (Zarr, CSV, Markdown) and a plot.
+
+"Positive" means λ_min > τ = n·eps(float64)·λ_max (n the matrix size): below τ an eigenvalue is
+not distinguishable from 0 by a backward-stable float64 eigensolver.
+
+With ``structured:`` (``--structured``) the JNTK Gram is never formed: λ_max by Lanczos and λ_min
+by shift-invert with inner PCG on the matrix-free operator
+(:func:`jntk_dist.analysis.structured_extremes`); the row then holds the Ritz value θ ≥ λ_min and
+its residual |Av − θv|, and "positive" means θ − |Av − θv| > τ.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..analysis import assumption8, write_results
+from ..store import beside, open_file
+from .config import DatasetSpec, OutputJobConfig, StoreOutput
+from .problem import StructuredSpec, structured_off
+
+
+class Assumption8Dataset(BaseModel):
+    """One dataset of the study; ``activations`` restricts it (e.g. banknote's per-activation
+    near-parallel threshold), ``label`` names it in the table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: DatasetSpec
+    activations: list[str] | None = None
+    label: str | None = None
+    max_points: int | None = Field(default=None, ge=2)  # deterministic random subset (quick runs)
+
+
+class Assumption8JobConfig(OutputJobConfig):
+    """``jntk assumption8`` config; ``output`` is a local path or an fsspec URL."""
+
+    datasets: list[Assumption8Dataset]
+    activations: list[str] = Field(default_factory=lambda: ["gelu", "erf"])
+    depths: list[int]
+    kernels: list[Literal["ntk", "jntk"]] = Field(default_factory=lambda: ["ntk", "jntk"])
+    max_dense: int = Field(default=12000, ge=2)
+    structured: StructuredSpec = Field(default_factory=structured_off)  # matrix-free JNTK extremes
+    seed: int = 0
+    output: StoreOutput
+
+    @field_validator("structured")
+    @classmethod
+    def _structured_supported(cls, spec: StructuredSpec) -> StructuredSpec:
+        if spec.enabled and spec.lambda_min_method != "shift_invert":
+            raise ValueError("assumption8 computes λ_min by shift-invert only "
+                             f"(structured.lambda_min_method: {spec.lambda_min_method!r})")
+        if spec.enabled and spec.checkpoint is not None:
+            raise ValueError("structured.checkpoint is not supported by assumption8 (one λ_min "
+                             "per dataset, activation and depth; each takes seconds to minutes)")
+        return spec
+
+
+def run_assumption8(cfg: Assumption8JobConfig, progress: bool = True) -> list[dict[str, Any]]:
+    """Compute the table, write it (Zarr group ``assumption8``, CSV, Markdown) and the plot."""
+    rows: list[dict[str, Any]] = []
+    for entry in cfg.datasets:
+        data = entry.dataset.load()
+        X = data.X
+        label = entry.label or data.name
+        if entry.max_points is not None and entry.max_points < X.shape[0]:
+            keep = np.sort(np.random.default_rng(cfg.seed).permutation(X.shape[0])[:entry.max_points])
+            X = X[keep]
+            label += f" ({entry.max_points} of {data.X.shape[0]} points)"
+        acts = entry.activations or cfg.activations
+        for r in assumption8(X, cfg.depths, acts, dataset=label, kernels_=cfg.kernels,
+                             max_dense=cfg.max_dense, progress=progress,
+                             structured=cfg.structured):
+            rows.append(r.as_dict())
+    out, options = cfg.output, cfg.options_for(cfg.output)
+    cols = ["dataset", "activation", "depth", "kernel", "n", "lambda_min", "lambda_min_residual",
+            "lambda_max", "tolerance", "positive", "method"]
+    write_results(out, {
+        c: (np.array([r[c] for r in rows], dtype=str if c in ("dataset", "activation", "kernel",
+                                                                "method") else None), ["row"])
+        for c in cols}, {"job": "assumption8", "config": cfg.recorded(),
+                         "tolerance_rule": "positive iff λ_min − lambda_min_residual > τ = "
+                                           "n·eps(float64)·λ_max (residual 0 for dense "
+                                           "eigensolvers; |Av − θv| of the Ritz value θ ≥ λ_min "
+                                           "in structured mode)"},
+        group="assumption8", storage_options=options)
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=cols)
+    w.writeheader()
+    w.writerows({c: r[c] for c in cols} for r in rows)
+    with open_file(beside(out, "_assumption8.csv"), "wb", options) as fh:
+        fh.write(table.getvalue().encode())
+    with open_file(beside(out, "_assumption8.md"), "wb", options) as fh:
+        fh.write(markdown_table(rows).encode())
+    plot(rows, beside(out, "_assumption8.png"), options)
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The table as Markdown: λ_min, λ_max, τ and the verdict per dataset/activation/depth/kernel."""
+    lines = ["| dataset | activation | depth | kernel | n | λ_min | ± residual | λ_max | τ | "
+             "positive |", "|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        res = r.get("lambda_min_residual", 0.0)
+        lines.append(f"| {r['dataset']} | {r['activation']} | {r['depth']} | {r['kernel']} | "
+                     f"{r['n']} | {r['lambda_min']:.3e} | {f'{res:.1e}' if res else '—'} | "
+                     f"{r['lambda_max']:.3e} | {r['tolerance']:.1e} | "
+                     f"{'yes' if r['positive'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path | str,
+         storage_options: dict[str, Any] | None = None) -> None:
+    """|λ_min| vs depth per dataset (one panel each), per activation and kernel; o: positive,
+    x: not; dotted: τ. Rows as written by :func:`run_assumption8` (also merged ones)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+    for ax, name in zip(axes[0], datasets):
+        sel = [r for r in rows if r["dataset"] == name]
+        for (act, kind) in dict.fromkeys((r["activation"], r["kernel"]) for r in sel):
+            rr = sorted((r for r in sel if r["activation"] == act and r["kernel"] == kind),
+                        key=lambda r: r["depth"])
+            d = np.array([r["depth"] for r in rr])
+            lo = np.array([r["lambda_min"] for r in rr])
+            tau = np.array([r["tolerance"] for r in rr])
+            pos = lo - np.array([r.get("lambda_min_residual", 0.0) for r in rr]) > tau
+            line, = ax.semilogy(d, np.maximum(np.abs(lo), 1e-300), "-", lw=1,
+                                label=f"{kind.upper()} {act}")
+            ax.semilogy(d[pos], lo[pos], "o", c=line.get_color(), ms=5)
+            ax.semilogy(d[~pos], np.maximum(np.abs(lo[~pos]), 1e-300), "x", c=line.get_color(),
+                        ms=6)
+            ax.semilogy(d, tau, ":", c=line.get_color(), lw=0.8)
+        ax.set(xlabel="depth L", ylabel="|λ_min| (o: > τ, x: ≤ τ; dotted: τ)", title=name)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with open_file(path, "wb", storage_options) as fh:  # a path or an fsspec URL
+        fig.savefig(fh, format="png", dpi=120)
+    plt.close(fig)
+
+
+def summary_text(rows: list[dict[str, Any]], cfg: Assumption8JobConfig) -> str:
+    """What ``jntk assumption8`` prints: the table and where it went."""
+    stem = beside(cfg.output, "_assumption8")
+    return (markdown_table(rows) + f"assumption8: {len(rows)} rows -> {cfg.output}/assumption8, "
+            f"{stem}.csv, {stem}.md, {stem}.png")
+
+
+CONFIG = Assumption8JobConfig
+
+
+def execute(cfg: Assumption8JobConfig, *, overwrite: bool = False, progress: bool = True) -> str:
+    """Run the job (the registry's entry point); returns what the CLI prints."""
+    return summary_text(run_assumption8(cfg, progress=progress), cfg)

@@ -1,0 +1,218 @@
+"""``jntk eigen CONFIG.yaml``: eigendecomposition of a training Gram, λ_min with its tolerance, and
+the finite-time predictions u(t) = Y + e^{−Θt}(u₀ − Y) of the paper's linear ODE.
+
+Full spectrum (scipy, or torch on a GPU) when the Gram has at most ``max_dense`` rows; otherwise
+the top-k eigenpairs and the smallest eigenvalue by Lanczos on the Dask array (shift-invert with a
+blockwise Cholesky factor for the small end). Results go to a Zarr group with a spectrum plot.
+With ``structured:`` (``--structured``) the dense Gram is never formed: the top-k by Lanczos and
+λ_min by shift-invert with inner PCG (:func:`jntk_dist.solvers.shift_invert_eigs`; or preconditioned
+LOBPCG, ``structured.lambda_min_method: lobpcg``) on the matrix-free operator.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from .. import solvers
+from ..analysis import (KernelRegressor, accuracy, finite_time_predictions, training_targets,
+                       write_results)
+from ..solvers import shift_invert_eigs, structured_eigs
+from ..store import beside, open_file
+from .problem import (ProblemSpec, StructuredSpec, compute_context, load_problem, structured_off,
+                      structured_train_operator)
+
+
+class EigenJobConfig(ProblemSpec):
+    """``jntk eigen`` config. ``part: ntk`` uses only the 00 entries (the plain NTK Gram)."""
+
+    part: Literal["jntk", "ntk"] = "jntk"
+    k: int = Field(default=16, ge=1)  # eigenpairs at the top on the iterative path
+    max_dense: int = Field(default=12000, ge=2)
+    vectors: bool = True
+    times: list[float] = Field(default_factory=list)  # finite-time predictions (dense path only)
+    test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    structured: StructuredSpec = Field(default_factory=structured_off)  # matrix-free extremes
+
+
+def run_eigen(cfg: EigenJobConfig, progress: bool = True) -> dict[str, Any]:
+    """Decompose, write eigenpairs (and finite-time predictions), plot; returns the summary."""
+    if cfg.structured.enabled and (cfg.times or cfg.part == "ntk"):
+        raise ValueError("structured mode gives the extreme eigenvalues (λ_min, λ_max, top-k) of "
+                         "the JNTK Θ_λ only: no full spectrum, so no finite-time predictions "
+                         "(drop 'times', e.g. --set times=[]) and no part: ntk (its N×N Gram "
+                         "needs no structured operator)")
+    prob = load_problem(cfg)
+    lam = 0.0 if cfg.part == "ntk" else prob.lam
+    if cfg.part == "jntk" and lam == 0:
+        raise ValueError("part: jntk with lam: 0 has a zero Jacobian part; use part: ntk")
+    if cfg.structured.enabled:
+        return _run_structured(cfg, prob, lam, progress)
+    model = KernelRegressor(prob.depth, prob.activation, lam=lam)
+    gram = prob.train_gram(lam)
+    if gram is None:
+        gram = model.train_gram(prob.X[prob.train])
+    t0 = time.perf_counter()
+    with compute_context(cfg.compute) as sched:
+        res = solvers.eigen(gram, k=cfg.k, vectors=cfg.vectors, max_dense=cfg.max_dense,
+                           scheduler_name=sched)  # type: ignore[arg-type]
+    seconds = time.perf_counter() - t0
+    main = res.get("full") or res["top"]
+    bottom = res.get("full") or res["bottom"]
+    lo, hi = bottom.lambda_min, main.lambda_max
+    tau = solvers.positivity_tolerance(hi, main.n)
+    summary: dict[str, Any] = {
+        "job": "eigen", "source": prob.source, "part": cfg.part, "lam": lam, "depth": prob.depth,
+        "activation": prob.activation, "n": main.n, "method": main.method
+        + ("" if "full" in res else f"; λ_min: {bottom.method}"),
+        "lambda_min": lo, "lambda_max": hi, "tolerance": tau, "positive_definite": bool(lo > tau),
+        "tolerance_rule": "positive iff λ_min > τ = n·eps(float64)·λ_max",
+        "seconds": seconds, "scheduler": sched, "config": cfg.recorded(),
+    }
+    arrays: dict[str, tuple[np.ndarray, list[str]]] = {
+        "eigenvalues": (main.values if "full" in res else main.values, ["eig"]),
+        "train_index": (prob.train, ["train"]), "test_index": (prob.test, ["test"]),
+    }
+    if "bottom" in res:
+        arrays["smallest_eigenvalues"] = (res["bottom"].values[:-1], ["eig_low"])
+    if main.vectors is not None:
+        arrays["eigenvectors"] = (main.vectors, ["gram_entry", "eig"])
+    if cfg.times:
+        if "full" not in res or main.vectors is None:
+            raise ValueError("finite-time predictions need the full eigendecomposition with "
+                             "vectors (raise max_dense or drop 'times')")
+        model.X_train_ = prob.X[prob.train]
+        Y = training_targets(prob.y[prob.train], model.q_)
+        cross = model.cross_row(prob.X[prob.test]) if prob.test.size else None
+        ode = finite_time_predictions(main, Y, cfg.times, cross_row=cross)
+        arrays["times"] = (ode["times"], ["time"])
+        arrays["u_train"] = (ode["train"], ["time", "gram_entry"])
+        f_train = ode["train"][:, :: model.q_]
+        summary["train_accuracy_vs_time"] = [float(accuracy(f, prob.y[prob.train])) for f in f_train]
+        if cross is not None:
+            arrays["f_test"] = (ode["test"], ["time", "test"])
+            summary["test_accuracy_vs_time"] = [float(accuracy(f, prob.y[prob.test]))
+                                                for f in ode["test"]]
+    return _write(cfg, arrays, summary, main)
+
+
+def _write(cfg: EigenJobConfig, arrays: dict[str, tuple[np.ndarray, list[str]]],
+           summary: dict[str, Any], main: Any) -> dict[str, Any]:
+    write_results(cfg.output, arrays, summary, group=f"eigen_{cfg.part}",
+                  storage_options=cfg.options_for(cfg.output))
+    summary["plot"] = str(_plot(cfg, main, summary))
+    return summary
+
+
+def _run_structured(cfg: EigenJobConfig, prob: Any, lam: float, progress: bool) -> dict[str, Any]:
+    """Top-k (Lanczos) and λ_min (shift-invert or LOBPCG, structured preconditioner) of the matrix-free
+    Θ_λ. The Ritz value θ ≥ λ_min, and some eigenvalue lies within |Av − θv| of θ; positivity is
+    decided on θ − |Av − θv| > τ, not on θ alone. That bounds λ_min from below when the iteration
+    found the smallest eigenvalue (all but certain from a random start, not a proof)."""
+    spec = cfg.structured
+    t0 = time.perf_counter()
+    op = structured_train_operator(prob, spec, lam)
+    n = op.shape[0]
+    top = structured_eigs(op, k=min(cfg.k, n - 1), which="LA", method="lanczos", tol=spec.tol,
+                          maxiter=spec.maxiter, progress=progress, return_vectors=cfg.vectors)
+    hi = float(top.values[-1])
+    tau = solvers.positivity_tolerance(hi, n)
+    if spec.lambda_min_method == "shift_invert":
+        # (A + τI)⁻¹ by inner PCG, Rayleigh–Ritz with A: θ ≥ λ_min and |Av − θv| are exact
+        bottom = shift_invert_eigs(op, k=1, shift=tau, preconditioner=spec.preconditioner,
+                                   tol=spec.tol * hi, maxiter=spec.maxiter or 200,
+                                   checkpoint=spec.checkpoint,
+                                   checkpoint_every=spec.checkpoint_every,
+                                   progress=progress, return_vectors=False)
+    else:
+        # LOBPCG rounds with a checkpoint restart the search directions (slower;
+        # docs/benchmarks.md), so λ_min is checkpointed only when a path is given
+        bottom = structured_eigs(op, k=1, which="SA", method="lobpcg", tol=spec.tol * hi,
+                                 maxiter=spec.maxiter, preconditioner=spec.preconditioner,
+                                 shift=1000 * tau, checkpoint=spec.checkpoint, progress=progress,
+                                 return_vectors=False)
+    lo, lo_res = float(bottom.values[0]), float(bottom.residuals[0])
+    summary: dict[str, Any] = {
+        "job": "eigen", "source": prob.source, "part": cfg.part, "lam": lam, "depth": prob.depth,
+        "activation": prob.activation, "n": n, "structured": True,
+        "method": f"structured: top-{top.values.size} lanczos; λ_min: "
+                  f"{spec.lambda_min_method}[{spec.preconditioner}]",
+        "lambda_min_products": int(bottom.n_products),
+        "lambda_min": lo, "lambda_min_residual": lo_res, "lambda_max": hi,
+        "lambda_max_residual": float(top.residuals[-1]), "tolerance": tau,
+        "positive_definite": bool(lo - lo_res > tau),
+        "tolerance_rule": "positive iff λ_min > τ = n·eps(float64)·λ_max, with λ_min ≥ θ − |Av − θv| "
+                          "(θ: the Ritz value, an upper bound)",
+        "operator_products": int(top.n_products + bottom.n_products),
+        "seconds": time.perf_counter() - t0, "scheduler": f"matrix-free on {op.device}",
+        "config": cfg.recorded(),
+    }
+    arrays: dict[str, tuple[np.ndarray, list[str]]] = {
+        "eigenvalues": (top.values, ["eig"]),
+        "smallest_eigenvalues": (bottom.values, ["eig_low"]),
+        "train_index": (prob.train, ["train"]), "test_index": (prob.test, ["test"]),
+    }
+    if top.vectors is not None:
+        arrays["eigenvectors"] = (top.vectors, ["gram_entry", "eig"])
+    return _write(cfg, arrays, summary, top)
+
+
+def _plot(cfg: EigenJobConfig, res: Any, summary: dict[str, Any]) -> Path | str:
+    """The spectrum plot ``<output stem>_eigen_<part>.png`` (through fsspec for a URL output)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 2 if cfg.times else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+    ax = axes[0, 0]
+    w = np.sort(res.values)[::-1]
+    ax.semilogy(np.arange(1, w.size + 1), np.where(w > 0, w, np.nan), ".", ms=3, label="λ_i > 0")
+    if (w <= 0).any():
+        ax.semilogy(np.flatnonzero(w <= 0) + 1, -w[w <= 0], "x", ms=3, label="|λ_i|, λ_i ≤ 0")
+    ax.axhline(summary["tolerance"], ls="--", c="k", lw=0.8, label="τ = n·eps·λ_max")
+    ax.set(xlabel="index i", ylabel="eigenvalue",
+           title=f"{cfg.part.upper()} Gram, depth {summary['depth']} {summary['activation']}, "
+                 f"λ={summary['lam']:g}")
+    ax.legend(fontsize=8)
+    if cfg.times:
+        ax = axes[0, 1]
+        t = np.asarray(cfg.times, dtype=float)
+        tt = np.where(t > 0, t, np.nan)
+        ax.semilogx(tt, summary["train_accuracy_vs_time"], "o-", label="train")
+        if "test_accuracy_vs_time" in summary:
+            ax.semilogx(tt, summary["test_accuracy_vs_time"], "s-", label="test")
+        ax.set(xlabel="t", ylabel="accuracy", title="u(t) = Y + e^{−Θt}(u₀ − Y), u₀ = 0")
+        ax.legend()
+    fig.tight_layout()
+    path = beside(cfg.output, f"_eigen_{cfg.part}.png")
+    with open_file(path, "wb", cfg.options_for(cfg.output)) as fh:
+        fig.savefig(fh, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def summary_text(s: dict[str, Any], cfg: EigenJobConfig) -> str:
+    """What ``jntk eigen`` prints."""
+    verdict = "positive definite" if s["positive_definite"] else "NOT numerically positive definite"
+    text = (f"eigen: {s['source']}, {s['part']} Gram n={s['n']} ({s['method']}, "
+            f"{s['seconds']:.2f}s): λ_min={s['lambda_min']:.3e}, λ_max={s['lambda_max']:.3e}, "
+            f"τ={s['tolerance']:.2e} -> {verdict}; results {cfg.output}/eigen_{s['part']}, "
+            f"plot {s['plot']}")
+    if "test_accuracy_vs_time" in s:
+        text += (f"\n  t: {cfg.times} test accuracy: "
+                 f"{[round(a, 4) for a in s['test_accuracy_vs_time']]}")
+    return text
+
+
+CONFIG = EigenJobConfig
+
+
+def execute(cfg: EigenJobConfig, *, overwrite: bool = False, progress: bool = True) -> str:
+    """Run the job (the registry's entry point); returns what the CLI prints."""
+    return summary_text(run_eigen(cfg, progress=progress), cfg)

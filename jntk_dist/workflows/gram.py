@@ -1,0 +1,508 @@
+"""The distributed Gram job: Ray actors compute tiles of the N(d0+1)-square kernel into a Zarr store.
+
+The driver validates the inputs, takes the store's writer lock, creates (or checks and resumes)
+the store, and hands the missing upper-triangle tiles to a pool of :class:`TileWorker` actors.
+Each actor opens the store itself, computes a tile's fields with :func:`jntk_dist.kernels.fields`,
+and writes the tile, its mirror and its ``done`` mark (:class:`jntk_dist.store.TileWriter`). The
+driver never holds the Gram; it only counts tiles. Used by ``jntk gram`` and ``jobs/gram.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import __version__, kernels
+from .config import (DatasetSpec, JobError, KernelSpec, OutputJobConfig, StoreOutput, config_diff,
+                     config_hash)
+from ..store import (
+    StoreError,
+    StoreLayout,
+    TileWriter,
+    create_store,
+    done_bitmap_hex,
+    is_store,
+    location_name,
+    open_gram,
+    store_exists,
+    store_lock,
+    zarr_target,
+)
+from ..store.tiling import DEFAULT_TILE_BYTES, auto_tile_points
+
+__all__ = ["CompressionSpec", "RaySpec", "GramJobConfig", "GramRunResult", "TileWorker",
+           "run_gram", "validate_dataset"]
+
+log = logging.getLogger(__name__)
+
+# Config keys that define what a store contains; a rerun must agree on all of them.
+IDENTITY_KEYS = ("dataset", "kernel", "store", "compression")
+
+
+class CompressionSpec(BaseModel):
+    """Chunk compression of the store's arrays."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    codec: Literal["zstd", "blosc-zstd", "blosc-lz4", "none"] = "zstd"
+    level: int = Field(default=1, ge=0, le=22)
+
+
+class RaySpec(BaseModel):
+    """Where and how wide to run. No ``address``: an embedded Ray on this machine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1)  # embedded Ray only
+    num_actors: int | None = Field(default=None, ge=1)  # default: sized from the cluster
+    cpus_per_actor: float = Field(default=1.0, gt=0)
+    gpus_per_actor: float | None = Field(default=None, ge=0)  # default: 1 when GPUs exist
+    tasks_per_actor: int = Field(default=2, ge=1)  # queued per actor, hides dispatch latency
+    max_restarts: int = Field(default=3, ge=0)
+    max_task_retries: int = Field(default=3, ge=0)
+
+
+class GramJobConfig(OutputJobConfig):
+    """``jntk gram`` config: dataset, kernel, output store and how to tile and distribute."""
+
+    dataset: DatasetSpec
+    kernel: KernelSpec
+    output: StoreOutput  # a local path or an fsspec URL (s3://bucket/g.zarr, gs://…, file://…)
+    store: Literal["dense", "fields"] = "dense"
+    tile_points: int | None = Field(default=None, ge=1)  # default: sized to tile_bytes / memory
+    tile_bytes: int | None = Field(default=None, ge=1024)
+    compression: CompressionSpec = Field(default_factory=CompressionSpec)
+    ray: RaySpec = Field(default_factory=RaySpec)
+    progress: bool = True
+    # torch.compile the field recursion in each worker (erf/gelu): 2-3x faster fields after a
+    # one-off compile per worker (~6 s from torch's disk cache, minutes cold); values agree with
+    # eager to rounding (~1e-13). "auto": on when each worker has minutes of eager work.
+    compile: bool | Literal["auto"] = "auto"
+
+    def identity(self) -> dict[str, Any]:
+        """The part of the config that determines the store's contents."""
+        data = self.to_dict()
+        return {k: data[k] for k in IDENTITY_KEYS}
+
+
+@dataclass
+class GramRunResult:
+    """What a run did: the store, the tiles it computed, timings."""
+
+    path: Path | str  # a local path or a URL
+    tiles_total: int
+    tiles_computed: list[tuple[int, int]] = field(default_factory=list)
+    tiles_already_done: int = 0
+    entries: int = 0
+    seconds: float = 0.0
+    num_actors: int = 0
+    worker_pids: set[int] = field(default_factory=set)
+    worker_cpu_seconds: float = 0.0  # summed over tiles (compute + write, all threads)
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def entries_per_s(self) -> float:
+        return self.entries / self.seconds if self.seconds > 0 else float("nan")
+
+
+# ---- the actor --------------------------------------------------------------------------
+
+
+class TileWorker:
+    """Ray actor: holds an open store and a device; computes and writes tiles on request."""
+
+    def __init__(self, store_path: str, kind: str, depth: int, activation: str,
+                 dtype: str, compile: bool = False,
+                 storage_options: dict[str, Any] | None = None) -> None:
+        self.writer = TileWriter(store_path, storage_options)
+        self.kind, self.depth, self.activation = kind, depth, activation
+        self.compile = compile
+        self.dtype = getattr(torch, dtype)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if compile:  # pay the compile (or cache load) while the pool starts, not on a tile
+            lay = self.writer.layout
+            kernels.compile_warm_up(  # type: ignore[arg-type]
+                activation, kind, self.dtype, self.device,
+                gram_columns=(lay.tile_points, lay.d0) if lay.mode == "dense" else None)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def compute(self, i: int, j: int) -> tuple[int, int, int, float, float, int]:
+        """Compute tile (i, j), write it and its mirror, mark it done.
+
+        Returns (i, j, entries, wall seconds, CPU seconds of this process, pid).
+        """
+        start, cpu = time.perf_counter(), time.process_time()
+        xi = torch.from_numpy(self.writer.points(i)).to(self.device, self.dtype)
+        xj = xi if i == j else torch.from_numpy(self.writer.points(j)).to(self.device, self.dtype)
+        f = kernels.fields(xi, xj, depth=self.depth, activation=self.activation,
+                           kind=self.kind, compile=self.compile)  # type: ignore[arg-type]
+        entries = self.writer.write(i, j, f, xi, xj, compile=self.compile)
+        return (i, j, entries, time.perf_counter() - start, time.process_time() - cpu,
+                os.getpid())
+
+
+# ---- the driver -------------------------------------------------------------------------
+
+
+def validate_dataset(X: np.ndarray, y: np.ndarray, name: str) -> None:
+    """Reject NaN/inf/zero rows and mismatched labels before anything is written."""
+    kernels.validate_inputs(torch.from_numpy(np.asarray(X)), name=f"dataset {name!r} X")
+    if y.shape != (X.shape[0],):
+        raise ValueError(f"dataset {name!r}: y has shape {y.shape}, expected ({X.shape[0]},)")
+    if not np.isfinite(y).all():
+        raise ValueError(f"dataset {name!r}: y has non-finite values at rows "
+                         f"{np.flatnonzero(~np.isfinite(y))[:10].tolist()}")
+
+
+def _check_existing(path: Path | str, config: GramJobConfig, X: np.ndarray) -> StoreLayout:
+    """Refuse a store written by another config or dataset; return its layout to resume."""
+    store = open_gram(path, config.storage_options)
+    old = store.attrs.get("identity", {})
+    diff = config_diff(old, config.identity())
+    if diff:
+        raise StoreError(f"store {path} was written by a different config: " + "; ".join(diff)
+                         + ". Use --overwrite to replace it, or choose another output")
+    lay = store.layout
+    if config.tile_points is not None and config.tile_points != lay.tile_points:
+        raise StoreError(f"store {path} has tile_points={lay.tile_points} but the config asks "
+                         f"for {config.tile_points}; use --overwrite to re-tile it")
+    if store.X.shape != X.shape or not np.array_equal(store.X, X):
+        raise StoreError(f"store {path} holds different inputs X (shape {store.X.shape}) than "
+                         f"the dataset (shape {X.shape}); use --overwrite to replace it")
+    return lay
+
+
+def _start_ray(spec: RaySpec) -> bool:
+    """Connect to (or embed) Ray unless already connected; True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    address = spec.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
+    if address:
+        if spec.num_cpus is not None:
+            log.info("joining the Ray cluster at %s: ray.num_cpus is ignored", address)
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=spec.num_cpus, **kwargs)
+    return True
+
+
+def _pool_plan(spec: RaySpec, n_tasks: int, wait_s: float = 30.0) -> tuple[int, float, float]:
+    """(actors, cpus per actor, gpus per actor) from the cluster's free resources.
+
+    Waits up to ``wait_s`` for one worker's worth of resources (actors of a previous job may
+    still be releasing theirs).
+    """
+    import ray
+
+    deadline = time.monotonic() + wait_s
+    free = ray.available_resources()
+    while (float(free.get("CPU", 0.0)) < spec.cpus_per_actor and time.monotonic() < deadline
+           and spec.num_actors is None):
+        time.sleep(0.2)
+        free = ray.available_resources()
+    gpus = float(free.get("GPU", 0.0))
+    per_gpu = spec.gpus_per_actor if spec.gpus_per_actor is not None else (1.0 if gpus else 0.0)
+    if spec.num_actors is not None:
+        n = spec.num_actors
+    elif per_gpu > 0:
+        n = int(gpus // per_gpu)
+    else:
+        n = int(float(free.get("CPU", 0.0)) // spec.cpus_per_actor)
+    if n < 1:
+        raise JobError(f"no room for a tile worker: free resources {free}, each worker needs "
+                       f"{spec.cpus_per_actor} CPU and {per_gpu} GPU")
+    return max(1, min(n, n_tasks)), spec.cpus_per_actor, per_gpu
+
+
+def _worker_memory(per_gpu: float, n_actors: int) -> float | None:
+    """Memory one worker may use for a tile: free GPU memory, else Ray's memory per worker."""
+    import ray
+
+    if per_gpu > 0:
+        @ray.remote(num_gpus=per_gpu)
+        def free_gpu_memory() -> int:
+            return int(torch.cuda.mem_get_info()[0])
+        return float(ray.get(free_gpu_memory.remote()))
+    memory = ray.cluster_resources().get("memory")
+    return memory / n_actors if memory else None
+
+
+def run_gram(config: GramJobConfig, overwrite: bool = False, progress: bool | None = None,
+             on_start: Callable[[list[Any]], None] | None = None) -> GramRunResult:
+    """Compute (or complete) the Gram store described by ``config``; see the module docstring.
+
+    ``on_start`` is called with the actor handles once the pool is up (monitoring, tests).
+    """
+    path = config.output
+    options = config.storage_options
+    data = config.dataset.load()
+    X, y = data.X, data.y
+    validate_dataset(X, y, data.name)
+    lock = store_lock(path, options).acquire()
+    started_ray = False
+    actors: list[Any] = []
+    try:
+        layout: StoreLayout | None = None
+        if store_exists(path, options) and not overwrite:
+            if not is_store(path, options):
+                raise StoreError(f"{path} exists and is not a jntk Gram store; choose another "
+                                 "output or pass --overwrite")
+            layout = _check_existing(path, config, X)
+        if layout is None:
+            started_ray = _start_ray(config.ray)  # automatic tile sizes look at the workers
+            layout = _create(path, config, X, y, data.name, overwrite)
+        store = open_gram(path, options)
+        missing = store.missing_tiles()
+        result = GramRunResult(path=path, tiles_total=layout.total_tiles,
+                               tiles_already_done=layout.total_tiles - len(missing),
+                               storage_options=dict(options))
+        if missing:
+            log.info("store %s: %d of %d tiles to compute (%d points/tile)", path, len(missing),
+                     layout.total_tiles, layout.tile_points)
+            started_ray = _start_ray(config.ray) or started_ray
+            pairs = float(sum(_tile_pairs(layout, i, j) for i, j in missing))
+            actors = _spawn_pool(config, path, len(missing), result, pairs)
+            if on_start is not None:
+                on_start(actors)
+            show = config.progress if progress is None else progress
+            _dispatch(actors, missing, config.ray.tasks_per_actor, layout, result, show,
+                      on_progress=lambda tiles: _record_progress(path, layout, tiles, missing,
+                                                                 options))
+        else:
+            log.info("store %s is already complete (%d tiles)", path, layout.total_tiles)
+        _finish(path, options)
+        return result
+    finally:
+        _stop_pool(actors, started_ray, config.ray.cpus_per_actor)
+        lock.release()
+
+
+def _stop_pool(actors: list[Any], started_ray: bool, cpus_per_actor: float,
+               wait_s: float = 10.0) -> None:
+    """Kill the actors and, in a shared Ray session, wait until their CPUs are free again."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    if started_ray:
+        ray.shutdown()
+        return
+    if not actors:
+        return
+    before = float(ray.available_resources().get("CPU", 0.0))
+    for actor in actors:
+        ray.kill(actor)
+    deadline = time.monotonic() + wait_s
+    target = min(float(ray.cluster_resources().get("CPU", 0.0)),
+                 before + len(actors) * cpus_per_actor) - 1e-6
+    while time.monotonic() < deadline:
+        if float(ray.available_resources().get("CPU", 0.0)) >= target:
+            break
+        time.sleep(0.1)
+
+
+def _create(path: Path | str, config: GramJobConfig, X: np.ndarray, y: np.ndarray, name: str,
+            overwrite: bool) -> StoreLayout:
+    itemsize = np.dtype(config.kernel.dtype).itemsize
+    n, d0 = X.shape
+    if config.tile_points is not None:
+        points = min(config.tile_points, n)
+    else:
+        plan = _pool_plan(config.ray, 1 << 30)
+        memory = _worker_memory(plan[2], plan[0])
+        target = config.tile_bytes or DEFAULT_TILE_BYTES * (4 if plan[2] > 0 else 1)
+        points = auto_tile_points(n, d0, config.store, itemsize, target, memory)
+    layout = StoreLayout(mode=config.store, n_points=n, d0=d0, tile_points=points,
+                         dtype=config.kernel.dtype)
+    k = config.kernel
+    identity = config.identity()
+    attrs = {"config": config.recorded(), "identity": identity,
+             "config_hash": config_hash(identity), "dataset": name, "kernel": k.kind,
+             "activation": k.activation, "depth": k.depth, "lam": k.lam, "dtype": k.dtype}
+    create_store(path, X, y, layout, attrs, config.compression.model_dump(), overwrite=overwrite,
+                 storage_options=config.storage_options)
+    log.info("created %s store %s: N=%d, d0=%d, %d points per tile, %d tiles", config.store,
+             path, n, d0, points, layout.total_tiles)
+    return layout
+
+
+# eager CPU throughput is ~1.5e6 pair-layers/s per worker: above this a worker has minutes of
+# work, against a compile warm-up of seconds (warm disk cache) to a minute or two (cold)
+AUTO_COMPILE_PAIR_LAYERS = 3e8
+
+
+def _tile_pairs(layout: StoreLayout, i: int, j: int) -> int:
+    (a, b), (c, d) = layout.points(i), layout.points(j)
+    return (b - a) * (d - c)
+
+
+def resolve_compile(setting: bool | str, activation: str, depth: int, pairs: float,
+                    n_actors: int) -> bool:
+    """The ``compile`` setting of a run: ``"auto"`` compiles closed-form activations (erf,
+    gelu) when each worker has more than AUTO_COMPILE_PAIR_LAYERS pair-layers to compute."""
+    if setting != "auto":
+        return bool(setting)
+    closed_form = kernels.get_activation(activation).has_closed_form
+    return closed_form and pairs * depth / max(1, n_actors) > AUTO_COMPILE_PAIR_LAYERS
+
+
+def _spawn_pool(config: GramJobConfig, path: Path | str, n_tasks: int,
+                result: GramRunResult, pairs: float) -> list[Any]:
+    import ray
+
+    n, cpus, gpus = _pool_plan(config.ray, n_tasks)
+    k = config.kernel
+    use_compile = resolve_compile(config.compile, k.activation, k.depth, pairs, n)
+    if use_compile:
+        log.info("workers compile the field recursion (compile: %s)", config.compile)
+    remote_cls = ray.remote(TileWorker).options(
+        num_cpus=cpus, num_gpus=gpus, max_restarts=config.ray.max_restarts,
+        max_task_retries=config.ray.max_task_retries)
+    where = location_name(path)  # workers may run in another directory
+    actors = [remote_cls.remote(where, k.kind, k.depth, k.activation, k.dtype, use_compile,
+                                config.storage_options or None)
+              for _ in range(n)]
+    result.num_actors = n
+    start = time.perf_counter()
+    ray.get([a.pid.remote() for a in actors])  # tile timings then exclude worker start-up
+    log.info("pool: %d actor(s), %g CPU and %g GPU each, ready in %.1f s", n, cpus, gpus,
+             time.perf_counter() - start)
+    return actors
+
+
+def _dispatch(actors: list[Any], tiles: list[tuple[int, int]], per_actor: int,
+              layout: StoreLayout, result: GramRunResult, show_progress: bool,
+              on_progress: Callable[[list[tuple[int, int]]], None] | None = None,
+              progress_every_s: float = 30.0) -> None:
+    """Keep ``per_actor`` tiles queued on each actor until all are written.
+
+    ``on_progress`` gets the tiles computed so far every ``progress_every_s`` seconds.
+    """
+    import ray
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    queue = deque(tiles)
+    pending: dict[Any, tuple[int, int, int]] = {}
+
+    def submit(k: int) -> None:
+        if queue:
+            i, j = queue.popleft()
+            # logged before the call: a tile a worker finishes is always in the log, even when
+            # the driver dies right after submitting it
+            log.debug("submitting tile (%d, %d) to actor %d", i, j, k)
+            pending[actors[k].compute.remote(i, j)] = (i, j, k)
+
+    start = last_record = time.perf_counter()
+    bar = tqdm(total=result.tiles_total, initial=result.tiles_already_done, unit="tile",
+               desc="gram tiles", disable=not show_progress, dynamic_ncols=True)
+    with bar, logging_redirect_tqdm():
+        for k in range(len(actors)):
+            for _ in range(per_actor):
+                submit(k)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                i, j, k = pending.pop(ref)
+                try:
+                    _, _, entries, seconds, cpu, pid = ray.get(ref)
+                except ray.exceptions.RayActorError as err:
+                    raise JobError(f"tile ({i}, {j}) failed: its worker died more often than "
+                                       f"max_restarts allows ({err})") from err
+                result.tiles_computed.append((i, j))
+                result.entries += entries
+                result.worker_pids.add(pid)
+                result.worker_cpu_seconds += cpu
+                elapsed = time.perf_counter() - start
+                log.info("tile (%d, %d) done: %d entries in %.3f s (worker pid %d)",
+                         i, j, entries, seconds, pid)
+                bar.update(1)
+                bar.set_postfix_str(f"{result.entries / max(elapsed, 1e-9):.3g} entries/s")
+                submit(k)
+                if on_progress is not None and time.perf_counter() - last_record > progress_every_s:
+                    on_progress(result.tiles_computed)
+                    last_record = time.perf_counter()
+    result.seconds = time.perf_counter() - start
+
+
+def _record_progress(path: Path | str, layout: StoreLayout, computed: list[tuple[int, int]],
+                     missing_at_start: list[tuple[int, int]],
+                     storage_options: dict[str, Any] | None = None) -> None:
+    """Refresh the completion attributes from what the driver knows (no store reads)."""
+    import zarr
+
+    T = layout.n_tiles
+    done = np.triu(np.ones((T, T), dtype=np.uint8))
+    lacking = set(missing_at_start) - set(computed)
+    for i, j in lacking:
+        done[i, j] = 0
+    group = zarr.open_group(zarr_target(path, storage_options), mode="r+",
+                            use_consolidated=False)
+    group.attrs.update({"tiles_done": layout.total_tiles - len(lacking),
+                        "completed_tiles": done_bitmap_hex(done)})
+
+
+def _finish(path: Path | str, storage_options: dict[str, Any] | None = None) -> None:
+    """Record completion in the attributes; consolidate metadata once the store is whole."""
+    import zarr
+
+    group = zarr.open_group(zarr_target(path, storage_options), mode="r+",
+                            use_consolidated=False)
+    done = group["done"][...]
+    T = done.shape[0]
+    n_done = int(done[np.triu_indices(T)].sum())
+    total = T * (T + 1) // 2
+    group.attrs.update({"tiles_done": n_done, "complete": n_done == total,
+                        "completed_tiles": done_bitmap_hex(done),
+                        "package_version": __version__})
+    if n_done == total:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zarr notes consolidated metadata is not yet in v3 spec
+            zarr.consolidate_metadata(zarr_target(path, storage_options))
+
+
+def describe(result: GramRunResult) -> str:
+    """Human summary: where the store is and how to open it."""
+    store = open_gram(result.path, result.storage_options)
+    where = location_name(result.path)
+    options = (", storage_options={…}" if result.storage_options else "")
+    rate = (f", {result.entries_per_s:.3g} entries/s with {result.num_actors} actor(s)"
+            if result.tiles_computed else "")
+    lam = store.lam if store.lam is not None else 0.01
+    return "\n".join([
+        f"store: {where}",
+        f"  {store.kind} depth={store.depth} {store.activation}, N={store.layout.n_points}, "
+        f"d0={store.layout.d0}, {store.mode}, Gram {store.shape[0]}x{store.shape[1]}",
+        f"  tiles: {len(result.tiles_computed)} computed now, {result.tiles_already_done} already "
+        f"done, {result.tiles_total} total in {result.seconds:.1f} s{rate}",
+        "open it:",
+        f"  from jntk_dist.store import open_gram; g = open_gram({where!r}{options})",
+        f"  g.dask_array(lam={lam})   # lazy Θ_λ, one chunk per tile;  g.tile(0, 0, lam={lam})",
+        f"  xarray.open_zarr({where!r}{options})",
+    ])
+
+
+
+CONFIG = GramJobConfig
+
+
+def execute(config: GramJobConfig, *, overwrite: bool = False, progress: bool = True) -> str:
+    """Run the job (the registry's entry point); returns what the CLI prints."""
+    return describe(run_gram(config, overwrite=overwrite, progress=None if progress else False))

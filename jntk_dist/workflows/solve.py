@@ -1,0 +1,177 @@
+"""``jntk solve``: kernel regression f_ntk (eq. 4) from a Gram store (or small data).
+
+Reads the training Gram Θ_λ from a Gram store (``store:``) -- a lazy Dask array solved by the
+blockwise Cholesky of :mod:`jntk_dist.solvers.cholesky` -- or computes it directly for a small
+``dataset:``. Writes predictions, coefficients and train/test accuracy to a Zarr group
+(``output:``). With ``structured:`` (``--structured``) the dense Gram is never formed: the
+matrix-free operator of :mod:`jntk_dist.operators` is solved by PCG
+(:func:`jntk_dist.solvers.structured_solve`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from ..analysis import KernelRegressor, accuracy, write_results
+from ..operators.structured import structured_predict
+from ..solvers import structured_solve
+from ..store import local_beside
+from .problem import (Problem, ProblemSpec, StoreFieldsView, StructuredSpec, compute_context,
+                      load_problem, structured_off, structured_train_operator)
+
+__all__ = ["SolveJobConfig", "run_solve", "summary_text", "CONFIG", "execute"]
+
+log = logging.getLogger(__name__)
+
+
+def _fit_structured(prob: Problem, cfg: "SolveJobConfig", y_fit: np.ndarray,
+                    progress: bool) -> dict[str, Any]:
+    """PCG on the matrix-free Θ_λ + μI; f at the train points is (Θ_λ α)_0, at the test points
+    ``structured_predict``. Removes its default checkpoint once converged."""
+    spec = cfg.structured
+    op = structured_train_operator(prob, spec, prob.lam)
+    q = prob.q_per_point
+    Y = y_fit[prob.train]
+    columns = Y.reshape(Y.shape[0], -1).T  # one PCG per one-vs-rest output
+    default_ckpt = spec.checkpoint is None
+    base = spec.checkpoint or local_beside(cfg.output, "_pcg.npz")
+    coefs, iterations, resumed, residuals, paths, converged = [], [], [], [], [], True
+    t0 = time.perf_counter()
+    for j, yj in enumerate(columns):
+        path = base if len(columns) == 1 else base.with_name(f"{base.stem}_c{j}{base.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        res = structured_solve(op, yj, ridge=cfg.ridge, tol=spec.tol, maxiter=spec.maxiter,
+                               preconditioner=spec.preconditioner, checkpoint=path,
+                               checkpoint_every=spec.checkpoint_every, progress=progress)
+        if not res.converged:
+            log.warning("PCG stopped after %d iterations at relative residual %.2e > tol %.1e; "
+                        "its state is in %s (rerun to continue, e.g. with a larger "
+                        "structured.maxiter)", res.iterations, res.residual, spec.tol, path)
+        converged &= res.converged
+        coefs.append(res.x)
+        iterations.append(res.iterations)
+        resumed.append(res.resumed_from)
+        residuals.append(res.residual)
+        paths.append(path)
+    t_solve = time.perf_counter() - t0
+    C = np.stack(coefs, axis=1)
+    f_train = np.asarray(op.matmat(C))[::q]
+    f_test = np.zeros((prob.test.size, C.shape[1]))
+    if prob.test.size:
+        test_fields = None if prob.store is None else \
+            StoreFieldsView(prob.store.data, prob.test, prob.train)
+        for j in range(C.shape[1]):
+            f_test[:, j] = structured_predict(op, C[:, j], prob.X[prob.test],
+                                              test_fields=test_fields, memory_mb=spec.memory_mb)
+    shape = Y.shape[1:]
+    coef = C.reshape((C.shape[0],) + shape)
+    f_train, f_test = f_train.reshape(f_train.shape[:1] + shape), f_test.reshape(f_test.shape[:1] + shape)
+    return {"coef": coef, "f_train": f_train, "f_test": f_test, "q": q,
+            "residual": max(residuals), "seconds": t_solve, "iterations": iterations, "resumed_from": resumed,
+            "converged": converged,
+            "checkpoints": [str(p) for p in paths], "remove": paths if default_ckpt else [],
+            "scheduler": f"matrix-free PCG[{spec.preconditioner}] on {op.device}"}
+
+
+# ---- the solve job ------------------------------------------------------------------------
+
+
+class SolveJobConfig(ProblemSpec):
+    """``jntk solve`` config: f_ntk with Θ_λ (λ = ``lam``) and ridge μ on a train/test split."""
+
+    ridge: float = Field(default=0.0, ge=0.0)
+    multiclass: bool = False  # one-vs-rest targets (−0.1 / 0.9) from the dataset's labels
+    structured: StructuredSpec = Field(default_factory=structured_off)  # matrix-free PCG
+
+
+def run_solve(cfg: SolveJobConfig, progress: bool = True) -> dict[str, Any]:
+    """Fit, predict, score and write the results; returns the summary written as attributes."""
+    prob = load_problem(cfg)
+    y_fit: np.ndarray = prob.y
+    classes = None
+    if cfg.multiclass:
+        if cfg.dataset is None or cfg.dataset.name is None:
+            raise ValueError("multiclass: true needs a named dataset (its original labels)")
+        from ..data import load_dataset, one_vs_rest_targets
+
+        labels = load_dataset(cfg.dataset.name, **cfg.dataset.options).labels
+        classes, class_index = np.unique(labels, return_inverse=True)
+        y_fit = one_vs_rest_targets(labels)
+        y_score = class_index
+    else:
+        y_score = prob.y
+    fit = _fit_structured(prob, cfg, y_fit, progress) if cfg.structured.enabled else \
+        _fit_dense(prob, cfg, y_fit)
+    f_train, f_test = fit["f_train"], fit["f_test"]
+    summary = {
+        "job": "solve", "source": prob.source, "depth": prob.depth, "activation": prob.activation,
+        "lam": prob.lam, "ridge": cfg.ridge, "n_train": int(prob.train.size),
+        "n_test": int(prob.test.size), "gram_size": int(prob.train.size * fit["q"]),
+        "train_accuracy": float(accuracy(f_train, y_score[prob.train])),
+        "test_accuracy": float(accuracy(f_test, y_score[prob.test])) if prob.test.size else None,
+        "relative_residual": fit["residual"], "solve_seconds": fit["seconds"],
+        "scheduler": fit["scheduler"], "config": cfg.recorded(),
+        "classes": None if classes is None else [str(c) for c in classes],
+        "structured": cfg.structured.enabled,
+    }
+    if cfg.structured.enabled:
+        summary.update(pcg_iterations=fit["iterations"], pcg_resumed_from=fit["resumed_from"],
+                       pcg_converged=fit["converged"],
+                       preconditioner=cfg.structured.preconditioner,
+                       checkpoints=fit["checkpoints"])
+    out_dims = ["output"] if f_train.ndim == 2 else []
+    write_results(cfg.output, {
+        "train_index": (prob.train, ["train"]),
+        "test_index": (prob.test, ["test"]),
+        "coef": (fit["coef"], ["gram_entry"] + out_dims),
+        "f_train": (f_train, ["train"] + out_dims),
+        "f_test": (f_test, ["test"] + out_dims),
+        "y_train": (y_fit[prob.train], ["train"] + out_dims),
+        "y_test": (y_fit[prob.test], ["test"] + out_dims),
+    }, summary, group="solve", storage_options=cfg.options_for(cfg.output))
+    if fit.get("converged"):
+        for path in fit.get("remove", []):  # results written: a default checkpoint is done with
+            Path(path).unlink(missing_ok=True)
+    return summary
+
+
+def _fit_dense(prob: Problem, cfg: SolveJobConfig, y_fit: np.ndarray) -> dict[str, Any]:
+    """Blockwise Dask Cholesky on the dense training Gram (from the store, or computed)."""
+    t0 = time.perf_counter()
+    with compute_context(cfg.compute) as sched:
+        model = KernelRegressor(prob.depth, prob.activation, lam=prob.lam, ridge=cfg.ridge,
+                                block_size=cfg.compute.block_size, scheduler=sched)
+        model.fit(prob.X[prob.train], y_fit[prob.train], gram=prob.train_gram(prob.lam))
+    t_solve = time.perf_counter() - t0
+    f_train = model.decision_function(prob.X[prob.train])
+    f_test = model.decision_function(prob.X[prob.test]) if prob.test.size else \
+        np.zeros((0,) + f_train.shape[1:])
+    return {"coef": model.coef_, "f_train": f_train, "f_test": f_test, "q": model.q_,
+            "residual": model.residual_, "seconds": t_solve, "scheduler": sched}
+
+
+
+def summary_text(s: dict[str, Any], cfg: SolveJobConfig) -> str:
+    """What ``jntk solve`` prints."""
+    test = "n/a" if s["test_accuracy"] is None else f"{s['test_accuracy']:.4f}"
+    text = (f"solve: {s['source']}, λ={s['lam']:g}, μ={s['ridge']:g}, Gram {s['gram_size']}² on "
+            f"{s['scheduler']} in {s['solve_seconds']:.2f}s (relative residual "
+            f"{s['relative_residual']:.1e}); train accuracy "
+            f"{s['train_accuracy']:.4f}, test accuracy {test} -> {cfg.output}/solve")
+    if s["structured"]:
+        text += f"\n  PCG iterations {s['pcg_iterations']}, converged: {s['pcg_converged']}"
+    return text
+
+
+CONFIG = SolveJobConfig
+
+
+def execute(cfg: SolveJobConfig, *, overwrite: bool = False, progress: bool = True) -> str:
+    """Run the job (the registry's entry point); returns what the CLI prints."""
+    return summary_text(run_solve(cfg, progress=progress), cfg)
