@@ -1,6 +1,6 @@
 """Finite-width networks: exact finite JNTK, Monte-Carlo Jacobian NNGP, and their limits.
 
-Independent routes (DESIGN.md §3): the finite JNTK is checked against plain autograd loops over
+Independent routes (docs/design.md §4): the finite JNTK is checked against plain autograd loops over
 the full parameter gradients of (f, ∇ₓf), against derivatives of its own 00 entry (the block
 identity at finite width), and -- as a Monte-Carlo mean over seeds -- against the analytic
 ``kernels.jntk``; the Monte-Carlo NNGP against ``kernels.jacobian_nngp``.

@@ -1,4 +1,4 @@
-"""Analytic kernels against independent routes (DESIGN.md §3).
+"""Analytic kernels against independent routes (docs/design.md §4).
 
 * blocks vs. autodiff (torch.func) of the scalar kernel k(x, x'), itself computed by a separate
   plain recursion over (Σ(x,x), Σ(x,x'), Σ(x',x')) -- no fields, no chain rule;

@@ -10,6 +10,7 @@ from jntk_dist import kernels
 from jntk_dist.solvers import positivity_tolerance
 from jntk_dist.solvers import (NystromPreconditioner, TwoLevelPreconditioner, labels_to_rhs,
                                pivoted_cholesky, shift_invert_eigs, structured_solve)
+from jntk_dist.operators import AddedDiag
 from jntk_dist.structured import structured_operator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -51,22 +52,11 @@ def test_shift_invert_equals_eigvalsh(system, k, precond):
     assert res.n_products > 0 and sum(res.info["inner_iterations"]) > 0
 
 
-class _Shifted:
-    """A − c·I as an operator (indefinite for c > λ_min(A))."""
-
-    def __init__(self, op, c):
-        self.op, self.c, self.shape, self.n_products = op, c, op.shape, 0
-
-    def matmat(self, V):
-        self.n_products += V.shape[1]
-        return self.op.matmat(V) - self.c * V
-
-
 def test_shift_invert_raises_the_shift_on_an_indefinite_operator(system):
     x, kw, G = system
     w = np.linalg.eigvalsh(G)
     c = w[0] + 0.3 * (w[1] - w[0])  # A − cI has exactly one negative eigenvalue
-    op = _Shifted(structured_operator(x, **kw), c)
+    op = AddedDiag(structured_operator(x, **kw), -c)  # A − cI
     res = shift_invert_eigs(op, k=1, shift=0.0, preconditioner="none", tol=1e-10 * w[-1],
                             progress=False)
     assert len(res.info["shifts"]) > 1 and res.info["shifts"][-1] > 0
@@ -141,5 +131,9 @@ def test_shift_invert_resumes_from_its_checkpoint(system, tmp_path):
     assert resumed.info["outer_iterations"] == fresh.info["outer_iterations"]
     assert resumed.info["inner_iterations"] == fresh.info["inner_iterations"]
     np.testing.assert_allclose(resumed.values, fresh.values, rtol=1e-12)
-    with pytest.raises(ValueError, match="not a shift-invert search space"):
+    with pytest.raises(ValueError, match=r"another system \(operator or k differ\)"):
         shift_invert_eigs(op, checkpoint=ckpt, **{**args, "k": 2})
+    other = structured_operator(op.x1, depth=op.description["depth"],  # another λ: refused too
+                                activation=op.description["activation"], lam=0.5)
+    with pytest.raises(ValueError, match="another system"):
+        shift_invert_eigs(other, checkpoint=ckpt, **args)

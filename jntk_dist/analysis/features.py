@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..solvers.dense_eigen import EigenResult
+from ..solvers.results import EigenResult
 from .regression import accuracy
 
 __all__ = ["eigenfeatures", "feature_accuracies", "pgd_perturb", "finite_time_predictions"]

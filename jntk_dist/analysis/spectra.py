@@ -10,7 +10,8 @@ import numpy as np
 
 from .. import kernels
 from ..operators.structured import structured_operator
-from ..solvers.dense_eigen import eigh_dense, positivity_tolerance, smallest_eigenvalue
+from ..solvers.dense_eigen import eigh_dense, smallest_eigenvalue
+from ..solvers.results import positivity_tolerance
 from ..solvers.iterative_eigen import shift_invert_eigs, structured_eigs
 from .regression import _as_inputs
 
@@ -90,7 +91,7 @@ def assumption8(X: Any, depths: Iterable[int], activations: Sequence[str],
                 structured: Any = None) -> list[Assumption8Row]:
     """λ_min of the NTK (00) and JNTK (λ = 1, unscaled Θ) Gram of X for each activation and depth.
 
-    ``structured``: a :class:`jntk_dist.commands.solve.StructuredSpec` (or None); when enabled,
+    ``structured``: a :class:`jntk_dist.workflows.problem.StructuredSpec` (or None); when enabled,
     the JNTK's extremes come from :func:`structured_extremes` (its ``tol``, ``preconditioner``,
     ``maxiter``, ``memory_mb``) instead of a dense Gram; the n×n NTK Gram stays dense."""
     from tqdm.auto import tqdm

@@ -57,57 +57,67 @@ class _Source:
         return v
 
 
+def _forest_row(src: _Source, fields: list[str], where: str, malformed: str,
+                notes: dict[str, list[str]]) -> list[str] | None:
+    """The 14 cells of a forest-fire data row; a row with a wrong number of fields is dropped
+    (None), repaired (two numbers run together in one cell, split) or an error, by ``malformed``."""
+    if len(fields) == len(FOREST_HEADER):
+        return fields
+    split = [k for k, c in enumerate(fields[3:-1], start=3) if len(c.split()) == 2]
+    run_together = len(fields) == len(FOREST_HEADER) - 1 and len(split) == 1
+    if run_together:
+        k = split[0]
+        what = (f"{where} has {len(fields)} fields: {FOREST_HEADER[k]} and {FOREST_HEADER[k + 1]} "
+                f"are run together as {fields[k]!r}")
+    else:
+        what = f"{where} has {len(fields)} fields instead of {len(FOREST_HEADER)}"
+    if malformed == "error" or (malformed == "repair" and not run_together):
+        raise ValueError(f"{src.display}: malformed row: {what} (malformed={malformed!r}; "
+                         "'drop' skips the row, 'repair' splits run-together numbers)")
+    if malformed == "drop":
+        notes["dropped"].append(what)
+        return None
+    first, second = fields[k].split()
+    notes["repaired"].append(f"{what}; read as {FOREST_HEADER[k]}={first}, "
+                             f"{FOREST_HEADER[k + 1]}={second}")
+    return fields[:k] + [first, second] + fields[k + 1:]
+
+
 def _read_forest_fires(src: _Source, malformed: str, notes: list[str]
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Rows of the two region sections: (values (n, 13) of day..FWI, region 0/1, class names, data-row index)."""
     rows, regions, classes, index = [], [], [], []
     region = None
-    n_data = n_blank = n_titles = n_headers = 0
+    counts = {"data": 0, "blank": 0, "titles": 0, "headers": 0}
     per_region = [0, 0]
-    dropped: list[str] = []
-    repaired: list[str] = []
+    changed: dict[str, list[str]] = {"dropped": [], "repaired": []}
     for line_no, raw in enumerate(src.lines, start=1):
         line = raw.strip()
         if not line:
-            n_blank += 1
+            counts["blank"] += 1
             continue
         if line.endswith("Region Dataset"):
             title = line[: -len("Region Dataset")].strip()
             if title not in FOREST_REGIONS:
                 raise src.error(line_no, f"unknown region section {title!r}; expected one of {FOREST_REGIONS}")
             region = FOREST_REGIONS.index(title)
-            n_titles += 1
+            counts["titles"] += 1
             continue
         fields = [c.strip() for c in line.split(",")]
         if fields[0] == "day":
             if tuple(fields) != FOREST_HEADER:
                 raise src.error(line_no, f"unexpected header {fields}; expected {list(FOREST_HEADER)}")
-            n_headers += 1
+            counts["headers"] += 1
             continue
         if region is None:
             raise src.error(line_no, "data row before any region title line ('... Region Dataset')")
-        row_index = n_data
-        n_data += 1
+        row_index = counts["data"]
+        counts["data"] += 1
         per_region[region] += 1
         where = f"line {line_no} ({FOREST_REGIONS[region]} {'/'.join(fields[:3])})"
-        if len(fields) != len(FOREST_HEADER):
-            split = [k for k, c in enumerate(fields[3:-1], start=3) if len(c.split()) == 2]
-            run_together = len(fields) == len(FOREST_HEADER) - 1 and len(split) == 1
-            if run_together:
-                k = split[0]
-                what = (f"{where} has {len(fields)} fields: {FOREST_HEADER[k]} and {FOREST_HEADER[k + 1]} "
-                        f"are run together as {fields[k]!r}")
-            else:
-                what = f"{where} has {len(fields)} fields instead of {len(FOREST_HEADER)}"
-            if malformed == "error" or (malformed == "repair" and not run_together):
-                raise ValueError(f"{src.display}: malformed row: {what} (malformed={malformed!r}; "
-                                 "'drop' skips the row, 'repair' splits run-together numbers)")
-            if malformed == "drop":
-                dropped.append(what)
-                continue
-            first, second = fields[k].split()
-            fields = fields[:k] + [first, second] + fields[k + 1:]
-            repaired.append(f"{what}; read as {FOREST_HEADER[k]}={first}, {FOREST_HEADER[k + 1]}={second}")
+        fields = _forest_row(src, fields, where, malformed, changed)
+        if fields is None:
+            continue
         values = [src.number(c, line_no, FOREST_HEADER[j]) for j, c in enumerate(fields[:-1])]
         label = fields[-1]
         if label not in ("fire", "not fire"):
@@ -116,19 +126,25 @@ def _read_forest_fires(src: _Source, malformed: str, notes: list[str]
         regions.append(region)
         classes.append(label)
         index.append(row_index)
-    if n_data == 0:
+    if counts["data"] == 0:
         raise ValueError(f"{src.display}: no data rows found")
-    notes.append(f"read {n_data} data rows ({FOREST_REGIONS[0]} {per_region[0]}, {FOREST_REGIONS[1]} "
-                 f"{per_region[1]}) from {len(src.lines)} lines ({n_titles} region titles, {n_headers} "
-                 f"headers, {n_blank} blank)")
-    for what in dropped:
-        notes.append(f"dropped malformed row: {what} (malformed='drop'; malformed='repair' would "
-                     "split the run-together numbers, see docs/datasets.md)")
-    for what in repaired:
-        notes.append(f"repaired malformed row: {what} (malformed='repair'; this reading agrees with "
-                     "the row's BUI and FWI under the FWI-system formulas, see docs/datasets.md)")
+    _forest_notes(notes, src, counts, per_region, changed)
     return (np.asarray(rows, dtype=np.float64), np.asarray(regions, dtype=np.float64),
             np.asarray(classes), np.asarray(index, dtype=np.int64))
+
+
+def _forest_notes(notes: list[str], src: _Source, counts: dict[str, int], per_region: list[int],
+                  changed: dict[str, list[str]]) -> None:
+    notes.append(f"read {counts['data']} data rows ({FOREST_REGIONS[0]} {per_region[0]}, "
+                 f"{FOREST_REGIONS[1]} {per_region[1]}) from {len(src.lines)} lines "
+                 f"({counts['titles']} region titles, {counts['headers']} headers, "
+                 f"{counts['blank']} blank)")
+    for what in changed["dropped"]:
+        notes.append(f"dropped malformed row: {what} (malformed='drop'; malformed='repair' would "
+                     "split the run-together numbers, see docs/datasets.md)")
+    for what in changed["repaired"]:
+        notes.append(f"repaired malformed row: {what} (malformed='repair'; this reading agrees with "
+                     "the row's BUI and FWI under the FWI-system formulas, see docs/datasets.md)")
 
 
 def _read_csv_rows(src: _Source, n_features: int, label_of: Callable[[str, int], Any],

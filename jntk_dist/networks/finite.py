@@ -1,7 +1,7 @@
 """Finite-width networks of the paper and their exact kernels.
 
-The MLP of DESIGN.md §1 (bias-free, N(0,1) weights, no 1/√d0 on the first layer, 1/√d on the
-later ones, κ on the output, φ normalised -- the very :class:`~jntk_dist.activations.Activation`
+The MLP of docs/design.md §1.1 (bias-free, N(0,1) weights, no 1/√d0 on the first layer, 1/√d on the
+later ones, κ on the output, φ normalised -- the very :class:`~jntk_dist.kernels.activations.Activation`
 objects the analytic kernels use):
 
     g1 = W1 x,   h_l = φ(g_l),   g_{l+1} = W_{l+1} h_l / √d,   f(x) = κ W_{L+1} h_L / √d.

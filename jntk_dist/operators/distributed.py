@@ -1,9 +1,15 @@
-"""The X–X structured operator with its rows distributed: one Ray actor or one Dask task per
-row block."""
+"""The square structured operator Θ_λ(X, X) with its products computed by row block elsewhere:
+one Ray actor (:class:`RayStructuredKernel`) or one Dask task (:class:`DaskStructuredKernel`)
+per block of rows.
+
+Both *are* :class:`.structured.StructuredKernel`s: only the product runs remotely, so everything
+else — the diagonal, the structure the preconditioners are built from, the scipy view — is the
+same, and the solvers and preconditioners take them as they are. Their local field source (for
+that structure) recomputes fields, or reads the fields array, as the remote blocks do.
+"""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -14,10 +20,24 @@ from ..kernels import FIELD_NAMES, KernelFields
 from .field_sources import ArrayFields, FieldSource, InMemoryFields, RecomputedFields
 from .structured import StructuredKernel, structured_operator
 
-__all__ = ["RayStructuredKernel", "DaskStructuredKernel"]
+__all__ = ["RayStructuredKernel", "DaskStructuredKernel", "row_blocks"]
+
+Tensor = torch.Tensor
 
 
-# ---- distributed over row blocks (Ray) --------------------------------------------------
+def row_blocks(n: int, n_blocks: int) -> list[tuple[int, int]]:
+    """``n_blocks`` near-equal consecutive row ranges [lo, hi) of n rows (empty ones dropped)."""
+    bounds = np.linspace(0, n, max(1, int(n_blocks)) + 1).astype(int)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def _validated(x: Any) -> np.ndarray:
+    X = np.ascontiguousarray(np.asarray(x, dtype=np.float64))
+    kernels.validate_inputs(torch.as_tensor(X), "x")
+    return X
+
+
+# ---- Ray actors ---------------------------------------------------------------------------
 
 
 def _make_row_worker_class() -> Any:
@@ -29,12 +49,13 @@ def _make_row_worker_class() -> Any:
 
         def __init__(self, x1: np.ndarray, x2: np.ndarray, rows: tuple[int, int], depth: int,
                      activation: str, kind: str, lam: float | None, mode: str,
-                     memory_mb: float) -> None:
+                     memory_mb: float, use_gpu: bool = False) -> None:
             torch.set_num_threads(1)
             lo, hi = rows
+            device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
             self.op = structured_operator(x1[lo:hi], x2, depth=depth, activation=activation,
                                           kind=kind, lam=lam, mode=mode, memory_mb=memory_mb,
-                                          device="cpu")
+                                          device=device)
 
         def matmat(self, V: np.ndarray) -> np.ndarray:
             return self.op.matmat(V)
@@ -42,80 +63,46 @@ def _make_row_worker_class() -> Any:
     return _RowBlockWorker
 
 
-class _RowBlockOperator:
-    """Shared face of the distributed operators: K V assembled from per-row-block products."""
-
-    n: int
-    d0: int
-    n_products: int
-    dtype = torch.float64
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        p = self.n * (self.d0 + 1)
-        return (p, p)
-
-    def _row_block_products(self, V: np.ndarray) -> list[np.ndarray]:
-        raise NotImplementedError
-
-    def matmat(self, V: Any) -> Any:
-        """K V (V of shape (N(d0+1), m) or a vector); numpy in → numpy out."""
-        is_numpy = not isinstance(V, torch.Tensor)
-        Vn = np.asarray(V if is_numpy else V.detach().cpu().numpy(), dtype=np.float64)
-        squeeze = Vn.ndim == 1
-        Vn = Vn[:, None] if squeeze else Vn
-        if Vn.ndim != 2 or Vn.shape[0] != self.shape[1]:
-            raise ValueError(f"operand of shape {Vn.shape} does not match operator {self.shape}")
-        out = np.concatenate(self._row_block_products(Vn), axis=0)
-        self.n_products += Vn.shape[1]
-        out = out[:, 0] if squeeze else out
-        return out if is_numpy else torch.as_tensor(out)
-
-    def matvec(self, v: Any) -> Any:
-        return self.matmat(v)
-
-    def __matmul__(self, V: Any) -> Any:
-        return self.matmat(V)
-
-    def aslinearoperator(self) -> Any:
-        from scipy.sparse.linalg import LinearOperator
-
-        return LinearOperator(self.shape, matvec=self.matmat, matmat=self.matmat,
-                              rmatvec=self.matmat, dtype=np.float64)
-
-
-class RayStructuredKernel(_RowBlockOperator):
-    """The X–X operator with its rows split over Ray actors (one row block each).
+class RayStructuredKernel(StructuredKernel):
+    """Θ_λ(X, X) with its rows split over Ray actors (one row block each).
 
     Each actor computes (``mode="memory"``) or recomputes (``"recompute"``) its own row block of
-    fields; a product broadcasts V once through the object store and gathers the row blocks.
-    Requires a running Ray (``ray.init``); call :meth:`shutdown` to free the actors.
+    fields, on a GPU when it is given one (``num_gpus_per_worker``); a product broadcasts V once
+    through the object store and gathers the row blocks. Requires a running Ray (``ray.init``);
+    call :meth:`shutdown` to free the actors.
     """
 
     def __init__(self, x: Any, *, depth: int, activation: str = "gelu", kind: str = "jntk",
                  lam: float | None = None, n_workers: int = 2, mode: str = "memory",
-                 memory_mb: float = 256.0, num_cpus_per_worker: float = 1.0) -> None:
+                 memory_mb: float = 256.0, num_cpus_per_worker: float = 1.0,
+                 num_gpus_per_worker: float = 0.0) -> None:
         import ray
 
-        X = np.ascontiguousarray(np.asarray(x, dtype=np.float64))
-        kernels.validate_inputs(torch.as_tensor(X), "x")
-        self.n, self.d0 = X.shape
-        self.lam = lam
-        bounds = np.linspace(0, self.n, n_workers + 1).astype(int)
-        self.row_blocks = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-        worker = _make_row_worker_class().options(num_cpus=num_cpus_per_worker)
+        X = _validated(x)
+        t = torch.as_tensor(X)
+        super().__init__(t, t, RecomputedFields(t, None, depth=depth, activation=activation,
+                                                kind=kind),
+                         lam=lam, memory_mb=memory_mb,
+                         description={"kind": kind, "depth": depth, "activation": activation,
+                                      "mode": f"ray-{mode}"})
+        self.row_blocks = row_blocks(X.shape[0], n_workers)
+        worker = _make_row_worker_class().options(num_cpus=num_cpus_per_worker,
+                                                  num_gpus=num_gpus_per_worker)
         x_ref = ray.put(X)
         self.workers = [worker.remote(x_ref, x_ref, rb, depth, activation, kind, lam, mode,
-                                      memory_mb) for rb in self.row_blocks]
-        self.n_products = 0
+                                      memory_mb, num_gpus_per_worker > 0)
+                        for rb in self.row_blocks]
 
-    def _row_block_products(self, V: np.ndarray) -> list[np.ndarray]:
+    def _matmat(self, V: Tensor) -> Tensor:
         import ray
 
-        v_ref = ray.put(V)
-        return ray.get([w.matmat.remote(v_ref) for w in self.workers])
+        v_ref = ray.put(V.cpu().numpy())
+        parts = ray.get([w.matmat.remote(v_ref) for w in self.workers])
+        return torch.as_tensor(np.concatenate(parts, axis=0), dtype=self.dtype,
+                               device=self.device)
 
     def shutdown(self) -> None:
+        """Kill the actors (the operator cannot multiply afterwards)."""
         import ray
 
         for w in self.workers:
@@ -123,7 +110,7 @@ class RayStructuredKernel(_RowBlockOperator):
         self.workers = []
 
 
-# ---- distributed over row blocks (Dask) -------------------------------------------------
+# ---- Dask tasks ---------------------------------------------------------------------------
 
 
 class _RowWindow:
@@ -139,6 +126,13 @@ class _RowWindow:
         return self.array[first, self.lo + start:self.lo + stop, cols]
 
 
+def _open_fields_array(store: tuple[str, str]) -> Any:
+    import zarr
+
+    path, name = store
+    return zarr.open_array(store=path, path=name, mode="r")
+
+
 def _dask_row_block(X: np.ndarray, rows: tuple[int, int], V: np.ndarray, lam: float | None,
                     fields: Any, store: tuple[str, str] | None, recompute: dict[str, Any] | None,
                     memory_mb: float) -> np.ndarray:
@@ -151,10 +145,7 @@ def _dask_row_block(X: np.ndarray, rows: tuple[int, int], V: np.ndarray, lam: fl
     if fields is not None:
         source = InMemoryFields(fields)
     elif store is not None:
-        import zarr
-
-        path, name = store
-        source = ArrayFields(_RowWindow(zarr.open_array(store=path, path=name, mode="r"), lo, hi))
+        source = ArrayFields(_RowWindow(_open_fields_array(store), lo, hi))
     else:
         assert recompute is not None
         source = RecomputedFields(x1, x2, **recompute)
@@ -162,8 +153,17 @@ def _dask_row_block(X: np.ndarray, rows: tuple[int, int], V: np.ndarray, lam: fl
     return op.matmat(V)
 
 
-class DaskStructuredKernel(_RowBlockOperator):
-    """The X–X operator as one Dask task per row block, for clusters run by Dask.
+def _checked_fields(fields: Any, n: int) -> np.ndarray:
+    F = fields.stack().numpy() if isinstance(fields, KernelFields) else np.asarray(fields)
+    if F.shape != (len(FIELD_NAMES), n, n):
+        raise ValueError(f"fields must have shape (8, {n}, {n}), got {F.shape}")
+    if not np.isfinite(F).all():
+        raise ValueError("fields contain NaN/inf values")
+    return F
+
+
+class DaskStructuredKernel(StructuredKernel):
+    """Θ_λ(X, X) as one Dask task per row block, for clusters run by Dask.
 
     Field source (one of): ``fields`` — an (8, N, N) array held by the driver (each block's rows are
     scattered to the cluster once when a ``distributed`` client is active); ``store`` — the path of
@@ -172,47 +172,45 @@ class DaskStructuredKernel(_RowBlockOperator):
     ``da.from_zarr`` on Zarr 3 does not, e.g. Ray's Dask scheduler); or ``depth`` (+ activation,
     kind) — each task recomputes its rows with ``kernels.fields``.  ``scheduler``: any Dask
     scheduler name or client (``None``: Dask's default, a ``distributed`` client when one is
-    active).  Exposes ``matmat`` and ``aslinearoperator`` like :class:`StructuredKernel`.
+    active).
     """
 
     def __init__(self, x: Any, *, fields: Any = None, store: tuple[str, str] | str | None = None,
                  depth: int | None = None, activation: str = "gelu", kind: str = "jntk",
                  lam: float | None = None, n_blocks: int = 2, scheduler: Any = None,
                  memory_mb: float = 256.0) -> None:
-        X = np.ascontiguousarray(np.asarray(x, dtype=np.float64))
-        kernels.validate_inputs(torch.as_tensor(X), "x")
-        self.n, self.d0 = X.shape
+        X = _validated(x)
+        n = X.shape[0]
         if sum(v is not None for v in (fields, store, depth)) != 1:
             raise ValueError("give exactly one field source: fields (an (8, N, N) array), store "
                              "(a Zarr fields array path) or depth (recompute the fields)")
-        if lam is not None and (not math.isfinite(float(lam)) or float(lam) < 0):
-            raise ValueError(f"lam (Jacobian-regularisation weight λ) must be ≥ 0, got {lam}")
-        self.lam = None if lam is None else float(lam)
-        self.scheduler, self.memory_mb = scheduler, float(memory_mb)
-        bounds = np.linspace(0, self.n, max(1, int(n_blocks)) + 1).astype(int)
-        self.row_blocks = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
         self.store = (store, "fields") if isinstance(store, str) else store
         self.recompute = None if depth is None else {"depth": depth, "activation": activation,
                                                      "kind": kind}
+        F = None if fields is None else _checked_fields(fields, n)
+        t = torch.as_tensor(X)
+        source: FieldSource
+        if F is not None:
+            source = InMemoryFields(F)
+        elif self.store is not None:
+            source = ArrayFields(_open_fields_array(self.store))
+            if source.shape != (n, n):
+                raise ValueError(f"fields array {self.store[1]!r} in {self.store[0]} has shape "
+                                 f"(8, {source.shape[0]}, {source.shape[1]}), expected "
+                                 f"(8, {n}, {n}) for these inputs")
+        else:
+            source = RecomputedFields(t, None, **self.recompute)  # type: ignore[arg-type]
+        super().__init__(t, t, source, lam=lam, memory_mb=memory_mb,
+                         description={"kind": kind, "depth": depth, "activation": activation,
+                                      "mode": "dask"})
+        self.scheduler = scheduler
+        self.row_blocks = row_blocks(n, n_blocks)
         client = self._client()
         self.X: Any = client.scatter(X, broadcast=True, hash=False) if client is not None else X
         self.blocks: list[Any] = [None] * len(self.row_blocks)
-        if fields is not None:
-            F = fields.stack().numpy() if isinstance(fields, KernelFields) else np.asarray(fields)
-            if F.shape != (len(FIELD_NAMES), self.n, self.n):
-                raise ValueError(f"fields must have shape (8, {self.n}, {self.n}), got {F.shape}")
-            if not np.isfinite(F).all():
-                raise ValueError("fields contain NaN/inf values")
+        if F is not None:
             blocks = [np.ascontiguousarray(F[:, lo:hi]) for lo, hi in self.row_blocks]
             self.blocks = client.scatter(blocks, hash=False) if client is not None else blocks
-        elif self.store is not None:
-            import zarr
-
-            shape = tuple(zarr.open_array(store=self.store[0], path=self.store[1], mode="r").shape)
-            if shape != (len(FIELD_NAMES), self.n, self.n):
-                raise ValueError(f"fields array {self.store[1]!r} in {self.store[0]} has shape "
-                                 f"{shape}, expected (8, {self.n}, {self.n}) for these inputs")
-        self.n_products = 0
 
     def _client(self) -> Any:
         if self.scheduler is not None and not hasattr(self.scheduler, "scatter"):
@@ -226,12 +224,14 @@ class DaskStructuredKernel(_RowBlockOperator):
         except (ImportError, ValueError):
             return None
 
-    def _row_block_products(self, V: np.ndarray) -> list[np.ndarray]:
+    def _matmat(self, V: Tensor) -> Tensor:
         import dask
 
-        v = dask.delayed(V, name=f"V-{dask.base.tokenize(V)}")  # shipped once, not per task
+        Vn = V.cpu().numpy()
+        v = dask.delayed(Vn, name=f"V-{dask.base.tokenize(Vn)}")  # shipped once, not per task
         task = dask.delayed(_dask_row_block, pure=True)
         parts = [task(self.X, rb, v, self.lam, blk, self.store, self.recompute, self.memory_mb)
                  for rb, blk in zip(self.row_blocks, self.blocks)]
         kw = {} if self.scheduler is None else {"scheduler": self.scheduler}
-        return list(dask.compute(*parts, **kw))
+        out = np.concatenate(dask.compute(*parts, **kw), axis=0)
+        return torch.as_tensor(out, dtype=self.dtype, device=self.device)

@@ -1,7 +1,7 @@
 """Matrix-free structured Gram operators for Θ_λ(X1, X2) and Σ^(L)(X1, X2).
 
 Every (d0+1)×(d0+1) block of the Jacobian kernels is a scaled identity plus outer products of
-x and x', built from the 8 scalar fields of :mod:`jntk_dist.kernels` (DESIGN.md §2).  With the
+x and x', built from the 8 scalar fields of :mod:`jntk_dist.kernels` (docs/design.md §1.5).  With the
 point-major vector v = (u_j, w_j) (u_j = v_j0, w_j = v_jβ) the product K v needs only
 
     G = X1 Wᵀ  (G_ij = <x_i, w_j>),      s_j = <x'_j, w_j>,
@@ -20,20 +20,20 @@ store, or :func:`jntk_dist.kernels.fields` recomputed tile by tile (bounded memo
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from .. import kernels
-from ..kernels import FIELD_NAMES, KernelFields
+from ..kernels import FIELD_INDEX, FIELD_NAMES, KernelFields
+from .base import OperatorBase
 from .field_sources import AccessorFields, ArrayFields, FieldSource, InMemoryFields, RecomputedFields
 
 __all__ = ["StructuredKernel", "structured_operator", "structured_predict"]
 
 Tensor = torch.Tensor
-_K, _KA, _KB, _KC, _KAB, _KAC, _KBB, _KBC = range(8)
+_K, _KA, _KB, _KC, _KAB, _KAC, _KBB, _KBC = (FIELD_INDEX[n] for n in FIELD_NAMES)
 
 
 # ---- the row-tile product (the one place the structured formula lives) ------------------
@@ -75,12 +75,15 @@ def _block_inputs(x2: Tensor, V: Tensor, root_lam: float) -> tuple[Tensor, ...]:
 # ---- the operator -----------------------------------------------------------------------
 
 
-class StructuredKernel:
+class StructuredKernel(OperatorBase):
     """Θ_λ(X1, X2) (or Σ^(L)) as a matrix-free operator of shape (n1(d0+1), n2(d0+1)).
 
-    Use :func:`structured_operator` to build one.  ``op @ v`` / :meth:`matvec` / :meth:`matmat`
+    Use :func:`structured_operator` to build one. ``op @ v`` / :meth:`matvec` / :meth:`matmat`
     accept numpy or torch (numpy in → numpy out); :meth:`aslinearoperator` gives a scipy
-    ``LinearOperator``.  Memory is bounded by ``tile_rows`` rows of fields at a time.
+    ``LinearOperator``. Memory is bounded by ``tile_rows`` rows of fields at a time. The square
+    X–X operator also exposes the structure the preconditioners use (:class:`StructuredParts`).
+    Subclasses may compute the products elsewhere (row blocks on Ray actors or Dask tasks,
+    :mod:`.distributed`) while the structure still comes from ``source``.
     """
 
     def __init__(self, x1: Tensor, x2: Tensor, source: FieldSource, *, lam: float | None = None,
@@ -92,16 +95,15 @@ class StructuredKernel:
         if tuple(source.shape) != (self.n1, self.n2):
             raise ValueError(f"field source of shape {tuple(source.shape)} does not match inputs "
                              f"({self.n1}, {self.n2})")
-        self.lam = None if lam is None else float(lam)
-        if self.lam is not None and (not math.isfinite(self.lam) or self.lam < 0):
-            raise ValueError(f"lam (Jacobian-regularisation weight λ) must be ≥ 0, got {lam}")
-        self.root_lam = 1.0 if self.lam is None else math.sqrt(self.lam)
+        self.root_lam, lam_w = kernels.lambda_weights(lam)  # (√λ, λ); (1, 1) without λ
+        self.lam = None if lam is None else lam_w
         self.tile_rows = tile_rows
         self.memory_mb = float(memory_mb)
         self.description = dict(description or {})
-        self.n_products = 0  # columns multiplied so far (progress / cost accounting)
+        self.n_products = 0
+        self.symmetric = self.is_square
 
-    # -- linear-operator protocol ------------------------------------------------------
+    # -- the operator ------------------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, int]:
         return (self.n1 * (self.d0 + 1), self.n2 * (self.d0 + 1))
@@ -118,6 +120,9 @@ class StructuredKernel:
     def is_square(self) -> bool:
         return self.x1 is self.x2 or (self.n1 == self.n2 and torch.equal(self.x1, self.x2))
 
+    def _layout_note(self) -> str:
+        return f" (point-major, d0={self.d0})"
+
     def _rows_per_tile(self, m: int) -> int:
         if self.tile_rows is not None:
             return max(1, int(self.tile_rows))
@@ -125,73 +130,25 @@ class StructuredKernel:
         itemsize = torch.finfo(self.dtype).bits // 8
         return int(max(1, min(self.n1, self.memory_mb * 2**20 / (itemsize * per_row))))
 
-    def matmat(self, V: Any) -> Any:
-        """K V for V of shape (n2(d0+1), m); numpy in → numpy out."""
-        is_numpy = not isinstance(V, torch.Tensor)
-        Vt = torch.as_tensor(np.asarray(V) if is_numpy else V).to(dtype=self.dtype, device=self.device)
-        squeeze = Vt.ndim == 1
-        if squeeze:
-            Vt = Vt[:, None]
-        if Vt.ndim != 2 or Vt.shape[0] != self.shape[1]:
-            raise ValueError(f"operand of shape {tuple(Vt.shape)} does not match operator shape "
-                             f"{self.shape} (point-major, d0={self.d0})")
-        out = self._matmat(Vt)
-        if squeeze:
-            out = out[:, 0]
-        return out.cpu().numpy() if is_numpy else out
-
-    def matvec(self, v: Any) -> Any:
-        """K v for a vector of length n2(d0+1)."""
-        return self.matmat(v)
-
-    def __matmul__(self, V: Any) -> Any:
-        return self.matmat(V)
-
     def _matmat(self, V: Tensor) -> Tensor:
+        return self._local_rows(V, 0, self.n1)
+
+    def _local_rows(self, V: Tensor, start: int, stop: int) -> Tensor:
+        """Rows start:stop (points) of K V, computed here tile by tile from ``source``."""
         m = V.shape[1]
         with torch.no_grad():
             u, W, s, Zb, sX = _block_inputs(self.x2, V, self.root_lam)
-            out = torch.empty((self.n1, self.d0 + 1, m), dtype=self.dtype, device=self.device)
+            out = torch.empty((stop - start, self.d0 + 1, m), dtype=self.dtype,
+                              device=self.device)
             step = self._rows_per_tile(m)
-            for start in range(0, self.n1, step):
-                rows = slice(start, min(start + step, self.n1))
+            for r0 in range(start, stop, step):
+                rows = slice(r0, min(r0 + step, stop))
                 F = self.source.tile(rows)
                 out0, jac = _rows_matmat(F, self.x1[rows], self.x2, u, W, s, Zb, sX)
-                out[rows, 0, :] = out0
-                out[rows, 1:, :] = jac * self.root_lam if self.root_lam != 1.0 else jac
-        self.n_products += m
-        return out.reshape(self.n1 * (self.d0 + 1), m)
-
-    def aslinearoperator(self) -> Any:
-        """A scipy ``LinearOperator`` (float64 numpy) view of this operator."""
-        from scipy.sparse.linalg import LinearOperator
-
-        return LinearOperator(self.shape, matvec=self.matmat, matmat=self.matmat,
-                              rmatvec=self._rmatvec, dtype=np.float64)
-
-    def _rmatvec(self, v: Any) -> Any:
-        if not self.is_square:
-            raise NotImplementedError("rmatvec is only available for the symmetric X–X operator")
-        return self.matmat(v)
-
-    # -- structure used by preconditioners -------------------------------------------------
-    def block_diagonal_parts(self) -> dict[str, Tensor]:
-        """The diagonal blocks B_i = [[k, c1 xᵀ], [c2 x, κ_b I + e x xᵀ]] (with Λ scaling).
-
-        Returns tensors ``k``, ``c_col`` (B_α0 = c_col x_α), ``c_row`` (B_0β = c_row x_β),
-        ``iso`` (κ_b, the identity coefficient) and ``rank1`` (e) of length n.
-        """
-        if not self.is_square:
-            raise ValueError("block diagonal is only defined for the square X–X operator")
-        D = self.source.diagonal()
-        lam = 1.0 if self.lam is None else self.lam
-        return {
-            "k": D[_K],
-            "c_col": self.root_lam * (2 * D[_KA] + D[_KB]),
-            "c_row": self.root_lam * (D[_KB] + 2 * D[_KC]),
-            "iso": lam * D[_KB],
-            "rank1": lam * (2 * D[_KAB] + 4 * D[_KAC] + D[_KBB] + 2 * D[_KBC]),
-        }
+                local = slice(rows.start - start, rows.stop - start)
+                out[local, 0, :] = out0
+                out[local, 1:, :] = jac * self.root_lam if self.root_lam != 1.0 else jac
+        return out.reshape((stop - start) * (self.d0 + 1), m)
 
     def diagonal(self) -> Tensor:
         """The diagonal of the Gram matrix, point-major (length n(d0+1))."""
@@ -199,9 +156,40 @@ class StructuredKernel:
         diag = p["iso"][:, None] + p["rank1"][:, None] * self.x1 ** 2
         return torch.cat([p["k"][:, None], diag], dim=1).reshape(-1)
 
+    def to_dense(self) -> Tensor:
+        """The dense Gram (small problems only; for checks)."""
+        return self._matmat(torch.eye(self.shape[1], dtype=self.dtype, device=self.device))
+
+    # -- structure used by preconditioners -----------------------------------------------------
+    def _require_square(self, what: str) -> None:
+        if not self.is_square:
+            raise ValueError(f"{what} is only defined for the square X–X operator")
+
+    def field_diagonal(self, name: str) -> Tensor:
+        """One field at the pairs (x_i, x_i), length n (square operator)."""
+        self._require_square("the diagonal")
+        return self.source.diagonal()[FIELD_INDEX[name]]
+
+    def block_diagonal_parts(self) -> dict[str, Tensor]:
+        """The diagonal blocks B_i = [[k, c1 xᵀ], [c2 x, κ_b I + e x xᵀ]] (with Λ scaling).
+
+        Returns tensors ``k``, ``c_col`` (B_α0 = c_col x_α), ``c_row`` (B_0β = c_row x_β),
+        ``iso`` (κ_b, the identity coefficient) and ``rank1`` (e) of length n.
+        """
+        self._require_square("the block diagonal")
+        D = {name: t for name, t in zip(FIELD_NAMES, self.source.diagonal())}
+        root, lam = self.root_lam, (1.0 if self.lam is None else self.lam)
+        return {
+            "k": D["k"],
+            "c_col": root * (2 * D["k_a"] + D["k_b"]),
+            "c_row": root * (D["k_b"] + 2 * D["k_c"]),
+            "iso": lam * D["k_b"],
+            "rank1": lam * (2 * D["k_ab"] + 4 * D["k_ac"] + D["k_bb"] + 2 * D["k_bc"]),
+        }
+
     def field_matrices(self, names: Sequence[str]) -> dict[str, Tensor]:
         """Full n1×n2 matrices of the named fields, assembled tile by tile."""
-        idx = [FIELD_NAMES.index(n) for n in names]
+        idx = [FIELD_INDEX[n] for n in names]
         out = {n: torch.empty((self.n1, self.n2), dtype=self.dtype, device=self.device)
                for n in names}
         step = max(1, self._rows_per_tile(1))
@@ -218,16 +206,14 @@ class StructuredKernel:
         The block formula contracted with x̂_i on the left and x̂_j on the right (B = X Xᵀ):
         ⟨x̂_i, x_i⟩ = |x_i|, ⟨x̂_i, x_j⟩ = B_ij/|x_i|.  O(n² d0) for B, O(n²) for the rest.
         """
-        if not self.is_square:
-            raise ValueError("the compression is only defined for the square X–X operator")
+        self._require_square("the compression")
         F = fields if fields is not None else self.field_matrices(FIELD_NAMES)
         return self._compressed(F, self.x1, self.x2)
 
     def compressed_columns(self, points: Sequence[int]) -> Tensor:
         """The columns of QᵀKQ for the given points: (2n, 2m), the e_0 columns of the m points,
         then their x̂ columns; reads only the fields of those m columns."""
-        if not self.is_square:
-            raise ValueError("the compression is only defined for the square X–X operator")
+        self._require_square("the compression")
         cols = [int(j) for j in points]
         tiles = [self.source.tile(slice(0, self.n1), slice(j, j + 1)) for j in cols]
         T = torch.cat(tiles, dim=2)
@@ -257,16 +243,12 @@ class StructuredKernel:
 
     def field_columns(self, name: str, points: Sequence[int]) -> Tensor:
         """Columns of one n1×n2 field at the given points: (n1, m)."""
-        i = FIELD_NAMES.index(name)
+        i = FIELD_INDEX[name]
         return torch.cat([self.source.tile(slice(0, self.n1), slice(int(j), int(j) + 1))[i]
                           for j in points], dim=1)
 
-    def to_dense(self) -> Tensor:
-        """The dense Gram (small problems only; for checks)."""
-        return self._matmat(torch.eye(self.shape[1], dtype=self.dtype, device=self.device))
-
     def __repr__(self) -> str:
-        return (f"StructuredKernel(shape={self.shape}, d0={self.d0}, lam={self.lam}, "
+        return (f"{type(self).__name__}(shape={self.shape}, d0={self.d0}, lam={self.lam}, "
                 f"source={type(self.source).__name__}, {self.description})")
 
 

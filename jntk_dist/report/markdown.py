@@ -70,7 +70,7 @@ def write_report(reports: Sequence[ExperimentReport], out: str | Path,
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines += [f"## Results: {kind}", "",
               f"Generated {when} by `jntk report` from the runs in `{runs_dir or '?'}`. Verdicts are "
-              "computed from the stored numbers by the rules in `jntk_dist/report.py` "
+              "computed from the stored numbers by the rules in `jntk_dist/report/verdicts.py` "
               "(the claim's keys in each config name the rule).", "",
               "| experiment | figures | size | wall time | agree | disagree | n/a | status |",
               "|---|---|---|---:|---:|---:|---:|---|"]

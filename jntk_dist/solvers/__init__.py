@@ -7,21 +7,20 @@
 * :mod:`.cholesky` — blockwise Dask Cholesky solves of dense Grams;
 * :mod:`.dense_eigen` — spectra of dense Grams (eigh, Lanczos, shift-invert) and the positivity
   tolerance;
-* :mod:`.results`, :mod:`.checkpoint` — what they return and how they resume.
+* :mod:`.results`, :mod:`.checkpoint` — what they return (one SolveResult, one EigenResult)
+  and how they resume (one checkpoint protocol).
 """
 
 from .cg import IndefiniteError, labels_to_rhs, pcg, structured_solve
 from .cholesky import CholeskyInverseOperator, NotPositiveDefiniteError, add_ridge, cholesky_factor, cholesky_solve
-from .dense_eigen import (EigenResult, eigen, eigh_dense, positivity_tolerance, smallest_eigenvalue,
-                          suggest_ridge, top_eigenpairs)
+from .dense_eigen import eigen, eigh_dense, smallest_eigenvalue, suggest_ridge, top_eigenpairs
 from .iterative_eigen import shift_invert_eigs, structured_eigs
 from .preconditioners import (PRECONDITIONERS, BlockJacobiPreconditioner, IdentityPreconditioner,
                               KroneckerPreconditioner, NystromPreconditioner, Preconditioner,
                               TwoLevelPreconditioner, make_preconditioner, pivoted_cholesky)
-from .results import EigResult, SolveResult
+from .results import EigenResult, SolveResult, positivity_tolerance
 
-__all__ = ["PRECONDITIONERS", "BlockJacobiPreconditioner", "CholeskyInverseOperator", "EigResult",
-           "EigenResult", "IdentityPreconditioner", "IndefiniteError", "KroneckerPreconditioner",
+__all__ = ["PRECONDITIONERS", "BlockJacobiPreconditioner", "CholeskyInverseOperator", "EigenResult", "IdentityPreconditioner", "IndefiniteError", "KroneckerPreconditioner",
            "NotPositiveDefiniteError", "NystromPreconditioner", "Preconditioner", "SolveResult",
            "TwoLevelPreconditioner", "add_ridge", "cholesky_factor", "cholesky_solve", "eigen",
            "eigh_dense", "labels_to_rhs", "make_preconditioner", "pcg", "pivoted_cholesky",

@@ -11,13 +11,14 @@ import logging
 import math
 import os
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from .checkpoint import fingerprint, save_npz
+from ..operators.base import AddedDiag, KernelOperator
+from .checkpoint import IterativeCheckpoint, fingerprint
 from .preconditioners import Preconditioner, make_preconditioner
 from .results import SolveResult
 
@@ -45,10 +46,17 @@ def labels_to_rhs(y: Any, n: int, d0: int) -> np.ndarray:
 
 
 def as_operator_matmat(op: Any) -> Callable[[Tensor], Tensor]:
+    """``op.matmat`` on torch blocks, returning torch of the operand's dtype and device."""
     def mm(V: Tensor) -> Tensor:
         out = op.matmat(V)
         return torch.as_tensor(out, dtype=V.dtype, device=V.device)
     return mm
+
+
+def as_vector_map(op: Any) -> Callable[[Tensor], Tensor]:
+    """v ↦ op v on torch vectors (what :func:`pcg` takes)."""
+    mm = as_operator_matmat(op)
+    return lambda v: mm(v[:, None])[:, 0]
 
 
 class IndefiniteError(ValueError):
@@ -112,107 +120,127 @@ def pcg(A: Callable[[Tensor], Tensor], M: Callable[[Tensor], Tensor], b: Tensor,
     return x, it, res
 
 
-def structured_solve(op: Any, y: Any, ridge: float = 0.0, tol: float = 1e-6,
+def _rhs(op: KernelOperator, y: Any) -> np.ndarray:
+    d0 = getattr(op, "d0", None)
+    n_rows = op.shape[0]
+    if d0 is not None:
+        return labels_to_rhs(y, n_rows // (d0 + 1), d0)
+    return np.asarray(y, dtype=np.float64).reshape(-1)
+
+
+@dataclass
+class _CGState:
+    """Iterate, residual, direction, rᵀz, iteration count and residual history of PCG."""
+
+    x: Tensor
+    r: Tensor
+    p: Tensor
+    rz: float
+    iteration: int = 0
+    history: list[float] = field(default_factory=list)
+
+    def arrays(self) -> dict[str, Any]:
+        return {"x": self.x.cpu().numpy(), "r": self.r.cpu().numpy(),
+                "p": self.p.cpu().numpy(), "rz": np.float64(self.rz),
+                "iteration": np.int64(self.iteration),
+                "history": np.asarray(self.history, dtype=np.float64)}
+
+    @classmethod
+    def from_arrays(cls, z: dict[str, Any], device: torch.device) -> "_CGState":
+        return cls(x=torch.as_tensor(z["x"], device=device),
+                   r=torch.as_tensor(z["r"], device=device),
+                   p=torch.as_tensor(z["p"], device=device), rz=float(z["rz"]),
+                   iteration=int(z["iteration"]), history=z["history"].tolist())
+
+
+def _cg_start(A: Callable[[Tensor], Tensor], M: Callable[[Tensor], Tensor], b: Tensor,
+              x0: Any, ckpt: IterativeCheckpoint | None) -> _CGState:
+    """The state to iterate from: the checkpoint's, or x0 (default 0) with its residual."""
+    saved = ckpt.load() if ckpt is not None else None
+    if saved is not None:
+        state = _CGState.from_arrays(saved, b.device)
+        log.info("resuming CG from %s at iteration %d (residual %.3e)", ckpt.path,
+                 state.iteration, state.history[-1] if state.history else float("nan"))
+        return state
+    x = torch.zeros_like(b) if x0 is None else torch.as_tensor(np.asarray(x0), dtype=b.dtype,
+                                                                 device=b.device).clone()
+    r = b - A(x) if x0 is not None else b.clone()
+    z = M(r[:, None])[:, 0]
+    return _CGState(x=x, r=r, p=z.clone(), rz=float(r @ z))
+
+
+def _cg_iterate(A: Callable[[Tensor], Tensor], M: Callable[[Tensor], Tensor], s: _CGState,
+                b_norm: float, tol: float, maxiter: int, ckpt: IterativeCheckpoint | None,
+                bar: Any, callback: Callable[[int, float], None] | None) -> bool:
+    """PCG steps from ``s`` (in place) until |r|/|b| ≤ tol or ``maxiter``; returns converged."""
+    converged = float(torch.linalg.vector_norm(s.r)) / b_norm <= tol
+    while not converged and s.iteration < maxiter:
+        _cg_update(A, s.x, s.r, s.p, s.rz, s.iteration)
+        s.iteration += 1
+        res = float(torch.linalg.vector_norm(s.r)) / b_norm
+        s.history.append(res)
+        converged = res <= tol
+        if not converged:
+            s.rz = _cg_direction(M, s.r, s.p, s.rz)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(residual=f"{res:.2e}")
+        if ckpt is not None and ckpt.due():
+            ckpt.save(s.arrays())
+        if callback is not None:
+            callback(s.iteration, res)
+    return converged
+
+
+def structured_solve(op: KernelOperator, y: Any, ridge: float = 0.0, tol: float = 1e-6,
                      maxiter: int | None = None, preconditioner: str | Preconditioner = "kron",
                      x0: Any = None, checkpoint: str | os.PathLike | None = None,
                      checkpoint_every: float = 60.0, progress: bool = True,
                      callback: Callable[[int, float], None] | None = None) -> SolveResult:
     """Solve (op + ridge·I) α = y by preconditioned conjugate gradients.
 
-    ``y``: n labels (expanded to (y_i, 0…0) blocks, eq. 4) or the full right-hand side.
-    ``tol``: relative residual |r|/|b| to reach.  ``callback(iteration, residual)`` is called each
-    iteration.  With ``checkpoint`` (an ``.npz`` path) the CG state is saved atomically every
-    ``checkpoint_every`` seconds and on exit; an existing checkpoint of the same system (same
-    operator description, inputs, y, ridge, preconditioner) is resumed exactly, one of another
-    system is refused.
+    ``op``: any :class:`~jntk_dist.operators.KernelOperator` (the structured preconditioners
+    need the square structured operator's parts). ``y``: n labels (expanded to (y_i, 0…0)
+    blocks, eq. 4) or the full right-hand side. ``tol``: relative residual |r|/|b| to reach.
+    ``callback(iteration, residual)`` is called each iteration. With ``checkpoint`` (an ``.npz``
+    path) the CG state is saved atomically every ``checkpoint_every`` seconds and on exit; an
+    existing checkpoint of the same system (same operator description, inputs, y, ridge,
+    preconditioner) is resumed exactly, one of another system is refused.
     """
     ridge = float(ridge)
     if not math.isfinite(ridge) or ridge < 0:
         raise ValueError(f"ridge μ must be ≥ 0, got {ridge}")
     if not (tol > 0):
         raise ValueError(f"tol must be > 0, got {tol}")
-    n_rows = op.shape[0]
-    d0 = getattr(op, "d0", None)
-    b_np = labels_to_rhs(y, n_rows // (d0 + 1), d0) if d0 is not None else \
-        np.asarray(y, dtype=np.float64).reshape(-1)
-    maxiter = int(maxiter) if maxiter is not None else 10 * n_rows
-    device = getattr(op, "device", torch.device("cpu"))
-    dtype = torch.float64
-    matmat = as_operator_matmat(op)
-    A = lambda v: matmat(v[:, None])[:, 0] + ridge * v  # noqa: E731
+    b_np = _rhs(op, y)
+    maxiter = int(maxiter) if maxiter is not None else 10 * op.shape[0]
+    A = as_vector_map(AddedDiag(op, ridge))
     t_setup = time.perf_counter()
     M = make_preconditioner(op, preconditioner, ridge)
     setup_s = time.perf_counter() - t_setup
-    b = torch.as_tensor(b_np, dtype=dtype, device=device)
+    b = torch.as_tensor(b_np, dtype=torch.float64, device=getattr(op, "device", "cpu"))
     b_norm = float(torch.linalg.vector_norm(b))
     if b_norm == 0:
         return SolveResult(x=np.zeros_like(b_np), converged=True, iterations=0, residual=0.0,
                            preconditioner=M.name, setup_s=setup_s)
-
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    fp = fingerprint(op, b_np, ridge, M.name) if ckpt is not None else ""
-    history: list[float] = []
-    start_it = 0
-    if ckpt is not None and ckpt.exists():
-        with np.load(ckpt) as z:
-            if str(z["fingerprint"]) != fp:
-                raise ValueError(f"checkpoint {ckpt} was written for another system (operator, "
-                                 "inputs, y, ridge or preconditioner differ); remove it or "
-                                 "choose another path")
-            x = torch.as_tensor(z["x"], device=device)
-            r = torch.as_tensor(z["r"], device=device)
-            p = torch.as_tensor(z["p"], device=device)
-            rz = float(z["rz"])
-            start_it = int(z["iteration"])
-            history = z["history"].tolist()
-        log.info("resuming CG from %s at iteration %d (residual %.3e)", ckpt, start_it,
-                 history[-1] if history else float("nan"))
-    else:
-        x = torch.zeros_like(b) if x0 is None else torch.as_tensor(np.asarray(x0), dtype=dtype,
-                                                                     device=device).clone()
-        r = b - A(x) if x0 is not None else b.clone()
-        z = M(r[:, None])[:, 0]
-        p = z.clone()
-        rz = float(r @ z)
-
-    def save(it: int) -> None:
-        if ckpt is not None:
-            save_npz(ckpt, x=x.cpu().numpy(), r=r.cpu().numpy(), p=p.cpu().numpy(),
-                      rz=np.float64(rz), iteration=np.int64(it),
-                      history=np.asarray(history, dtype=np.float64), fingerprint=np.str_(fp))
-
-    t0 = time.perf_counter()
-    last_save = t0
-    res = float(torch.linalg.vector_norm(r)) / b_norm
-    it = start_it
-    converged = res <= tol
+    ckpt = None if checkpoint is None else IterativeCheckpoint(
+        checkpoint, fingerprint(op, b=b_np, ridge=ridge, preconditioner=M.name),
+        "operator, inputs, y, ridge or preconditioner", every=checkpoint_every)
+    state = _cg_start(A, M, b, x0, ckpt)
+    start_it, t0 = state.iteration, time.perf_counter()
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=maxiter, initial=start_it, desc=f"PCG[{M.name}]", unit="it")
     try:
-        while not converged and it < maxiter:
-            _cg_update(A, x, r, p, rz, it)
-            it += 1
-            res = float(torch.linalg.vector_norm(r)) / b_norm
-            history.append(res)
-            converged = res <= tol
-            if not converged:
-                rz = _cg_direction(M, r, p, rz)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(residual=f"{res:.2e}")
-            if ckpt is not None and time.perf_counter() - last_save >= checkpoint_every:
-                save(it)
-                last_save = time.perf_counter()
-            if callback is not None:
-                callback(it, res)
+        converged = _cg_iterate(A, M, state, b_norm, tol, maxiter, ckpt, bar, callback)
     finally:
         if bar is not None:
             bar.close()
-    save(it)
-    true_res = float(torch.linalg.vector_norm(b - A(x))) / b_norm
-    x_out = x.cpu().numpy()
-    return SolveResult(x=x_out, converged=converged, iterations=it, residual=true_res,
-                       history=history, wall_s=time.perf_counter() - t0, preconditioner=M.name,
-                       setup_s=setup_s, resumed_from=start_it)
+    if ckpt is not None:
+        ckpt.save(state.arrays())
+    true_res = float(torch.linalg.vector_norm(b - A(state.x))) / b_norm
+    return SolveResult(x=state.x.cpu().numpy(), converged=converged, iterations=state.iteration,
+                       residual=true_res, history=state.history,
+                       wall_s=time.perf_counter() - t0, preconditioner=M.name, setup_s=setup_s,
+                       resumed_from=start_it)

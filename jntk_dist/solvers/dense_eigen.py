@@ -13,48 +13,22 @@ end through a spectral shift or shift-invert, and the positivity tolerance.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 
 from ..operators.dask_arrays import DEFAULT_BLOCK, MatrixLike, SchedulerName, as_dask, check_square
-from ..operators.dense import DaskOperator
+from ..operators.base import AddedDiag
+from ..operators.dense import DenseOperator
 from .cholesky import CholeskyInverseOperator, NotPositiveDefiniteError
+from .results import EPS, EigenResult, positivity_tolerance
 
 __all__ = ["EPS", "EigenResult", "positivity_tolerance", "eigh_dense", "top_eigenpairs",
            "smallest_eigenvalue", "eigen", "suggest_ridge"]
 
 log = logging.getLogger(__name__)
-
-EPS = float(np.finfo(np.float64).eps)
-
-
-@dataclass
-class EigenResult:
-    """Eigenvalues (ascending) and optionally eigenvectors (columns) of a symmetric matrix."""
-
-    values: np.ndarray
-    vectors: np.ndarray | None
-    method: str
-    tolerance: float  # positivity tolerance τ = n·eps·λ_max for this matrix
-    n: int
-
-    @property
-    def lambda_min(self) -> float:
-        return float(self.values[0])
-
-    @property
-    def lambda_max(self) -> float:
-        return float(self.values[-1])
-
-
-def positivity_tolerance(lambda_max: float, n: int) -> float:
-    """τ = n · eps · |λ_max|: an eigenvalue ≤ τ is not distinguishable from 0 in float64."""
-    return float(n) * EPS * abs(float(lambda_max))
-
 
 def suggest_ridge(a: MatrixLike, scheduler_name: SchedulerName = "auto") -> float:
     """A ridge μ that makes A + μI numerically PD: −λ_min (if negative) plus 10τ, τ = n·eps·λ_max.
@@ -125,15 +99,15 @@ def top_eigenpairs(matrix: MatrixLike, k: int, tol: float = 1e-12, vectors: bool
     n = check_square(a)
     if not 1 <= k < n:
         raise ValueError(f"k must be in [1, n-1] = [1, {n - 1}] for the iterative path, got {k}")
-    op = DaskOperator(a, scheduler_name=scheduler_name)
+    op = DenseOperator(a, scheduler_name=scheduler_name)
     v0 = np.random.default_rng(seed).standard_normal(n)
-    out = _lanczos(op, k, tol, ncv, maxiter, vectors, v0)
+    out = _lanczos(op.aslinearoperator(), k, tol, ncv, maxiter, vectors, v0)
     w, v = (out if vectors else (out, None))
     order = np.argsort(w)
     w = np.asarray(w)[order]
     v = None if v is None else np.asarray(v)[:, order]
-    log.info("Lanczos top-%d: %d matvecs", k, op.n_matvecs)
-    return EigenResult(w, v, f"Lanczos (eigsh, {op.n_matvecs} matvecs)",
+    log.info("Lanczos top-%d: %d matvecs", k, op.n_products)
+    return EigenResult(w, v, f"Lanczos (eigsh, {op.n_products} matvecs)",
                        positivity_tolerance(w[-1], n), n)
 
 
@@ -173,34 +147,42 @@ def smallest_eigenvalue(matrix: MatrixLike, k: int = 1, tol: float = 1e-10,
     tau = positivity_tolerance(lambda_max, n)
     v0 = np.random.default_rng(seed + 1).standard_normal(n)
     if method in ("auto", "shift-invert"):
-        delta = shift_factor * tau
-        while True:
-            try:
-                inv = CholeskyInverseOperator(a, delta, block_size, scheduler_name)
-                break
-            except NotPositiveDefiniteError:
-                if method == "shift-invert" or delta > 2 * abs(lambda_max):
-                    raise
-                log.info("A + %.3g I is not PD (λ_min < %.3g): raising the shift", delta, -delta)
-                delta *= 8.0
+        inv, delta = _shifted_inverse(a, shift_factor * tau, lambda_max, method, block_size,
+                                      scheduler_name)
         out = _lanczos(inv, k, tol, ncv, maxiter, vectors, v0)
-        mu, v = (out if vectors else (out, None))
-        w = 1.0 / np.asarray(mu) - delta
-        order = np.argsort(w)
-        v = None if v is None else np.asarray(v)[:, order]
+        w, v = _ascending(out, vectors, lambda mu: 1.0 / mu - delta)
         log.info("shift-invert Lanczos bottom-%d: %d solves", k, inv.n_solves)
-        return EigenResult(np.append(w[order], lambda_max), v,
+        return EigenResult(np.append(w, lambda_max), v,
                            f"shift-invert Lanczos (δ={delta:.3g}, {inv.n_solves} solves)", tau, n)
     sigma = abs(lambda_max) * (1 + 1e-3)
-    op = DaskOperator(a, shift=sigma, scale=-1.0, scheduler_name=scheduler_name)
-    out = _lanczos(op, k, tol, ncv, maxiter, vectors, v0)
+    op = AddedDiag(DenseOperator(a, scale=-1.0, scheduler_name=scheduler_name), sigma)  # σI − A
+    out = _lanczos(op.aslinearoperator(), k, tol, ncv, maxiter, vectors, v0)
+    w, v = _ascending(out, vectors, lambda mu: sigma - mu)
+    log.info("shifted Lanczos bottom-%d: %d matvecs", k, op.n_products)
+    return EigenResult(np.append(w, lambda_max), v,
+                       f"shifted Lanczos (σ={sigma:.3g}, {op.n_products} matvecs)", tau, n)
+
+
+def _shifted_inverse(a: Any, delta: float, lambda_max: float, method: str, block_size: int,
+                     scheduler_name: SchedulerName) -> tuple[CholeskyInverseOperator, float]:
+    """(A + δI)⁻¹ by a blockwise Cholesky factor; ``auto`` raises δ ×8 until A + δI factorises."""
+    while True:
+        try:
+            return CholeskyInverseOperator(a, delta, block_size, scheduler_name), delta
+        except NotPositiveDefiniteError:
+            if method == "shift-invert" or delta > 2 * abs(lambda_max):
+                raise
+            log.info("A + %.3g I is not PD (λ_min < %.3g): raising the shift", delta, -delta)
+            delta *= 8.0
+
+
+def _ascending(out: Any, vectors: bool, to_eigenvalue: Any) -> tuple[np.ndarray, Any]:
+    """Lanczos output (values of the transformed operator, vectors) → eigenvalues of A ascending
+    and their vectors."""
     mu, v = (out if vectors else (out, None))
-    w = sigma - np.asarray(mu)
+    w = to_eigenvalue(np.asarray(mu))
     order = np.argsort(w)
-    v = None if v is None else np.asarray(v)[:, order]
-    log.info("shifted Lanczos bottom-%d: %d matvecs", k, op.n_matvecs)
-    return EigenResult(np.append(w[order], lambda_max), v,
-                       f"shifted Lanczos (σ={sigma:.3g}, {op.n_matvecs} matvecs)", tau, n)
+    return w[order], None if v is None else np.asarray(v)[:, order]
 
 
 def eigen(matrix: MatrixLike, k: int | None = None, vectors: bool = True,

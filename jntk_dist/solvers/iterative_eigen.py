@@ -1,5 +1,5 @@
-"""Extreme eigenpairs of kernel operators: Lanczos / LOBPCG (scipy) and shift-invert λ_min with
-an inner PCG (the small end of Assumption 8 at full size)."""
+"""Extreme eigenpairs of kernel operators: Lanczos / LOBPCG (scipy) and shift-invert λ_min with an
+inner PCG (the small end of Assumption 8 at full size)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,17 @@ import math
 import os
 import time
 import warnings
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from ..operators.base import KernelOperator
 from .cg import IndefiniteError, as_operator_matmat, pcg
-from .checkpoint import save_npz
+from .checkpoint import IterativeCheckpoint, fingerprint
 from .preconditioners import Preconditioner, make_preconditioner
-from .results import EigResult
+from .results import EigenResult
 
 __all__ = ["structured_eigs", "shift_invert_eigs"]
 
@@ -37,13 +38,96 @@ def _residual_norms(op: Any, values: np.ndarray, vectors: np.ndarray) -> np.ndar
     return np.linalg.norm(AV - vectors * values[None, :], axis=0)
 
 
-def structured_eigs(op: Any, k: int = 1, which: str = "LA", method: str = "lanczos",
+def _check_k(op: Any, k: int) -> int:
+    n = op.shape[0]
+    if not (1 <= k < n):
+        raise ValueError(f"k must be in [1, {n - 1}], got {k}")
+    return n
+
+
+def _bar(progress: bool, **kw: Any) -> Any:
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(**kw)
+
+
+# ---- Lanczos and LOBPCG -------------------------------------------------------------------
+
+
+def _lanczos(A: Any, k: int, which: str, tol: float, maxiter: int | None, v0: np.ndarray,
+             progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """ARPACK's implicitly restarted Lanczos (scipy ``eigsh``), counting products on a bar."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    bar = _bar(progress, desc=f"Lanczos[{which}]", unit="matvec")
+    if bar is not None:
+        inner = A
+
+        def mv(v: np.ndarray) -> np.ndarray:
+            bar.update(1)
+            return inner.matvec(v)
+        A = LinearOperator(inner.shape, matvec=mv, dtype=np.float64)
+    try:
+        return eigsh(A, k=k, which=which, tol=tol, maxiter=maxiter, v0=v0)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _lobpcg(A: Any, M: Any, X: np.ndarray, which: str, tol: float, maxiter: int, done: int,
+            ckpt: IterativeCheckpoint | None, restart_every: int,
+            progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """scipy's LOBPCG from the block X, in checkpointed rounds when ``ckpt`` is given."""
+    from scipy.sparse.linalg import lobpcg
+
+    bar = _bar(progress, total=maxiter, initial=done, desc=f"LOBPCG[{which}]", unit="it")
+    try:
+        while True:
+            # without a checkpoint, one uninterrupted run keeps LOBPCG's search directions
+            rounds = max(min(restart_every if ckpt is not None else maxiter, maxiter - done), 1)
+            with warnings.catch_warnings():  # rounds end early on purpose; we check below
+                warnings.filterwarnings("ignore", message="(?s).*not reaching the requested",
+                                        category=UserWarning)
+                vals, X, res_hist = lobpcg(A, X, M=M, tol=tol, maxiter=rounds,
+                                           largest=(which == "LA"),
+                                           retResidualNormsHistory=True)
+            done += rounds
+            worst = float(np.max(res_hist[-1])) if len(res_hist) else float("nan")
+            if bar is not None:
+                bar.update(rounds)
+                bar.set_postfix(residual=f"{worst:.2e}")
+            if ckpt is not None:
+                ckpt.save({"X": X, "iterations": np.int64(done), "values": vals})
+            if worst <= tol or done >= maxiter:
+                return vals, X
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _lobpcg_start(op: KernelOperator, n: int, k: int, which: str, rng: np.random.Generator,
+                  checkpoint: str | os.PathLike | None) -> tuple[np.ndarray, int, Any]:
+    """LOBPCG's first block (random, or the checkpoint's), iterations done, the checkpoint."""
+    X = rng.standard_normal((n, k))
+    if checkpoint is None:
+        return X, 0, None
+    ckpt = IterativeCheckpoint(checkpoint, fingerprint(op, method="lobpcg", which=which, k=k),
+                               "operator, k or which")
+    saved = ckpt.load()
+    if saved is None:
+        return X, 0, ckpt
+    log.info("resuming LOBPCG from %s after %d iterations", ckpt.path, int(saved["iterations"]))
+    return saved["X"], int(saved["iterations"]), ckpt
+
+
+def structured_eigs(op: KernelOperator, k: int = 1, which: str = "LA", method: str = "lanczos",
                     tol: float = 1e-8, maxiter: int | None = None,
                     preconditioner: str | Preconditioner | None = None, shift: float = 0.0,
                     seed: int = 0, checkpoint: str | os.PathLike | None = None,
                     restart_every: int = 50, progress: bool = True,
-                    return_vectors: bool = True) -> EigResult:
-    """k extreme eigenpairs of a symmetric structured operator.
+                    return_vectors: bool = True) -> EigenResult:
+    """k extreme eigenpairs of a symmetric kernel operator.
 
     ``which``: "LA" (largest) or "SA" (smallest, e.g. λ_min of Assumption 8).
     ``method``: "lanczos" (ARPACK implicitly restarted Lanczos, scipy ``eigsh``) or "lobpcg"
@@ -55,98 +139,185 @@ def structured_eigs(op: Any, k: int = 1, which: str = "LA", method: str = "lancz
     """
     if which not in ("LA", "SA"):
         raise ValueError(f"which must be 'LA' (largest) or 'SA' (smallest), got {which!r}")
-    n = op.shape[0]
-    if not (1 <= k < n):
-        raise ValueError(f"k must be in [1, {n - 1}], got {k}")
+    if method not in ("lanczos", "lobpcg"):
+        raise ValueError(f"method must be 'lanczos' or 'lobpcg', got {method!r}")
+    n = _check_k(op, k)
     A = _scipy_operator(op)
     before = getattr(op, "n_products", 0)
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     if method == "lanczos":
-        from scipy.sparse.linalg import eigsh
-
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(desc=f"Lanczos[{which}]", unit="matvec")
-            inner = A
-
-            from scipy.sparse.linalg import LinearOperator
-
-            def mv(v: np.ndarray) -> np.ndarray:
-                bar.update(1)
-                return inner.matvec(v)
-            A = LinearOperator(inner.shape, matvec=mv, dtype=np.float64)
-        try:
-            vals, vecs = eigsh(A, k=k, which=which, tol=tol, maxiter=maxiter,
-                               v0=rng.standard_normal(n))
-        finally:
-            if bar is not None:
-                bar.close()
-    elif method == "lobpcg":
-        from scipy.sparse.linalg import LinearOperator, lobpcg
+        vals, vecs = _lanczos(A, k, which, tol, maxiter, rng.standard_normal(n), progress)
+    else:
+        from scipy.sparse.linalg import LinearOperator
 
         M = None
         if preconditioner is not None:
             P = make_preconditioner(op, preconditioner, shift)
             M = LinearOperator((n, n), matvec=P, matmat=P, dtype=np.float64)
-        maxiter = 500 if maxiter is None else int(maxiter)
-        ckpt = Path(checkpoint) if checkpoint is not None else None
-        X = rng.standard_normal((n, k))
-        done = 0
-        if ckpt is not None and ckpt.exists():
-            with np.load(ckpt) as z:
-                if tuple(z["X"].shape) != (n, k) or str(z["which"]) != which:
-                    raise ValueError(f"checkpoint {ckpt} holds vectors of shape {z['X'].shape} "
-                                     f"for which={z['which']}, not ({n}, {k}) for {which}")
-                X, done = z["X"], int(z["iterations"])
-            log.info("resuming LOBPCG from %s after %d iterations", ckpt, done)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=maxiter, initial=done, desc=f"LOBPCG[{which}]", unit="it")
-        try:
-            while True:
-                # without a checkpoint, one uninterrupted run keeps LOBPCG's search directions
-                every = restart_every if ckpt is not None else maxiter
-                rounds = min(every, maxiter - done)
-                with warnings.catch_warnings():  # rounds end early on purpose; we check below
-                    warnings.filterwarnings("ignore", message="(?s).*not reaching the requested",
-                                            category=UserWarning)
-                    vals, X, res_hist = lobpcg(A, X, M=M, tol=tol, maxiter=max(rounds, 1),
-                                               largest=(which == "LA"),
-                                               retResidualNormsHistory=True)
-                done += max(rounds, 1)
-                worst = float(np.max(res_hist[-1])) if len(res_hist) else float("nan")
-                if bar is not None:
-                    bar.update(max(rounds, 1))
-                    bar.set_postfix(residual=f"{worst:.2e}")
-                if ckpt is not None:
-                    save_npz(ckpt, X=X, iterations=np.int64(done), which=np.str_(which),
-                              values=vals)
-                if worst <= tol or done >= maxiter:
-                    break
-        finally:
-            if bar is not None:
-                bar.close()
-        vecs = X
-    else:
-        raise ValueError(f"method must be 'lanczos' or 'lobpcg', got {method!r}")
+        X, done, ckpt = _lobpcg_start(op, n, k, which, rng, checkpoint)
+        vals, vecs = _lobpcg(A, M, X, which, tol, 500 if maxiter is None else int(maxiter),
+                             done, ckpt, restart_every, progress)
     order = np.argsort(vals)
     vals, vecs = np.asarray(vals)[order], np.asarray(vecs)[:, order]
-    residuals = _residual_norms(op, vals, vecs)
-    return EigResult(values=vals, vectors=vecs if return_vectors else None, method=method,
-                     which=which, n_products=getattr(op, "n_products", 0) - before,
-                     wall_s=time.perf_counter() - t0, residuals=residuals)
+    return EigenResult(values=vals, vectors=vecs if return_vectors else None, method=method,
+                       n=n, which=which, n_products=getattr(op, "n_products", 0) - before,
+                       wall_s=time.perf_counter() - t0,
+                       residuals=_residual_norms(op, vals, vecs))
 
 
-def shift_invert_eigs(op: Any, k: int = 1, *, shift: float = 0.0,
+# ---- shift-invert -------------------------------------------------------------------------
+
+
+@dataclass
+class _SearchSpace:
+    """Shift-invert's state: an orthonormal basis S, A S, and the counters."""
+
+    S: Tensor
+    AS: Tensor
+    shifts: list[float]
+    outer: int = 0
+    inner_its: list[int] = field(default_factory=list)
+
+    def arrays(self, k: int) -> dict[str, Any]:
+        return {"S": self.S.cpu().numpy(), "AS": self.AS.cpu().numpy(),
+                "outer": np.int64(self.outer), "inner": np.asarray(self.inner_its, np.int64),
+                "k": np.int64(k), "shifts": np.asarray(self.shifts),
+                "method": np.str_("shift-invert")}
+
+
+def _si_start(op: KernelOperator, k: int, shift: float, seed: int,
+              matmat: Callable[[Tensor], Tensor],
+              ckpt: IterativeCheckpoint | None) -> _SearchSpace:
+    """A random k-dimensional start (or the checkpoint's search space)."""
+    device = getattr(op, "device", torch.device("cpu"))
+    saved = ckpt.load() if ckpt is not None else None
+    if saved is not None:
+        log.info("resuming shift-invert from %s after %d outer steps", ckpt.path,
+                 int(saved["outer"]))
+        return _SearchSpace(S=torch.as_tensor(saved["S"], device=device),
+                            AS=torch.as_tensor(saved["AS"], device=device),
+                            shifts=saved["shifts"].tolist(), outer=int(saved["outer"]),
+                            inner_its=saved["inner"].tolist())
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    S = torch.linalg.qr(torch.randn(op.shape[0], k, generator=gen,
+                                    dtype=torch.float64).to(device))[0]
+    return _SearchSpace(S=S, AS=matmat(S), shifts=[shift])
+
+
+def _rayleigh_ritz(space: _SearchSpace) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Ritz vectors U, A U, Ritz values w (ascending) and residual norms |AU − Uw| of span(S)
+    (S orthonormal) with A itself."""
+    H = space.S.T @ space.AS
+    w, Y = torch.linalg.eigh(0.5 * (H + H.T))
+    U, AU = space.S @ Y, space.AS @ Y
+    return U, AU, w, torch.linalg.vector_norm(AU - U * w[None, :], dim=0)
+
+
+class _ShiftedInverse:
+    """(A + σI)⁻¹ u by PCG with a structured preconditioner, raising σ (and rebuilding the
+    preconditioner) when A + σI turns out indefinite."""
+
+    def __init__(self, op: KernelOperator, matmat: Callable[[Tensor], Tensor],
+                 preconditioner: str | Preconditioner | None, space: _SearchSpace,
+                 reduction: float, maxiter: int) -> None:
+        self.op, self.matmat, self.preconditioner = op, matmat, preconditioner
+        self.space, self.reduction, self.maxiter = space, reduction, maxiter
+        t0 = time.perf_counter()
+        self.M = make_preconditioner(op, preconditioner, space.shifts[-1])
+        self.setup_s = time.perf_counter() - t0
+
+    def solve(self, u: Tensor, Au: Tensor, theta: float) -> Tensor:
+        """(A + σI)⁻¹ u from the warm start u/(θ + σ), to ``reduction`` × its residual."""
+        while True:
+            shift = self.space.shifts[-1]
+            A_s = lambda v: self.matmat(v[:, None])[:, 0] + shift * v  # noqa: E731
+            denom = max(theta + shift, 1e-300)
+            x0, r0 = u / denom, u - (Au + shift * u) / denom
+            inner_tol = max(self.reduction * float(torch.linalg.vector_norm(r0)), 1e-15)
+            try:
+                t, its, _ = pcg(A_s, self.M, u, x0=x0, r0=r0, tol=inner_tol,
+                                maxiter=self.maxiter)
+                self.space.inner_its.append(its)
+                return t
+            except IndefiniteError as err:  # λ_min(A) < −σ: raise the shift, rebuild M
+                shift = max(8.0 * shift, -2.0 * err.rayleigh + 2.0 * shift, 1e-300)
+                self.space.shifts.append(shift)
+                log.warning("A + σI is indefinite; raising the shift to σ = %.3e", shift)
+                self.M = make_preconditioner(self.op, self.preconditioner, shift)
+
+
+def _si_extend(space: _SearchSpace, U: Tensor, AU: Tensor, T: Tensor, k: int, max_basis: int,
+               matmat: Callable[[Tensor], Tensor]) -> bool:
+    """Add the new directions T to the search space (restarting it from the best Ritz vectors
+    when it would grow past ``max_basis``); False when T adds nothing."""
+    S, AS = space.S, space.AS
+    if S.shape[1] + T.shape[1] > max_basis:  # restart from the best Ritz vectors
+        keep = max(k, max_basis - T.shape[1] - max_basis // 2)
+        S, AS = U[:, :keep], AU[:, :keep]
+    for _ in range(2):  # classical Gram–Schmidt, twice
+        T = T - S @ (S.T @ T)
+    T, Rt = torch.linalg.qr(T)
+    ok = torch.abs(torch.diagonal(Rt)) > 1e-10 * torch.abs(Rt).max()
+    if not ok.any():
+        log.warning("shift-invert: the new directions lie in the search space; stopping")
+        return False
+    T = T[:, ok]
+    space.S, space.AS = torch.cat([S, T], 1), torch.cat([AS, matmat(T)], 1)
+    return True
+
+
+def _si_iterate(space: _SearchSpace, inverse: _ShiftedInverse,
+                matmat: Callable[[Tensor], Tensor], k: int, tol: float, maxiter: int,
+                max_basis: int, ckpt: IterativeCheckpoint | None,
+                progress: bool) -> tuple[Tensor, np.ndarray, np.ndarray]:
+    """Outer steps until the k smallest Ritz pairs have residual ≤ tol (or ``maxiter``);
+    returns the Ritz vectors, values and residual norms."""
+    bar = _bar(progress, total=maxiter, initial=space.outer, desc="shift-invert", unit="outer")
+    try:
+        while True:
+            U, AU, w, rn = _rayleigh_ritz(space)
+            theta, res_norms = w[:k].cpu().numpy(), rn[:k].cpu().numpy()
+            if bar is not None:
+                bar.set_postfix(theta=f"{theta[0]:.3e}", residual=f"{res_norms.max():.1e}",
+                                inner=sum(space.inner_its))
+            if np.all(res_norms <= tol) or space.outer >= maxiter:
+                break
+            space.outer += 1
+            T = torch.stack([inverse.solve(U[:, j], AU[:, j], float(w[j]))
+                             for j in np.flatnonzero(res_norms > tol)], dim=1)
+            if not _si_extend(space, U, AU, T, k, max_basis, matmat):
+                break
+            if bar is not None:
+                bar.update(1)
+            if ckpt is not None and ckpt.due():
+                ckpt.save(space.arrays(k))
+    finally:
+        if bar is not None:
+            bar.close()
+    if ckpt is not None:
+        ckpt.save(space.arrays(k))
+    return U, theta, res_norms
+
+
+def _check_shift_invert(n: int, k: int, shift: float, inner_reduction: float) -> float:
+    if not (1 <= k < n):
+        raise ValueError(f"k must be in [1, {n - 1}], got {k}")
+    if not (0 < inner_reduction < 1):
+        raise ValueError(f"inner_reduction must be in (0, 1), got {inner_reduction}")
+    shift = float(shift)
+    if not math.isfinite(shift) or shift < 0:
+        raise ValueError(f"shift σ must be ≥ 0, got {shift}")
+    return shift
+
+
+def shift_invert_eigs(op: KernelOperator, k: int = 1, *, shift: float = 0.0,
                       preconditioner: str | Preconditioner | None = "two_level",
                       tol: float = 1e-8, inner_reduction: float = 0.3,
                       inner_maxiter: int | None = None, maxiter: int = 200,
                       max_basis: int = 24, seed: int = 0, progress: bool = True,
                       return_vectors: bool = True, checkpoint: str | os.PathLike | None = None,
-                      checkpoint_every: float = 60.0) -> EigResult:
+                      checkpoint_every: float = 60.0) -> EigenResult:
     """The k smallest eigenpairs of a symmetric operator A by shift-and-invert with inner PCG.
 
     λ_min(A) = 1/λ_max((A + σI)⁻¹) − σ.  Each outer step applies (A + σI)⁻¹ to every unconverged
@@ -164,126 +335,28 @@ def shift_invert_eigs(op: Any, k: int = 1, *, shift: float = 0.0,
     operator column (inner PCG products included); ``info`` has the inner iteration counts.
     With ``checkpoint`` (``.npz``) the search space (S, AS), the shift and the counters are saved
     atomically every ``checkpoint_every`` seconds and at the end; a rerun resumes from them
-    (a checkpoint of another operator shape or k is refused).
+    (a checkpoint of another operator or k is refused).
     """
     n = op.shape[0]
-    if not (1 <= k < n):
-        raise ValueError(f"k must be in [1, {n - 1}], got {k}")
-    if not (0 < inner_reduction < 1):
-        raise ValueError(f"inner_reduction must be in (0, 1), got {inner_reduction}")
-    shift = float(shift)
-    if not math.isfinite(shift) or shift < 0:
-        raise ValueError(f"shift σ must be ≥ 0, got {shift}")
+    shift = _check_shift_invert(n, k, shift, inner_reduction)
     max_basis = max(int(max_basis), 2 * k + 1)
-    inner_maxiter = 10 * n if inner_maxiter is None else int(inner_maxiter)
-    device = getattr(op, "device", torch.device("cpu"))
-    dtype = torch.float64
     matmat = as_operator_matmat(op)
-    before = getattr(op, "n_products", 0)
-    t0 = time.perf_counter()
-    t_setup = time.perf_counter()
-    M = make_preconditioner(op, preconditioner, shift)
-    setup_s = time.perf_counter() - t_setup
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    outer = 0
-    inner_its: list[int] = []
-    shifts = [shift]
-    if ckpt is not None and ckpt.exists():
-        with np.load(ckpt) as z:
-            if str(z["method"]) != "shift-invert" or z["S"].shape[0] != n or int(z["k"]) != k:
-                raise ValueError(f"checkpoint {ckpt} is not a shift-invert search space of "
-                                 f"{n} rows for k={k}; remove it or choose another path")
-            S = torch.as_tensor(z["S"], device=device)
-            AS = torch.as_tensor(z["AS"], device=device)
-            outer, inner_its = int(z["outer"]), z["inner"].tolist()
-            shifts = z["shifts"].tolist()
-        if shifts[-1] != shift:
-            shift = shifts[-1]
-            M = make_preconditioner(op, preconditioner, shift)
-        log.info("resuming shift-invert from %s after %d outer steps", ckpt, outer)
-    else:
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        S = torch.linalg.qr(torch.randn(n, k, generator=gen, dtype=dtype).to(device))[0]
-        AS = matmat(S)
-    resumed_from = outer
-
-    def save() -> None:
-        if ckpt is not None:
-            save_npz(ckpt, S=S.cpu().numpy(), AS=AS.cpu().numpy(), outer=np.int64(outer),
-                      inner=np.asarray(inner_its, dtype=np.int64), k=np.int64(k),
-                      shifts=np.asarray(shifts), method=np.str_("shift-invert"))
-
-    last_save = time.perf_counter()
-    theta = np.zeros(k)
-    res_norms = np.full(k, np.inf)
-    U = S
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=maxiter, initial=outer, desc="shift-invert", unit="outer")
-    try:
-        while True:
-            # Rayleigh–Ritz with A on span(S) (S orthonormal)
-            H = S.T @ AS
-            w, Y = torch.linalg.eigh(0.5 * (H + H.T))
-            U, AU = S @ Y, AS @ Y
-            R = AU - U * w[None, :]
-            rn = torch.linalg.vector_norm(R, dim=0)
-            theta, res_norms = w[:k].cpu().numpy(), rn[:k].cpu().numpy()
-            if bar is not None:
-                bar.set_postfix(theta=f"{theta[0]:.3e}", residual=f"{res_norms.max():.1e}",
-                                inner=sum(inner_its))
-            if np.all(res_norms <= tol) or outer >= maxiter:
-                break
-            outer += 1
-            new = []
-            for j in np.flatnonzero(res_norms > tol):
-                u, Au, th = U[:, j], AU[:, j], float(w[j])
-                while True:
-                    A_s = lambda v: matmat(v[:, None])[:, 0] + shift * v  # noqa: E731
-                    denom = max(th + shift, 1e-300)
-                    x0 = u / denom
-                    r0 = u - (Au + shift * u) / denom
-                    inner_tol = max(inner_reduction * float(torch.linalg.vector_norm(r0)), 1e-15)
-                    try:
-                        t, its, _ = pcg(A_s, M, u, x0=x0, r0=r0, tol=inner_tol,
-                                        maxiter=inner_maxiter)
-                        inner_its.append(its)
-                        break
-                    except IndefiniteError as err:  # λ_min(A) < −σ: raise the shift, rebuild M
-                        shift = max(8.0 * shift, -2.0 * err.rayleigh + 2.0 * shift, 1e-300)
-                        shifts.append(shift)
-                        log.warning("A + σI is indefinite; raising the shift to σ = %.3e", shift)
-                        M = make_preconditioner(op, preconditioner, shift)
-                new.append(t)
-            T = torch.stack(new, dim=1)
-            if S.shape[1] + T.shape[1] > max_basis:  # restart from the best Ritz vectors
-                keep = max(k, max_basis - T.shape[1] - max_basis // 2)
-                S, AS = U[:, :keep], AU[:, :keep]
-            for _ in range(2):  # classical Gram–Schmidt, twice
-                T = T - S @ (S.T @ T)
-            T, Rt = torch.linalg.qr(T)
-            ok = torch.abs(torch.diagonal(Rt)) > 1e-10 * torch.abs(Rt).max()
-            if not ok.any():
-                log.warning("shift-invert: the new directions lie in the search space; stopping")
-                break
-            T = T[:, ok]
-            S, AS = torch.cat([S, T], 1), torch.cat([AS, matmat(T)], 1)
-            if bar is not None:
-                bar.update(1)
-            if ckpt is not None and time.perf_counter() - last_save >= checkpoint_every:
-                save()
-                last_save = time.perf_counter()
-    finally:
-        if bar is not None:
-            bar.close()
-    save()
+    before, t0 = getattr(op, "n_products", 0), time.perf_counter()
+    ckpt = None if checkpoint is None else IterativeCheckpoint(
+        checkpoint, fingerprint(op, method="shift-invert", k=k), "operator or k",
+        every=checkpoint_every)
+    space = _si_start(op, k, shift, seed, matmat, ckpt)
+    resumed_from = space.outer
+    inverse = _ShiftedInverse(op, matmat, preconditioner, space, inner_reduction,
+                              10 * n if inner_maxiter is None else int(inner_maxiter))
+    U, theta, res_norms = _si_iterate(space, inverse, matmat, k, tol, maxiter, max_basis, ckpt,
+                                      progress)
     vecs = U[:, :k].cpu().numpy()
-    return EigResult(values=theta, vectors=vecs if return_vectors else None,
-                     method="shift-invert", which="SA",
-                     n_products=getattr(op, "n_products", 0) - before,
-                     wall_s=time.perf_counter() - t0, residuals=res_norms,
-                     info={"outer_iterations": outer, "inner_iterations": inner_its,
-                           "resumed_from": resumed_from,
-                           "shifts": shifts, "preconditioner": M.name, "setup_s": setup_s,
-                           "converged": bool(np.all(res_norms <= tol))})
+    return EigenResult(values=theta, vectors=vecs if return_vectors else None,
+                       method="shift-invert", n=n, which="SA",
+                       n_products=getattr(op, "n_products", 0) - before,
+                       wall_s=time.perf_counter() - t0, residuals=res_norms,
+                       info={"outer_iterations": space.outer, "inner_iterations": space.inner_its,
+                             "resumed_from": resumed_from, "shifts": space.shifts,
+                             "preconditioner": inverse.M.name, "setup_s": inverse.setup_s,
+                             "converged": bool(np.all(res_norms <= tol))})

@@ -1,6 +1,8 @@
-"""Preconditioners for (Θ_λ + μI) that use the structure of the Jacobian kernels.
+"""Preconditioners for (Θ_λ + μI) that use the structure of the Jacobian kernels: they are built
+from the :class:`~jntk_dist.operators.StructuredParts` of the square operator (its block
+diagonal, field matrices or columns, the compression on span{e_0, x̂_i}), whatever computes its
+products (this process, Ray actors, Dask tasks).
 
-Preconditioners that use the structure:
   * ``"kron"``:   blockdiag((K + μI)⁻¹, (λK_b + μI)⁻¹ ⊗ I_d0) -- the 00 block and the isotropic
                   κ_b δ_αβ part of the Jacobian block, two Cholesky factors of n×n matrices;
   * ``"jacobi"``: the exact inverse of each point's (d0+1)² diagonal block (scaled identity plus
@@ -21,7 +23,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..kernels import FIELD_INDEX, FIELD_NAMES
+from ..kernels import FIELD_NAMES
+from ..operators.base import StructuredParts
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -69,7 +72,7 @@ class BlockJacobiPreconditioner(Preconditioner):
 
     name = "jacobi"
 
-    def __init__(self, op: Any, ridge: float = 0.0) -> None:
+    def __init__(self, op: StructuredParts, ridge: float = 0.0) -> None:
         p = op.block_diagonal_parts()
         x = op.x1
         self.d0 = op.d0
@@ -139,7 +142,7 @@ class KroneckerPreconditioner(Preconditioner):
 
     name = "kron"
 
-    def __init__(self, op: Any, ridge: float = 0.0) -> None:
+    def __init__(self, op: StructuredParts, ridge: float = 0.0) -> None:
         if not op.is_square:
             raise ValueError("the Kronecker preconditioner needs the square X–X operator")
         mats = op.field_matrices(["k", "k_b"])
@@ -168,7 +171,7 @@ class TwoLevelPreconditioner(Preconditioner):
 
     name = "two_level"
 
-    def __init__(self, op: Any, ridge: float = 0.0) -> None:
+    def __init__(self, op: StructuredParts, ridge: float = 0.0) -> None:
         if not op.is_square:
             raise ValueError("the two-level preconditioner needs the square X–X operator")
         F = op.field_matrices(FIELD_NAMES)
@@ -238,7 +241,7 @@ class NystromPreconditioner(TwoLevelPreconditioner):
 
     name = "nystrom"
 
-    def __init__(self, op: Any, ridge: float = 0.0, rank: int | None = None,
+    def __init__(self, op: StructuredParts, ridge: float = 0.0, rank: int | None = None,
                  memory_mb: float = 256.0, rel_tol: float = 1e-10) -> None:
         if not op.is_square:
             raise ValueError("the Nyström preconditioner needs the square X–X operator")
@@ -269,7 +272,7 @@ class NystromPreconditioner(TwoLevelPreconditioner):
         if lam == 0.0:
             self.fjac = _jacobian_factor(torch.zeros((n, n), dtype=cdiag.dtype), lam, ridge)
         else:
-            kb_diag = op.source.diagonal()[FIELD_INDEX["k_b"]]
+            kb_diag = op.field_diagonal("k_b")
             Lb = pivoted_cholesky(lam * kb_diag, lambda idx: lam * op.field_columns("k_b", idx),
                                   self.rank, rel_tol)
             resid = (lam * kb_diag - (Lb ** 2).sum(1)).clamp_min(0.0)
@@ -277,7 +280,7 @@ class NystromPreconditioner(TwoLevelPreconditioner):
         self.ranks = (Lq.shape[1], self.fjac[1][0].shape[1] if self.fjac[0] == "lowrank" else 0)
 
 
-def make_preconditioner(op: Any, kind: str | Preconditioner | None = "kron",
+def make_preconditioner(op: StructuredParts, kind: str | Preconditioner | None = "kron",
                         ridge: float = 0.0) -> Preconditioner:
     """A preconditioner for (op + ridge·I) by name: 'none', 'jacobi', 'kron', 'two_level' or
     'nystrom' (low-rank + diagonal, rank from a 256 MB budget; build

@@ -1,4 +1,4 @@
-"""The results of the solvers: one :class:`SolveResult`, one :class:`EigResult`."""
+"""What the solvers return: one :class:`SolveResult`, one :class:`EigenResult`."""
 
 from __future__ import annotations
 
@@ -7,12 +7,20 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SolveResult", "EigResult"]
+__all__ = ["SolveResult", "EigenResult", "EPS", "positivity_tolerance"]
+
+EPS = float(np.finfo(np.float64).eps)
+
+
+def positivity_tolerance(lambda_max: float, n: int) -> float:
+    """τ = n · eps · |λ_max|: an eigenvalue ≤ τ is not distinguishable from 0 in float64."""
+    return float(n) * EPS * abs(float(lambda_max))
 
 
 @dataclass
 class SolveResult:
-    """Outcome of :func:`structured_solve`; ``x`` is the coefficient vector α (point-major)."""
+    """Outcome of a linear solve (:func:`.cg.structured_solve`); ``x`` is the coefficient vector
+    α (point-major)."""
 
     x: Any
     converged: bool
@@ -26,14 +34,30 @@ class SolveResult:
 
 
 @dataclass
-class EigResult:
-    """Eigenpairs of a structured operator; ``values`` ascending."""
+class EigenResult:
+    """Eigenvalues (ascending) and optionally eigenvectors (columns) of a symmetric matrix or
+    operator, from any of the eigensolvers (dense, Lanczos, LOBPCG, shift-invert).
+
+    ``tolerance``: the positivity tolerance τ = n·eps·λ_max where the solver knows λ_max;
+    ``which``: "all" (a full spectrum), "LA" (the largest) or "SA" (the smallest);
+    ``residuals``: |A v − θ v| per pair where computed; ``info``: method details.
+    """
 
     values: np.ndarray
     vectors: np.ndarray | None
     method: str
-    which: str
-    n_products: int
-    wall_s: float
+    tolerance: float | None = None
+    n: int = 0
+    which: str = "all"
+    n_products: int = 0
+    wall_s: float = 0.0
     residuals: np.ndarray | None = None
-    info: dict[str, Any] = field(default_factory=dict)  # method details (inner iterations, …)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lambda_min(self) -> float:
+        return float(self.values[0])
+
+    @property
+    def lambda_max(self) -> float:
+        return float(self.values[-1])

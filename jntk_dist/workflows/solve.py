@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +31,31 @@ __all__ = ["SolveJobConfig", "run_solve", "summary_text", "CONFIG", "execute"]
 log = logging.getLogger(__name__)
 
 
-def _fit_structured(prob: Problem, cfg: "SolveJobConfig", y_fit: np.ndarray,
-                    progress: bool) -> dict[str, Any]:
-    """PCG on the matrix-free Θ_λ + μI; f at the train points is (Θ_λ α)_0, at the test points
-    ``structured_predict``. Removes its default checkpoint once converged."""
+@dataclass
+class Fit:
+    """What both fit paths (dense Cholesky, matrix-free PCG) return."""
+
+    coef: np.ndarray  # α, point-major (× outputs)
+    f_train: np.ndarray
+    f_test: np.ndarray
+    q: int  # Gram rows per point (d0+1, or 1 for the plain NTK)
+    residual: float  # relative residual of the solve (the worst output's)
+    seconds: float
+    scheduler: str  # where it ran
+    converged: bool = True
+    iterations: list[int] = field(default_factory=list)  # PCG, per output
+    resumed_from: list[int] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
+    remove_when_done: list[Path] = field(default_factory=list)  # default checkpoints
+
+
+def _pcg_columns(op: Any, columns: np.ndarray, cfg: "SolveJobConfig", progress: bool) -> Fit:
+    """One PCG per column of targets (one-vs-rest outputs), each checkpointed."""
     spec = cfg.structured
-    op = structured_train_operator(prob, spec, prob.lam)
-    q = prob.q_per_point
-    Y = y_fit[prob.train]
-    columns = Y.reshape(Y.shape[0], -1).T  # one PCG per one-vs-rest output
-    default_ckpt = spec.checkpoint is None
     base = spec.checkpoint or local_beside(cfg.output, "_pcg.npz")
-    coefs, iterations, resumed, residuals, paths, converged = [], [], [], [], [], True
-    t0 = time.perf_counter()
+    fit = Fit(coef=np.empty(0), f_train=np.empty(0), f_test=np.empty(0), q=0, residual=0.0,
+              seconds=0.0, scheduler=f"matrix-free PCG[{spec.preconditioner}] on {op.device}")
+    coefs, t0 = [], time.perf_counter()
     for j, yj in enumerate(columns):
         path = base if len(columns) == 1 else base.with_name(f"{base.stem}_c{j}{base.suffix}")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,15 +66,28 @@ def _fit_structured(prob: Problem, cfg: "SolveJobConfig", y_fit: np.ndarray,
             log.warning("PCG stopped after %d iterations at relative residual %.2e > tol %.1e; "
                         "its state is in %s (rerun to continue, e.g. with a larger "
                         "structured.maxiter)", res.iterations, res.residual, spec.tol, path)
-        converged &= res.converged
+        fit.converged &= res.converged
         coefs.append(res.x)
-        iterations.append(res.iterations)
-        resumed.append(res.resumed_from)
-        residuals.append(res.residual)
-        paths.append(path)
-    t_solve = time.perf_counter() - t0
-    C = np.stack(coefs, axis=1)
-    f_train = np.asarray(op.matmat(C))[::q]
+        fit.iterations.append(res.iterations)
+        fit.resumed_from.append(res.resumed_from)
+        fit.residual = max(fit.residual, res.residual)
+        fit.checkpoints.append(path)
+    fit.seconds = time.perf_counter() - t0
+    fit.coef = np.stack(coefs, axis=1)
+    fit.remove_when_done = list(fit.checkpoints) if spec.checkpoint is None else []
+    return fit
+
+
+def _fit_structured(prob: Problem, cfg: "SolveJobConfig", y_fit: np.ndarray,
+                    progress: bool) -> Fit:
+    """PCG on the matrix-free Θ_λ + μI; f at the train points is (Θ_λ α)_0, at the test points
+    ``structured_predict``. Removes its default checkpoint once converged."""
+    spec = cfg.structured
+    op = structured_train_operator(prob, spec, prob.lam)
+    Y = y_fit[prob.train]
+    fit = _pcg_columns(op, Y.reshape(Y.shape[0], -1).T, cfg, progress)
+    C, fit.q = fit.coef, prob.q_per_point
+    f_train = np.asarray(op.matmat(C))[::fit.q]
     f_test = np.zeros((prob.test.size, C.shape[1]))
     if prob.test.size:
         test_fields = None if prob.store is None else \
@@ -70,13 +96,10 @@ def _fit_structured(prob: Problem, cfg: "SolveJobConfig", y_fit: np.ndarray,
             f_test[:, j] = structured_predict(op, C[:, j], prob.X[prob.test],
                                               test_fields=test_fields, memory_mb=spec.memory_mb)
     shape = Y.shape[1:]
-    coef = C.reshape((C.shape[0],) + shape)
-    f_train, f_test = f_train.reshape(f_train.shape[:1] + shape), f_test.reshape(f_test.shape[:1] + shape)
-    return {"coef": coef, "f_train": f_train, "f_test": f_test, "q": q,
-            "residual": max(residuals), "seconds": t_solve, "iterations": iterations, "resumed_from": resumed,
-            "converged": converged,
-            "checkpoints": [str(p) for p in paths], "remove": paths if default_ckpt else [],
-            "scheduler": f"matrix-free PCG[{spec.preconditioner}] on {op.device}"}
+    fit.coef = C.reshape((C.shape[0],) + shape)
+    fit.f_train = f_train.reshape(f_train.shape[:1] + shape)
+    fit.f_test = f_test.reshape(f_test.shape[:1] + shape)
+    return fit
 
 
 # ---- the solve job ------------------------------------------------------------------------
@@ -90,58 +113,65 @@ class SolveJobConfig(ProblemSpec):
     structured: StructuredSpec = Field(default_factory=structured_off)  # matrix-free PCG
 
 
-def run_solve(cfg: SolveJobConfig, progress: bool = True) -> dict[str, Any]:
-    """Fit, predict, score and write the results; returns the summary written as attributes."""
-    prob = load_problem(cfg)
-    y_fit: np.ndarray = prob.y
-    classes = None
-    if cfg.multiclass:
-        if cfg.dataset is None or cfg.dataset.name is None:
-            raise ValueError("multiclass: true needs a named dataset (its original labels)")
-        from ..data import load_dataset, one_vs_rest_targets
+def _targets(cfg: SolveJobConfig, prob: Problem) -> tuple[np.ndarray, np.ndarray, Any]:
+    """(targets fitted, labels scored, class names): ±1 labels, or one-vs-rest targets."""
+    if not cfg.multiclass:
+        return prob.y, prob.y, None
+    if cfg.dataset is None or cfg.dataset.name is None:
+        raise ValueError("multiclass: true needs a named dataset (its original labels)")
+    from ..data import load_dataset, one_vs_rest_targets
 
-        labels = load_dataset(cfg.dataset.name, **cfg.dataset.options).labels
-        classes, class_index = np.unique(labels, return_inverse=True)
-        y_fit = one_vs_rest_targets(labels)
-        y_score = class_index
-    else:
-        y_score = prob.y
-    fit = _fit_structured(prob, cfg, y_fit, progress) if cfg.structured.enabled else \
-        _fit_dense(prob, cfg, y_fit)
-    f_train, f_test = fit["f_train"], fit["f_test"]
+    labels = load_dataset(cfg.dataset.name, **cfg.dataset.options).labels
+    classes, class_index = np.unique(labels, return_inverse=True)
+    return one_vs_rest_targets(labels), class_index, classes
+
+
+def _summary(cfg: SolveJobConfig, prob: Problem, fit: Fit, y_score: np.ndarray,
+             classes: Any) -> dict[str, Any]:
     summary = {
         "job": "solve", "source": prob.source, "depth": prob.depth, "activation": prob.activation,
         "lam": prob.lam, "ridge": cfg.ridge, "n_train": int(prob.train.size),
-        "n_test": int(prob.test.size), "gram_size": int(prob.train.size * fit["q"]),
-        "train_accuracy": float(accuracy(f_train, y_score[prob.train])),
-        "test_accuracy": float(accuracy(f_test, y_score[prob.test])) if prob.test.size else None,
-        "relative_residual": fit["residual"], "solve_seconds": fit["seconds"],
-        "scheduler": fit["scheduler"], "config": cfg.recorded(),
+        "n_test": int(prob.test.size), "gram_size": int(prob.train.size * fit.q),
+        "train_accuracy": float(accuracy(fit.f_train, y_score[prob.train])),
+        "test_accuracy": (float(accuracy(fit.f_test, y_score[prob.test])) if prob.test.size
+                          else None),
+        "relative_residual": fit.residual, "solve_seconds": fit.seconds,
+        "scheduler": fit.scheduler, "config": cfg.recorded(),
         "classes": None if classes is None else [str(c) for c in classes],
         "structured": cfg.structured.enabled,
     }
     if cfg.structured.enabled:
-        summary.update(pcg_iterations=fit["iterations"], pcg_resumed_from=fit["resumed_from"],
-                       pcg_converged=fit["converged"],
+        summary.update(pcg_iterations=fit.iterations, pcg_resumed_from=fit.resumed_from,
+                       pcg_converged=fit.converged,
                        preconditioner=cfg.structured.preconditioner,
-                       checkpoints=fit["checkpoints"])
-    out_dims = ["output"] if f_train.ndim == 2 else []
+                       checkpoints=[str(p) for p in fit.checkpoints])
+    return summary
+
+
+def run_solve(cfg: SolveJobConfig, progress: bool = True) -> dict[str, Any]:
+    """Fit, predict, score and write the results; returns the summary written as attributes."""
+    prob = load_problem(cfg)
+    y_fit, y_score, classes = _targets(cfg, prob)
+    fit = _fit_structured(prob, cfg, y_fit, progress) if cfg.structured.enabled else \
+        _fit_dense(prob, cfg, y_fit)
+    summary = _summary(cfg, prob, fit, y_score, classes)
+    out_dims = ["output"] if fit.f_train.ndim == 2 else []
     write_results(cfg.output, {
         "train_index": (prob.train, ["train"]),
         "test_index": (prob.test, ["test"]),
-        "coef": (fit["coef"], ["gram_entry"] + out_dims),
-        "f_train": (f_train, ["train"] + out_dims),
-        "f_test": (f_test, ["test"] + out_dims),
+        "coef": (fit.coef, ["gram_entry"] + out_dims),
+        "f_train": (fit.f_train, ["train"] + out_dims),
+        "f_test": (fit.f_test, ["test"] + out_dims),
         "y_train": (y_fit[prob.train], ["train"] + out_dims),
         "y_test": (y_fit[prob.test], ["test"] + out_dims),
     }, summary, group="solve", storage_options=cfg.options_for(cfg.output))
-    if fit.get("converged"):
-        for path in fit.get("remove", []):  # results written: a default checkpoint is done with
+    if fit.converged:
+        for path in fit.remove_when_done:  # results written: a default checkpoint is done with
             Path(path).unlink(missing_ok=True)
     return summary
 
 
-def _fit_dense(prob: Problem, cfg: SolveJobConfig, y_fit: np.ndarray) -> dict[str, Any]:
+def _fit_dense(prob: Problem, cfg: SolveJobConfig, y_fit: np.ndarray) -> Fit:
     """Blockwise Dask Cholesky on the dense training Gram (from the store, or computed)."""
     t0 = time.perf_counter()
     with compute_context(cfg.compute) as sched:
@@ -152,8 +182,8 @@ def _fit_dense(prob: Problem, cfg: SolveJobConfig, y_fit: np.ndarray) -> dict[st
     f_train = model.decision_function(prob.X[prob.train])
     f_test = model.decision_function(prob.X[prob.test]) if prob.test.size else \
         np.zeros((0,) + f_train.shape[1:])
-    return {"coef": model.coef_, "f_train": f_train, "f_test": f_test, "q": model.q_,
-            "residual": model.residual_, "seconds": t_solve, "scheduler": sched}
+    return Fit(coef=model.coef_, f_train=f_train, f_test=f_test, q=model.q_,
+               residual=model.residual_, seconds=t_solve, scheduler=sched)
 
 
 

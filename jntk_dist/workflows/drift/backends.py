@@ -51,8 +51,6 @@ def run_resources(config: DriftConfig, spec: RunSpec) -> tuple[float, float]:
 
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Ray Train worker loop: one grid run, checkpointing through Ray Train."""
-    import ray.train
-
     config = DriftConfig.model_validate(loop_config["config"])
     spec = RunSpec(**loop_config["spec"])
     data = RunData(**loop_config["data"])
