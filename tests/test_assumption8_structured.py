@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jntk_dist import analysis, kernels
-from jntk_dist.workflows.problem import StructuredSpec
+from jntk_dist.workflows.structured import StructuredSpec
 from jntk_dist.workflows.config import ConfigError, load_config
 from jntk_dist.solvers import positivity_tolerance
 

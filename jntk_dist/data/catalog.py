@@ -9,12 +9,13 @@ import numpy as np
 
 from .dataset import Dataset, finish_dataset
 from .preprocessing import as_value_set, binary_labels, constant_columns, scale_columns
+from .images import load_image_set
 from .synthetic import fibonacci_sphere
 from .uci import load_banknote, load_forest_fires, load_sonar
 
 __all__ = ["DATASET_NAMES", "dataset_options", "load_dataset"]
 
-DATASET_NAMES = ("forest_fires", "banknote", "sonar", "digits", "fibonacci")
+DATASET_NAMES = ("forest_fires", "banknote", "sonar", "digits", "fibonacci", "mnist", "cifar10")
 DIGITS_SCALINGS = ("pixel", "columns")
 FIBONACCI_LABELS = ("sign", "ones")
 
@@ -71,12 +72,26 @@ def _load_fibonacci(*, n: int = 256, d: int = 4, labels: str = "sign",
                    near_parallel_threshold=near_parallel_threshold)
 
 
+def _load_mnist(*, directory: str | None = None, split: str = "train", limit: int | None = None,
+                positive: Any = None, near_parallel_threshold: float | None = None) -> Dataset:
+    return load_image_set("mnist", directory=directory, split=split, limit=limit,
+                          positive=positive, near_parallel_threshold=near_parallel_threshold)
+
+
+def _load_cifar10(*, directory: str | None = None, split: str = "train", limit: int | None = None,
+                  positive: Any = None, near_parallel_threshold: float | None = None) -> Dataset:
+    return load_image_set("cifar10", directory=directory, split=split, limit=limit,
+                          positive=positive, near_parallel_threshold=near_parallel_threshold)
+
+
 _LOADERS: dict[str, Callable[..., Dataset]] = {
     "forest_fires": load_forest_fires,
     "banknote": load_banknote,
     "sonar": load_sonar,
     "digits": _load_digits,
     "fibonacci": _load_fibonacci,
+    "mnist": _load_mnist,
+    "cifar10": _load_cifar10,
 }
 
 
@@ -104,7 +119,9 @@ def load_dataset(name: str, **options: Any) -> Dataset:
     values) and ``deduplicate`` (drop exact duplicate rows); the UCI ones ``path`` (read another copy
     of the file). forest_fires: ``features`` in FOREST_FEATURE_SETS, ``malformed`` 'drop' | 'repair'
     | 'error'. digits: ``positive`` (digits labelled +1, default the even ones), ``scaling`` 'pixel'
-    | 'columns'. fibonacci: ``n``, ``d``, ``labels`` 'sign' | 'ones'.
+    | 'columns'. fibonacci: ``n``, ``d``, ``labels`` 'sign' | 'ones'. mnist, cifar10 (your
+    files; nothing is downloaded): ``directory``, ``split`` 'train' | 'test', ``limit`` (first
+    rows), ``positive`` (default: even digits / animals).
     """
     key = _canonical_name(name)
     valid = dataset_options(key)

@@ -23,6 +23,10 @@ CITATIONS = {
               "[Dataset], test set as bundled with scikit-learn. UCI Machine Learning Repository "
               "(CC BY 4.0)",
     "fibonacci": "synthetic (generalised spherical Fibonacci lattice, jntk_dist.data.fibonacci_sphere)",
+    "mnist": "LeCun, Y., Cortes, C. and Burges, C. J. C. The MNIST database of handwritten digits "
+             "(the files the user provides; nothing is downloaded)",
+    "cifar10": "Krizhevsky, A. (2009). Learning Multiple Layers of Features from Tiny Images; "
+               "CIFAR-10 (the files the user provides; nothing is downloaded)",
 }
 
 

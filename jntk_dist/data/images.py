@@ -30,7 +30,8 @@ import numpy as np
 from .preprocessing import binary_labels, normalize_rows, scale_columns
 
 __all__ = ["read_idx", "load_mnist", "load_cifar10", "read_cifar10_binary",
-           "read_cifar10_python", "RestrictedUnpickler", "image_dataset", "MNIST_FILES"]
+           "read_cifar10_python", "RestrictedUnpickler", "image_dataset", "MNIST_FILES",
+           "load_image_set", "IMAGE_POSITIVE"]
 
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -196,3 +197,37 @@ def image_dataset(X_raw: np.ndarray, labels: np.ndarray,
     """Paper preprocessing for pixel data: [0, 255] → [-1, 1], rows to unit norm; ±1 labels."""
     X = normalize_rows(scale_columns(X_raw, bounds=(0.0, 255.0)))
     return X, binary_labels(labels, list(positive))
+
+
+#: the binary task of each image set: MNIST even digits, CIFAR-10 animals (bird … horse) → +1
+IMAGE_POSITIVE = {"mnist": (0, 2, 4, 6, 8), "cifar10": (2, 3, 4, 5, 6, 7)}
+IMAGE_TITLES = {"mnist": "MNIST, even digits = +1, odd = -1",
+                "cifar10": "CIFAR-10, animals (classes 2–7) = +1, vehicles (0, 1, 8, 9) = -1"}
+
+
+def load_image_set(name: str, *, directory: str | Path | None = None, split: str = "train",
+                   limit: int | None = None, positive: Sequence[int] | None = None,
+                   near_parallel_threshold: float | None = None) -> Any:
+    """MNIST or CIFAR-10 from ``directory`` as a :class:`~jntk_dist.data.Dataset` with the
+    paper's preprocessing (pixels [0, 255] → [-1, 1], rows to unit norm) and ±1 labels
+    (``positive``: the classes labelled +1, default :data:`IMAGE_POSITIVE`)."""
+    from .dataset import finish_dataset
+
+    if directory is None:
+        files = ("the IDX files train-images-idx3-ubyte[.gz] …" if name == "mnist"
+                 else "data_batch_1[.bin] … test_batch[.bin]")
+        raise ValueError(f"dataset {name!r} needs options.directory: the folder that holds your "
+                         f"{name} files ({files}); nothing is downloaded")
+    loader = load_mnist if name == "mnist" else load_cifar10
+    X, labels = loader(directory, split=split, limit=limit)
+    positive = IMAGE_POSITIVE[name] if positive is None else tuple(positive)
+    notes = [f"read {X.shape[0]} {split} images ({X.shape[1]} pixel values 0..255) from "
+             f"{Path(directory).expanduser()}",
+             f"binary labels: classes {sorted(positive)} → +1, the others → -1 (ds.labels keeps "
+             "the classes)"]
+    names = [f"px{j}" for j in range(X.shape[1])]
+    return finish_dataset(name, IMAGE_TITLES[name], X, labels, binary_labels(labels, list(positive)),
+                          names, np.arange(X.shape[0], dtype=np.int64), notes, preprocess=True,
+                          scale=lambda A: scale_columns(A, bounds=(0.0, 255.0)),
+                          scale_note="pixel values mapped from [0, 255] to [-1, 1]",
+                          near_parallel_threshold=near_parallel_threshold)

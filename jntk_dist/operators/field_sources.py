@@ -75,18 +75,28 @@ class _TiledDiagonal:
 
 
 class RecomputedFields(_TiledDiagonal):
-    """Fields recomputed by :func:`kernels.fields` for each requested tile (nothing is stored)."""
+    """Fields recomputed by :func:`kernels.fields` for each requested tile (nothing is stored).
+
+    ``compile``: the torch.compile'd recursion (None: ``JNTK_COMPILE``); ``fields_dtype``: compute
+    the fields in another precision (e.g. float32) and return them in the inputs' dtype."""
 
     def __init__(self, x1: Tensor, x2: Tensor | None, *, depth: int,
-                 activation: str = "gelu", kind: str = "jntk") -> None:
+                 activation: str = "gelu", kind: str = "jntk", compile: bool | None = None,
+                 fields_dtype: torch.dtype | None = None) -> None:
         self.x1, self.x2 = x1, (x1 if x2 is None else x2)
         self.depth, self.activation, self.kind = depth, activation, kind
+        self.compile, self.fields_dtype = compile, fields_dtype
         self.shape = (self.x1.shape[0], self.x2.shape[0])
 
     def tile(self, rows: slice, cols: slice | None = None) -> Tensor:
-        x2 = self.x2 if cols is None else self.x2[cols]
-        return kernels.fields(self.x1[rows], x2, depth=self.depth, activation=self.activation,
-                              kind=self.kind).stack()  # type: ignore[arg-type]
+        x1, x2 = self.x1[rows], (self.x2 if cols is None else self.x2[cols])
+        if self.fields_dtype is not None and self.fields_dtype != x1.dtype:
+            f = kernels.fields(x1.to(self.fields_dtype), x2.to(self.fields_dtype),
+                               depth=self.depth, activation=self.activation, kind=self.kind,
+                               compile=self.compile)  # type: ignore[arg-type]
+            return f.stack().to(self.x1.dtype)
+        return kernels.fields(x1, x2, depth=self.depth, activation=self.activation,
+                              kind=self.kind, compile=self.compile).stack()  # type: ignore[arg-type]
 
 
 

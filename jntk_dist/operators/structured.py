@@ -30,7 +30,7 @@ from ..kernels import FIELD_INDEX, FIELD_NAMES, KernelFields
 from .base import OperatorBase
 from .field_sources import AccessorFields, ArrayFields, FieldSource, InMemoryFields, RecomputedFields
 
-__all__ = ["StructuredKernel", "structured_operator", "structured_predict"]
+__all__ = ["StructuredKernel", "structured_operator", "structured_predict", "auto_memory_mb"]
 
 Tensor = torch.Tensor
 _K, _KA, _KB, _KC, _KAB, _KAC, _KBB, _KBC = (FIELD_INDEX[n] for n in FIELD_NAMES)
@@ -259,12 +259,24 @@ def _inputs(x: Any, name: str, dtype: torch.dtype, device: Any, d0: int | None =
     return t
 
 
+def auto_memory_mb(device: torch.device | str, fraction: float = 0.5,
+                   cpu_mb: float = 512.0) -> float:
+    """The working-set budget of a product's row tile: ``fraction`` of the device's free memory
+    on a GPU, ``cpu_mb`` on a CPU (the row tiles are sized from it)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return fraction * free / 2**20
+    return float(cpu_mb)
+
+
 def structured_operator(x1: Any, x2: Any | None = None, *, fields: Any = None,
                         depth: int | None = None, activation: str = "gelu",
                         kind: str = "jntk", lam: float | None = None, mode: str = "memory",
-                        tile_rows: int | None = None, memory_mb: float = 512.0,
+                        tile_rows: int | None = None, memory_mb: float | str = 512.0,
                         dtype: torch.dtype = torch.float64,
-                        device: torch.device | str | None = None) -> StructuredKernel:
+                        device: torch.device | str | None = None, compile: bool | None = None,
+                        fields_dtype: torch.dtype | None = None) -> StructuredKernel:
     """Build the matrix-free operator of Θ_λ(X1, X2) (``kind="jntk"``) or Σ^(L) (``"nngp"``).
 
     Field source, in order of precedence:
@@ -273,12 +285,23 @@ def structured_operator(x1: Any, x2: Any | None = None, *, fields: Any = None,
         (read one row tile per product); or any object with ``fields_tile(rows, cols)``;
       * ``mode="memory"``: :func:`kernels.fields` once, all 8 n1×n2 fields kept (8·n1·n2 numbers);
       * ``mode="recompute"``: :func:`kernels.fields` per row tile on every product (bounded memory).
+
+    ``device``: default CUDA when present. ``memory_mb``: a product's row-tile budget, or
+    ``"auto"`` (:func:`auto_memory_mb`: half the free GPU memory). ``compile``: the compiled
+    field recursion for computed fields (None: ``JNTK_COMPILE``). ``fields_dtype``: compute the
+    recomputed fields in this precision (e.g. float32) while products stay in ``dtype``.
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if memory_mb == "auto":
+        memory_mb = auto_memory_mb(device)
     t1 = _inputs(x1, "x1", dtype, device)
     t2 = t1 if x2 is None else _inputs(x2, "x2", dtype, device, d0=t1.shape[1])
     desc: dict[str, Any] = {"kind": kind, "depth": depth, "activation": str(activation)}
+    if compile is not None:
+        desc["compile"] = bool(compile)
+    if fields_dtype is not None:
+        desc["fields_dtype"] = str(fields_dtype).replace("torch.", "")
     if fields is not None:
         if hasattr(fields, "fields_tile"):
             source: FieldSource = AccessorFields(fields, (t1.shape[0], t2.shape[0]), dtype, device)
@@ -296,16 +319,18 @@ def structured_operator(x1: Any, x2: Any | None = None, *, fields: Any = None,
             raise ValueError("depth (number of hidden layers L) is required to compute fields")
         if mode == "memory":
             source = InMemoryFields(kernels.fields(t1, None if x2 is None else t2, depth=depth,
-                                                   activation=activation, kind=kind))  # type: ignore[arg-type]
+                                                   activation=activation, kind=kind,  # type: ignore[arg-type]
+                                                   compile=compile))
             source.stacked = source.stacked.to(dtype=dtype, device=device)
         elif mode == "recompute":
             source = RecomputedFields(t1, None if x2 is None else t2, depth=depth,
-                                      activation=activation, kind=kind)
+                                      activation=activation, kind=kind, compile=compile,
+                                      fields_dtype=fields_dtype)
         else:
             raise ValueError(f"mode must be 'memory' or 'recompute', got {mode!r}")
         desc["mode"] = mode
-    return StructuredKernel(t1, t2, source, lam=lam, tile_rows=tile_rows, memory_mb=memory_mb,
-                            description=desc)
+    return StructuredKernel(t1, t2, source, lam=lam, tile_rows=tile_rows,
+                            memory_mb=float(memory_mb), description=desc)
 
 
 def structured_predict(op: StructuredKernel, alpha: Any, x_test: Any, *,
@@ -321,7 +346,9 @@ def structured_predict(op: StructuredKernel, alpha: Any, x_test: Any, *,
     cross = structured_operator(
         x_test, op.x2, fields=test_fields, depth=desc.get("depth"),
         activation=desc.get("activation", "gelu"), kind=desc.get("kind", "jntk"),
-        lam=op.lam, mode="recompute", memory_mb=memory_mb, dtype=op.dtype, device=op.device)
+        lam=op.lam, mode="recompute", memory_mb=memory_mb, dtype=op.dtype, device=op.device,
+        compile=desc.get("compile"),
+        fields_dtype=getattr(torch, desc["fields_dtype"]) if "fields_dtype" in desc else None)
     out = cross.matmat(alpha)
     is_numpy = isinstance(out, np.ndarray)
     blocks = out.reshape(cross.n1, op.d0 + 1)

@@ -22,7 +22,7 @@ from .checkpoint import IterativeCheckpoint, fingerprint
 from .preconditioners import Preconditioner, make_preconditioner
 from .results import SolveResult
 
-__all__ = ["labels_to_rhs", "pcg", "structured_solve", "IndefiniteError"]
+__all__ = ["labels_to_rhs", "pcg", "structured_solve", "IndefiniteError", "eta_seconds"]
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -169,11 +169,26 @@ def _cg_start(A: Callable[[Tensor], Tensor], M: Callable[[Tensor], Tensor], b: T
     return _CGState(x=x, r=r, p=z.clone(), rz=float(r @ z))
 
 
+def eta_seconds(history: list[float], tol: float, seconds_per_iteration: float,
+                window: int = 20) -> float | None:
+    """Time left until the residual reaches ``tol`` at the rate of the last ``window``
+    iterations (None while that rate is unknown or not falling)."""
+    if len(history) < 3 or min(history[-window:]) <= 0:
+        return None
+    h = np.log(np.asarray(history[-window:]))
+    rate = (h[0] - h[-1]) / (len(h) - 1)
+    if rate <= 0:
+        return None
+    return max(0.0, (h[-1] - math.log(tol)) / rate) * seconds_per_iteration
+
+
 def _cg_iterate(A: Callable[[Tensor], Tensor], M: Callable[[Tensor], Tensor], s: _CGState,
                 b_norm: float, tol: float, maxiter: int, ckpt: IterativeCheckpoint | None,
                 bar: Any, callback: Callable[[int, float], None] | None) -> bool:
-    """PCG steps from ``s`` (in place) until |r|/|b| ≤ tol or ``maxiter``; returns converged."""
+    """PCG steps from ``s`` (in place) until |r|/|b| ≤ tol or ``maxiter``; returns converged.
+    The progress bar shows the residual and the time left at the recent rate of decrease."""
     converged = float(torch.linalg.vector_norm(s.r)) / b_norm <= tol
+    t0, first = time.perf_counter(), s.iteration
     while not converged and s.iteration < maxiter:
         _cg_update(A, s.x, s.r, s.p, s.rz, s.iteration)
         s.iteration += 1
@@ -183,8 +198,9 @@ def _cg_iterate(A: Callable[[Tensor], Tensor], M: Callable[[Tensor], Tensor], s:
         if not converged:
             s.rz = _cg_direction(M, s.r, s.p, s.rz)
         if bar is not None:
+            eta = eta_seconds(s.history, tol, (time.perf_counter() - t0) / (s.iteration - first))
             bar.update(1)
-            bar.set_postfix(residual=f"{res:.2e}")
+            bar.set_postfix(residual=f"{res:.2e}", eta="?" if eta is None else f"{eta:.0f}s")
         if ckpt is not None and ckpt.due():
             ckpt.save(s.arrays())
         if callback is not None:

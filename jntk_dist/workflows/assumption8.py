@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..analysis import assumption8, write_results
 from ..store import beside, open_file
 from .config import DatasetSpec, OutputJobConfig, StoreOutput
-from .problem import StructuredSpec, structured_off
+from .structured import StructuredSpec, structured_off
 
 
 class Assumption8Dataset(BaseModel):

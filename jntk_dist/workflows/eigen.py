@@ -23,8 +23,8 @@ from ..analysis import (KernelRegressor, accuracy, finite_time_predictions, trai
                        write_results)
 from ..solvers import shift_invert_eigs, structured_eigs
 from ..store import beside, open_file
-from .problem import (ProblemSpec, StructuredSpec, compute_context, load_problem, structured_off,
-                      structured_train_operator)
+from .problem import ProblemSpec, compute_context, load_problem
+from .structured import StructuredSpec, structured_off, train_operator
 
 
 class EigenJobConfig(ProblemSpec):
@@ -113,9 +113,14 @@ def _run_structured(cfg: EigenJobConfig, prob: Any, lam: float, progress: bool) 
     Θ_λ. The Ritz value θ ≥ λ_min, and some eigenvalue lies within |Av − θv| of θ; positivity is
     decided on θ − |Av − θv| > τ, not on θ alone. That bounds λ_min from below when the iteration
     found the smallest eigenvalue (all but certain from a random start, not a proof)."""
+    with train_operator(prob, cfg, lam) as op:
+        return _structured_extremes(cfg, prob, op, lam, progress)
+
+
+def _structured_extremes(cfg: EigenJobConfig, prob: Any, op: Any, lam: float,
+                         progress: bool) -> dict[str, Any]:
     spec = cfg.structured
     t0 = time.perf_counter()
-    op = structured_train_operator(prob, spec, lam)
     n = op.shape[0]
     top = structured_eigs(op, k=min(cfg.k, n - 1), which="LA", method="lanczos", tol=spec.tol,
                           maxiter=spec.maxiter, progress=progress, return_vectors=cfg.vectors)

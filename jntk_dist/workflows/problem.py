@@ -1,6 +1,6 @@
 """What every analysis job shares: where the kernel and the data come from (a Gram store, or a
-dataset + kernel computed directly), the train/test split, where Dask graphs run, and the
-matrix-free (structured) mode of the solve and eigen jobs."""
+dataset + kernel computed directly), the train/test split and where Dask graphs run. The
+matrix-free mode of the solve and eigen jobs is in :mod:`.structured`."""
 
 from __future__ import annotations
 
@@ -13,14 +13,12 @@ from typing import Any, Iterator, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..operators.structured import structured_operator
 from ..store import open_gram
-from .config import (DatasetSpec, KernelSpec, OutputJobConfig, OutputPath, StoreLocation,
+from .config import (DatasetSpec, KernelSpec, OutputJobConfig, StoreLocation,
                      StoreOutput)
 
 __all__ = ["ComputeSpec", "ProblemSpec", "Problem", "split_indices", "load_problem",
-           "compute_context", "StructuredSpec", "structured_off", "structured_train_operator",
-           "StoreFieldsView"]
+           "compute_context"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +46,8 @@ class ProblemSpec(OutputJobConfig):
     url_fields = ("output", "store")
     store: StoreLocation | None = None
     dataset: DatasetSpec | None = None
+    test_dataset: DatasetSpec | None = None  # a separate test set (e.g. MNIST's t10k files):
+    # then `dataset` is all training data and test_fraction does not apply
     kernel: KernelSpec | None = None
     lam: float | None = Field(default=None, ge=0.0)  # default: the store's/kernel's λ, else 1
     test_fraction: float = Field(default=0.25, ge=0.0, lt=1.0)
@@ -61,6 +61,13 @@ class ProblemSpec(OutputJobConfig):
             raise ValueError("give a Gram 'store', or a 'dataset' and a 'kernel' to compute from")
         if self.store is not None and self.kernel is not None:
             raise ValueError("'kernel' is read from the store; give either 'store' or 'kernel'")
+        if self.test_dataset is not None:
+            if self.store is not None:
+                raise ValueError("test_dataset goes with 'dataset' + 'kernel' (a store holds its "
+                                 "own points; split them with test_fraction)")
+            if "test_fraction" in self.model_fields_set and self.test_fraction:
+                raise ValueError("give test_fraction or test_dataset, not both (test_dataset "
+                                 "is the test set; all of 'dataset' trains)")
         return self
 
 
@@ -129,16 +136,32 @@ def load_problem(cfg: ProblemSpec) -> Problem:
         depth, activation, source = st.depth, st.activation, f"store {cfg.store}"
         lam = cfg.lam if cfg.lam is not None else (st.lam if st.lam is not None else 1.0)
     else:
-        ds = cfg.dataset.load()  # type: ignore[union-attr]
-        X, y, st = ds.X, ds.y, None
-        depth, activation = cfg.kernel.depth, cfg.kernel.activation  # type: ignore[union-attr]
-        if cfg.kernel.kind != "jntk":  # type: ignore[union-attr]
-            raise ValueError("the analyses use the JNTK Θ: set kernel.kind: jntk")
-        lam = cfg.lam if cfg.lam is not None else (cfg.kernel.lam if cfg.kernel.lam is not None  # type: ignore[union-attr]
-                                                   else 1.0)
-        source = f"dataset {ds.name} (Gram computed directly)"
+        return _dataset_problem(cfg)
     train, test = split_indices(y, cfg.test_fraction, cfg.seed)
     return Problem(X, y, depth, activation, float(lam), train, test, source, st)
+
+
+def _dataset_problem(cfg: ProblemSpec) -> Problem:
+    """A dataset (and an optional separate test set) with the config's kernel."""
+    kernel = cfg.kernel
+    assert cfg.dataset is not None and kernel is not None
+    if kernel.kind != "jntk":
+        raise ValueError("the analyses use the JNTK Θ: set kernel.kind: jntk")
+    ds = cfg.dataset.load()
+    lam = cfg.lam if cfg.lam is not None else (kernel.lam if kernel.lam is not None else 1.0)
+    source = f"dataset {ds.name} (Gram computed directly)"
+    if cfg.test_dataset is None:
+        train, test = split_indices(ds.y, cfg.test_fraction, cfg.seed)
+        return Problem(ds.X, ds.y, kernel.depth, kernel.activation, float(lam), train, test,
+                       source)
+    test_ds = cfg.test_dataset.load()
+    if test_ds.X.shape[1] != ds.X.shape[1]:
+        raise ValueError(f"test_dataset {test_ds.name!r} has d0={test_ds.X.shape[1]}, the "
+                         f"training dataset {ds.name!r} d0={ds.X.shape[1]}")
+    n, m = ds.X.shape[0], test_ds.X.shape[0]
+    return Problem(np.vstack([ds.X, test_ds.X]), np.concatenate([ds.y, test_ds.y]),
+                   kernel.depth, kernel.activation, float(lam), np.arange(n),
+                   np.arange(n, n + m), f"{source}, test set {test_ds.name} ({m} points)")
 
 
 @contextlib.contextmanager
@@ -174,85 +197,4 @@ def compute_context(spec: ComputeSpec) -> Iterator[str]:
     else:
         yield "threads" if spec.scheduler == "auto" else spec.scheduler
 
-
-# ---- matrix-free (structured) mode, shared by solve and eigen -----------------------------
-
-PreconditionerName = Literal["none", "jacobi", "kron", "two_level", "nystrom"]
-
-
-class StructuredSpec(BaseModel):
-    """``structured:`` of the solve/eigen jobs: never form the dense Gram; use the matrix-free
-    operator of :mod:`jntk_dist.operators.structured` (PCG for solves, Lanczos/LOBPCG for spectra).
-
-    ``structured: true`` (or ``--structured``) turns it on with these defaults; a mapping turns it
-    on unless it says ``enabled: false``.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    preconditioner: PreconditionerName = "two_level"  # fewest iterations (docs/benchmarks.md)
-    tol: float = Field(default=1e-8, gt=0.0)  # PCG: |b − Aα|/|b|; LOBPCG: |Av − θv| ≤ tol·λ_max
-    maxiter: int | None = Field(default=None, ge=1)  # None: the solvers' defaults
-    checkpoint: OutputPath | None = None  # a local path; solve default: <output stem>_pcg.npz
-    # beside a local output, in this machine's scratch folder for a URL output (store.local_beside)
-    checkpoint_every: float = Field(default=60.0, gt=0.0)  # seconds between checkpoints
-    memory_mb: float = Field(default=512.0, gt=0.0)  # working set of a product's row tile
-    fields: Literal["auto", "memory", "recompute"] = "auto"  # auto: held in memory if the 8 N²
-    # fields fit in memory_mb, else recomputed (a store: read) per row tile on every product
-    lambda_min_method: Literal["shift_invert", "lobpcg"] = "shift_invert"  # eigen: λ_min route
-    # (shift-invert with inner PCG: fewer products on digits, docs/structured.md)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_bool(cls, value: Any) -> Any:
-        if value is None or isinstance(value, bool):
-            return {"enabled": bool(value)}
-        return value
-
-
-def structured_off() -> StructuredSpec:
-    """The default of the ``structured:`` key: dense Gram."""
-    return StructuredSpec(enabled=False)
-
-
-class StoreFieldsView:
-    """``fields_tile(rows, cols)`` of a fields store's (8, N, N) array restricted to index sets
-    (the train split, or test × train), read one row tile at a time."""
-
-    def __init__(self, data: Any, row_index: np.ndarray, col_index: np.ndarray) -> None:
-        self.data, self.rows, self.cols = data, np.asarray(row_index), np.asarray(col_index)
-
-    def fields_tile(self, rows: slice, cols: slice) -> np.ndarray:
-        r, c = self.rows[rows], self.cols[cols]
-        if r.size == 0 or c.size == 0:
-            return np.zeros((8, r.size, c.size))
-        block = np.asarray(self.data[:, r.min():r.max() + 1, c.min():c.max() + 1])
-        return block[:, r - r.min()][:, :, c - c.min()]
-
-
-def structured_train_operator(prob: Problem, spec: StructuredSpec, lam: float) -> Any:
-    """The matrix-free Θ_λ(X_train, X_train): fields read tile by tile from a ``fields`` store,
-    else from ``kernels.fields`` (held in memory or recomputed per tile, ``spec.fields``)."""
-    if lam <= 0:
-        raise ValueError("structured mode is the matrix-free Θ_λ with λ > 0 (lam: 0 is the plain "
-                         "N×N NTK Gram; use the dense path for it)")
-    X_train = prob.X[prob.train]
-    kw: dict[str, Any] = {"depth": prob.depth, "activation": prob.activation, "lam": lam,
-                          "memory_mb": spec.memory_mb}
-    mode = spec.fields
-    if mode == "auto":
-        mode = "memory" if 8 * 8 * X_train.shape[0] ** 2 <= spec.memory_mb * 2**20 else "recompute"
-    if prob.store is not None:
-        if prob.store.mode != "fields":
-            raise ValueError(f"structured mode reads the kernel's 8 scalar fields, but "
-                             f"{prob.source} is a {prob.store.mode!r} store (Gram entries only); "
-                             "write it with `store: fields` in the gram config, or give "
-                             "'dataset' + 'kernel' to compute the fields per tile")
-        fields: Any = StoreFieldsView(prob.store.data, prob.train, prob.train)
-        if mode == "memory":  # read once; otherwise one row tile per product
-            n = prob.train.size
-            fields = np.asarray(fields.fields_tile(slice(0, n), slice(0, n)), dtype=np.float64)
-        return structured_operator(X_train, fields=fields, **kw)
-    return structured_operator(X_train, mode=mode, **kw)
 

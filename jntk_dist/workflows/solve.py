@@ -23,8 +23,8 @@ from ..analysis import KernelRegressor, accuracy, write_results
 from ..operators.structured import structured_predict
 from ..solvers import structured_solve
 from ..store import local_beside
-from .problem import (Problem, ProblemSpec, StoreFieldsView, StructuredSpec, compute_context,
-                      load_problem, structured_off, structured_train_operator)
+from .problem import Problem, ProblemSpec, compute_context, load_problem
+from .structured import StoreFieldsView, StructuredSpec, structured_off, train_operator
 
 __all__ = ["SolveJobConfig", "run_solve", "summary_text", "CONFIG", "execute"]
 
@@ -47,6 +47,7 @@ class Fit:
     resumed_from: list[int] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
     remove_when_done: list[Path] = field(default_factory=list)  # default checkpoints
+    operator: dict[str, Any] = field(default_factory=dict)  # the structured operator's description
 
 
 def _pcg_columns(op: Any, columns: np.ndarray, cfg: "SolveJobConfig", progress: bool) -> Fit:
@@ -82,19 +83,20 @@ def _fit_structured(prob: Problem, cfg: "SolveJobConfig", y_fit: np.ndarray,
                     progress: bool) -> Fit:
     """PCG on the matrix-free Θ_λ + μI; f at the train points is (Θ_λ α)_0, at the test points
     ``structured_predict``. Removes its default checkpoint once converged."""
-    spec = cfg.structured
-    op = structured_train_operator(prob, spec, prob.lam)
     Y = y_fit[prob.train]
-    fit = _pcg_columns(op, Y.reshape(Y.shape[0], -1).T, cfg, progress)
-    C, fit.q = fit.coef, prob.q_per_point
-    f_train = np.asarray(op.matmat(C))[::fit.q]
-    f_test = np.zeros((prob.test.size, C.shape[1]))
-    if prob.test.size:
-        test_fields = None if prob.store is None else \
-            StoreFieldsView(prob.store.data, prob.test, prob.train)
-        for j in range(C.shape[1]):
-            f_test[:, j] = structured_predict(op, C[:, j], prob.X[prob.test],
-                                              test_fields=test_fields, memory_mb=spec.memory_mb)
+    with train_operator(prob, cfg, prob.lam) as op:
+        fit = _pcg_columns(op, Y.reshape(Y.shape[0], -1).T, cfg, progress)
+        C, fit.q = fit.coef, prob.q_per_point
+        f_train = np.asarray(op.matmat(C))[::fit.q]
+        f_test = np.zeros((prob.test.size, C.shape[1]))
+        if prob.test.size:
+            test_fields = None if prob.store is None else \
+                StoreFieldsView(prob.store.data, prob.test, prob.train)
+            for j in range(C.shape[1]):
+                f_test[:, j] = structured_predict(op, C[:, j], prob.X[prob.test],
+                                                  test_fields=test_fields,
+                                                  memory_mb=op.memory_mb)
+        fit.operator = dict(op.description)
     shape = Y.shape[1:]
     fit.coef = C.reshape((C.shape[0],) + shape)
     fit.f_train = f_train.reshape(f_train.shape[:1] + shape)
@@ -144,7 +146,8 @@ def _summary(cfg: SolveJobConfig, prob: Problem, fit: Fit, y_score: np.ndarray,
         summary.update(pcg_iterations=fit.iterations, pcg_resumed_from=fit.resumed_from,
                        pcg_converged=fit.converged,
                        preconditioner=cfg.structured.preconditioner,
-                       checkpoints=[str(p) for p in fit.checkpoints])
+                       checkpoints=[str(p) for p in fit.checkpoints],
+                       operator={k: str(v) for k, v in fit.operator.items()})
     return summary
 
 
