@@ -48,7 +48,7 @@ def _in_jupyter_kernel() -> bool:
 
 def progress_mode(enabled: bool = True, stream: Any = None) -> Mode:
     """How progress is shown: ``off`` when disabled, else ``JNTK_PROGRESS`` when set, else
-    ``bar`` on a terminal or in a Jupyter kernel and ``lines`` otherwise."""
+    ``bar`` on a terminal (of some width) or in a Jupyter kernel and ``lines`` otherwise."""
     if not enabled:
         return "off"
     forced = os.environ.get("JNTK_PROGRESS", "").strip().lower()
@@ -56,9 +56,17 @@ def progress_mode(enabled: bool = True, stream: Any = None) -> Mode:
         return forced  # type: ignore[return-value]
     stream = sys.stderr if stream is None else stream
     is_tty = getattr(stream, "isatty", None)
-    if (callable(is_tty) and is_tty()) or _in_jupyter_kernel():
-        return "bar"
-    return "lines"
+    if callable(is_tty) and is_tty():
+        return "bar" if _columns(stream) != 0 else "lines"  # a 0-column pty draws no bar
+    return "bar" if _in_jupyter_kernel() else "lines"
+
+
+def _columns(stream: Any) -> int | None:
+    """The terminal's width (None when it cannot be told)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def format_seconds(seconds: float) -> str:
