@@ -48,7 +48,7 @@ def _in_jupyter_kernel() -> bool:
 
 def progress_mode(enabled: bool = True, stream: Any = None) -> Mode:
     """How progress is shown: ``off`` when disabled, else ``JNTK_PROGRESS`` when set, else
-    ``bar`` on a terminal (of some width) or in a Jupyter kernel and ``lines`` otherwise."""
+    ``bar`` on a terminal (of some size) or in a Jupyter kernel and ``lines`` otherwise."""
     if not enabled:
         return "off"
     forced = os.environ.get("JNTK_PROGRESS", "").strip().lower()
@@ -57,16 +57,17 @@ def progress_mode(enabled: bool = True, stream: Any = None) -> Mode:
     stream = sys.stderr if stream is None else stream
     is_tty = getattr(stream, "isatty", None)
     if callable(is_tty) and is_tty():
-        return "bar" if _columns(stream) != 0 else "lines"  # a 0-column pty draws no bar
+        return "lines" if _zero_sized(stream) else "bar"
     return "bar" if _in_jupyter_kernel() else "lines"
 
 
-def _columns(stream: Any) -> int | None:
-    """The terminal's width (None when it cannot be told)."""
+def _zero_sized(stream: Any) -> bool:
+    """A terminal of 0 columns or 0 rows (a pty nobody sized), where tqdm draws nothing."""
     try:
-        return os.get_terminal_size(stream.fileno()).columns
+        size = os.get_terminal_size(stream.fileno())
     except (AttributeError, OSError, ValueError):
-        return None
+        return False
+    return size.columns == 0 or size.lines == 0
 
 
 def format_seconds(seconds: float) -> str:

@@ -41,6 +41,25 @@ def test_mode_follows_the_stream_and_the_environment(monkeypatch: pytest.MonkeyP
     assert progress_mode(False, io.StringIO()) == "off"  # disabled wins
 
 
+def test_a_pseudo_terminal_draws_a_bar_once_it_has_a_size() -> None:
+    """A pty nobody sized (0×0, e.g. under `script`) gets lines: tqdm would draw nothing there."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    try:
+        with os.fdopen(slave, "w", closefd=False) as stream:
+            assert stream.isatty() and progress_mode(True, stream) == "lines"
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+            assert progress_mode(True, stream) == "bar"
+    finally:
+        os.close(slave)
+        os.close(master)
+
+
 def test_lines_when_not_a_terminal(caplog: pytest.LogCaptureFixture) -> None:
     stream = io.StringIO()
     with caplog.at_level(logging.INFO, logger="jntk_dist.progress"):
