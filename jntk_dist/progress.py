@@ -82,16 +82,22 @@ def format_seconds(seconds: float) -> str:
 
 
 class Progress:
-    """A loop's progress: ``update(n)``, ``set_postfix(text)``, ``n`` done so far.
+    """A loop's progress: ``update(n)``, ``set_postfix(text, **fields)``, ``n`` done so far,
+    ``close()`` at the end (or use :func:`progress`, which closes it).
 
-    Made by :func:`progress`; draws a tqdm bar (mode ``bar``), logs a plain line every
-    ``every_s`` seconds and one at the end (``lines``), or nothing (``off``).
+    Draws a tqdm bar (mode ``bar``; log records of the root logger's console handlers go through
+    ``tqdm.write`` above it until ``close``), logs a plain line every ``every_s`` seconds and one
+    at the end (``lines``), or shows nothing (``off``). ``mode=None`` picks one with
+    :func:`progress_mode` (``enabled``, ``stream``). A drop-in for the tqdm calls it replaces:
+    ``tqdm(total=T, initial=i, desc=d, unit=u)`` becomes ``Progress(T, d, unit=u, initial=i)``.
     """
 
     def __init__(self, total: int | None, desc: str, unit: str = "it", initial: int = 0,
-                 mode: Mode = "lines", every_s: float | None = None,
-                 logger: logging.Logger | None = None) -> None:
-        self.total, self.desc, self.unit, self.mode = total, desc, unit, mode
+                 mode: Mode | None = None, every_s: float | None = None,
+                 logger: logging.Logger | None = None, *, enabled: bool = True,
+                 stream: Any = None) -> None:
+        self.mode: Mode = progress_mode(enabled, stream) if mode is None else mode
+        self.total, self.desc, self.unit = total, desc, unit
         self.n = self.initial = int(initial)
         self.postfix = ""
         self.every_s = float(os.environ.get("JNTK_PROGRESS_EVERY_S", DEFAULT_EVERY_S)
@@ -99,11 +105,14 @@ class Progress:
         self.log = logger or log
         self.start = self.last_line = time.monotonic()
         self._bar: Any = None
-        if mode == "bar":
+        self._redirect = contextlib.ExitStack()
+        if self.mode == "bar":
             from tqdm.auto import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit,
                              dynamic_ncols=True)
+            self._redirect.enter_context(logging_redirect_tqdm())
 
     def update(self, n: int = 1) -> None:
         """``n`` more items done."""
@@ -114,11 +123,12 @@ class Progress:
             self.log.info("%s", self.line())
             self.last_line = time.monotonic()
 
-    def set_postfix(self, text: str) -> None:
-        """Extra text after the counts (e.g. a throughput)."""
-        self.postfix = text
+    def set_postfix(self, text: str = "", **fields: Any) -> None:
+        """Extra text after the counts (e.g. a throughput): ``text`` and/or ``key=value``
+        fields, as tqdm's ``set_postfix``."""
+        self.postfix = ", ".join([text] * bool(text) + [f"{k}={v}" for k, v in fields.items()])
         if self._bar is not None:
-            self._bar.set_postfix_str(text, refresh=False)
+            self._bar.set_postfix_str(self.postfix, refresh=False)
 
     def line(self, final: bool = False) -> str:
         """The plain progress line: done/total, rate, ETA (or the elapsed time when final)."""
@@ -139,10 +149,11 @@ class Progress:
         return ", ".join(parts)
 
     def close(self) -> None:
-        """End the bar, or log the final line (when anything was done)."""
+        """End the bar (and the log routing), or log the final line (when anything was done)."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+            self._redirect.close()
         elif self.mode == "lines" and self.n > self.initial:
             self.log.info("%s", self.line(final=True))
         self.mode = "off"
@@ -152,23 +163,13 @@ class Progress:
 def progress(total: int | None, desc: str, *, unit: str = "it", initial: int = 0,
              enabled: bool = True, every_s: float | None = None, stream: Any = None,
              logger: logging.Logger | None = None) -> Iterator[Progress]:
-    """A :class:`Progress` for one loop; ``enabled=False`` shows nothing.
-
-    While a bar is shown, records of the root logger's console handlers go through
-    ``tqdm.write`` (above the bar) instead of breaking it.
-    """
-    mode = progress_mode(enabled, stream)
-    bar = Progress(total, desc, unit=unit, initial=initial, mode=mode, every_s=every_s,
-                   logger=logger)
-    with contextlib.ExitStack() as stack:
-        if mode == "bar":
-            from tqdm.contrib.logging import logging_redirect_tqdm
-
-            stack.enter_context(logging_redirect_tqdm())
-        try:
-            yield bar
-        finally:
-            bar.close()
+    """A :class:`Progress` for one loop, closed at the end; ``enabled=False`` shows nothing."""
+    bar = Progress(total, desc, unit=unit, initial=initial, every_s=every_s, logger=logger,
+                   enabled=enabled, stream=stream)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def track(items: Iterable[T], desc: str, *, total: int | None = None, unit: str = "it",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from jntk_dist.progress import format_seconds, progress, progress_mode, track
+from jntk_dist.progress import Progress, format_seconds, progress, progress_mode, track
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,6 +74,21 @@ def test_lines_when_not_a_terminal(caplog: pytest.LogCaptureFixture) -> None:
     assert re.fullmatch(r"demo: 4/4 tile \(100%\), [0-9.e+]+ tile/s, in [0-9.]+ s, 7 entries/s",
                         lines[-1]), lines[-1]
     assert len(lines) == 4  # one per update (every_s=0), one at the end
+
+
+def test_progress_object_replaces_a_tqdm_call(caplog: pytest.LogCaptureFixture) -> None:
+    """How the solvers use it: made and closed by hand, postfix as tqdm's keyword fields."""
+    with caplog.at_level(logging.INFO, logger="jntk_dist.progress"):
+        bar = Progress(10, "PCG[jacobi]", unit="it", initial=2, stream=io.StringIO())
+        try:
+            bar.update(3)
+            bar.set_postfix(residual=f"{1e-3:.2e}")
+        finally:
+            bar.close()
+        bar.close()  # twice is harmless
+    lines = [r.getMessage() for r in caplog.records if r.name == "jntk_dist.progress"]
+    assert len(lines) == 1 and lines[0].startswith("PCG[jacobi]: 5/10 it (50%), ")
+    assert lines[0].endswith(", residual=1.00e-03")
 
 
 def test_lines_are_periodic(caplog: pytest.LogCaptureFixture) -> None:
