@@ -37,8 +37,9 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
         log.info("connecting to Ray at %s …", address)
         ray.init(address=address, **kwargs)
     else:
-        cpus = num_cpus if num_cpus is not None else f"all {os.cpu_count()}"
-        log.info("starting Ray (embedded, %s CPUs) …", cpus)
+        cpus = (f"{num_cpus} CPU{'' if num_cpus == 1 else 's'}" if num_cpus is not None
+                else f"all {os.cpu_count()} CPUs")
+        log.info("starting Ray (embedded, %s) …", cpus)
         ray.init(num_cpus=num_cpus, **kwargs)
     log.info("Ray ready in %.1f s (%g CPUs in the cluster)", time.perf_counter() - start,
              ray.cluster_resources().get("CPU", 0))
