@@ -3,7 +3,8 @@
     python examples/sync_notebook.py
 
 The script is the source of truth (it runs in the tests); the notebook is generated from it,
-without outputs, so the two cannot drift apart (tests/test_examples.py compares them).
+without outputs, so the two cannot drift apart (tests/test_examples.py compares them). A code
+cell headed ``# %% tags=["parameters"]`` carries that tag (papermill's parameters cell).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ def cells_of(script: str) -> list[dict]:
     for chunk in re.split(r"^# %%", script, flags=re.M)[1:]:
         header, _, body = chunk.partition("\n")
         body = body.strip("\n")
+        tags = re.search(r"tags=(\[.*\])", header)  # '# %% tags=["parameters"]' (papermill)
+        metadata = {"tags": json.loads(tags[1])} if tags else {}
         if header.strip() == "[markdown]":
             lines = [line[2:] if line.startswith("# ") else line.lstrip("#")
                      for line in body.splitlines()]
@@ -28,12 +31,13 @@ def cells_of(script: str) -> list[dict]:
             cells.append({"cell_type": "markdown", "metadata": {},
                           "source": source.splitlines(keepends=True)})
         else:
-            cells.append({"cell_type": "code", "execution_count": None, "metadata": {},
+            cells.append({"cell_type": "code", "execution_count": None, "metadata": metadata,
                           "outputs": [], "source": body.splitlines(keepends=True)})
     return cells
 
 
 def main() -> None:
+    """Regenerate examples/explore_store.ipynb from examples/explore_store.py."""
     script = (HERE / "explore_store.py").read_text()
     notebook = {
         "cells": cells_of(script),

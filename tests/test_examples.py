@@ -1,18 +1,26 @@
-"""examples/: the notebook's script twin runs on real stores and its numbers are right.
+"""examples/: the notebook runs where it lives after the README quickstart, and its script twin's
+numbers are right.
 
 A small Gram store (``run_gram``) and a small drift store (``run_drift``) are written by the real
 jobs on an embedded Ray; ``examples/explore_store.py`` then runs as a user would run it. Its
 printed spectrum is checked against ``numpy.linalg.eigvalsh`` of the Θ_λ Gram computed here with
 the kernel library (no store involved), its drift numbers against the drift store read directly.
 The notebook must hold exactly the script's cells.
+
+The notebook itself is executed by a real Jupyter kernel (nbclient) with examples/ as its working
+folder, in a copy of configs/ and examples/ where only the README quickstart
+(``jntk gram configs/quickstart.yaml``) was run — and then again with a drift store where
+``jntk drift configs/drift_quick.yaml`` puts it.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import runpy
+import shutil
 import subprocess
 import sys
 from contextlib import redirect_stdout
@@ -66,8 +74,9 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Pat
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's package, not an installed one
     return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=env)
 
 
 def test_script_twin_plots_gram_spectrum_and_drift(stores: tuple[Path, Path],
@@ -82,7 +91,7 @@ def test_script_twin_plots_gram_spectrum_and_drift(stores: tuple[Path, Path],
     run = _run("--gram", str(gram_path), "--drift", str(drift_path), "--out", str(out),
                "--points", "5")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    for name in ("gram_heatmap.png", "gram_spectrum.png", "drift_curves.png"):
+    for name in ("gram_heatmap.png", "gram_spectrum.png", "drift_depth1.png"):
         png = (out / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name
 
@@ -117,7 +126,7 @@ def test_script_without_drift_store_skips_only_drift(stores: tuple[Path, Path],
     with patch.object(sys, "argv", [str(SCRIPT), "--gram", str(gram_path), "--drift", "none",
                                     "--out", str(out)]), redirect_stdout(text):
         runpy.run_path(str(SCRIPT), run_name="__main__")
-    assert "drift plots skipped" in text.getvalue()
+    assert "drift curves skipped" in text.getvalue()
     assert sorted(p.name for p in out.glob("*.png")) == ["gram_heatmap.png", "gram_spectrum.png"]
 
 
@@ -130,3 +139,96 @@ def test_notebook_is_the_script_twin() -> None:
     for cell in nb["cells"]:
         if cell["cell_type"] == "code":
             assert cell["outputs"] == [] and cell["execution_count"] is None
+
+
+# ---- the notebook, where it lives ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A copy of configs/ and examples/ in which the README quickstart ran, from that folder as
+    the README says, with stderr a pipe (as in a file or ``ray job logs``); (folder, its stderr)."""
+    root = tmp_path_factory.mktemp("checkout")
+    for folder in ("configs", "examples"):
+        shutil.copytree(REPO / folder, root / folder)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "JNTK_PROGRESS_EVERY_S": "0"}
+    env.pop("JNTK_PROGRESS", None)
+    run = subprocess.run([sys.executable, "-m", "jntk_dist.cli", "gram", "configs/quickstart.yaml"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return root, run.stderr
+
+
+def _execute(root: Path, parameters: str = "") -> tuple[str, int]:
+    """Run examples/explore_store.ipynb in a Jupyter kernel whose working folder is examples/;
+    ``parameters`` is injected after the cell tagged 'parameters', as papermill does. Returns
+    the text the cells printed and the number of images they displayed."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(root / "examples" / "explore_store.ipynb", as_version=4)
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    if parameters:
+        nb.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(parameters))
+    nb.cells.append(nbformat.v4.new_code_cell(_SHADE_PROBE))
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(root / "examples")}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    images = sum("image/png" in o.get("data", {}) for o in outputs)
+    return text, images
+
+
+# how far from white (the colour of 0) the heatmap paints the Jacobian–Jacobian entries, as a
+# fraction of the colour scale; a linear scale leaves them within 1e-3 of white
+_SHADE_PROBE = """
+if HAVE_GRAM:
+    jacobian = np.arange(block.shape[0]) % p != 0
+    jj = block[np.ix_(jacobian, jacobian)]
+    shade = np.abs(np.asarray(image.norm(jj)) - float(image.norm(0.0)))
+    print(f"JJ_SHADE {float(np.median(shade)):.6f}")
+"""
+
+
+def test_notebook_runs_where_it_lives_after_the_quickstart(quickstart: tuple[Path, str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    root, log = quickstart
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the kernel imports this checkout's package
+    text, images = _execute(root)
+    assert images == 2, text  # the heatmap and the spectrum
+    assert {p.name for p in (root / "runs" / "explore").glob("*.png")} == {
+        "gram_heatmap.png", "gram_spectrum.png"}  # under the repository, not examples/runs
+    assert "Θ_λ (λ = 0.01), spectrum by" in text  # the stored λ, stated
+    skipped = [line for line in text.splitlines() if "skipped" in line]
+    assert len(skipped) == 1 and "drift curves" in skipped[0], text
+    assert "`jntk drift configs/drift_quick.yaml`" in skipped[0]
+    shade = float(re.search(r"JJ_SHADE (\S+)", text)[1])
+    assert shade > 0.1, f"Jacobian blocks nearly white in the heatmap: median shade {shade}"
+
+    # the quickstart said what it was doing during Ray's silent start, and its progress came as
+    # plain lines (no carriage-return redraws) ending with a summary
+    assert "\r" not in log
+    start, ready = log.find("starting Ray (embedded, 2 CPUs) …"), log.find("Ray ready in")
+    assert 0 <= start < ready, log[-3000:]
+    counts = [int(m[1]) for m in re.finditer(r"gram tiles: (\d+)/6 tile", log)]
+    assert counts == sorted(counts) and counts[-1] == 6, log[-3000:]
+    assert re.search(r"gram tiles: 6/6 tile \(100%\), .* in \d", log), log[-3000:]
+
+
+def test_notebook_shows_drift_curves_when_the_drift_store_is_there(
+        quickstart: tuple[Path, str], stores: tuple[Path, Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drift store where ``jntk drift configs/drift_quick.yaml`` writes it; the Gram part is
+    switched off through the parameters (papermill's way) to keep this short."""
+    root, _ = quickstart
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    shutil.copytree(stores[1], root / "runs" / "drift_quick.zarr", dirs_exist_ok=True)
+    try:
+        text, images = _execute(root, "GRAM_STORE = None")
+    finally:
+        shutil.rmtree(root / "runs" / "drift_quick.zarr")
+    assert images == 1, text  # one depth, two steps: one figure (the CLI's drift_figures)
+    assert (root / "runs" / "explore" / "drift_depth1.png").stat().st_size > 5000
+    assert "mean distance at the widest network:" in text
+    assert "heatmap and spectrum skipped" in text and "drift curves skipped" not in text

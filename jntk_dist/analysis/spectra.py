@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import kernels
 from ..operators.structured import structured_operator
+from ..progress import track
 from ..solvers.dense_eigen import eigh_dense, smallest_eigenvalue
 from ..solvers.results import positivity_tolerance
 from ..solvers.iterative_eigen import shift_invert_eigs, structured_eigs
@@ -94,8 +95,6 @@ def assumption8(X: Any, depths: Iterable[int], activations: Sequence[str],
     ``structured``: a :class:`jntk_dist.workflows.problem.StructuredSpec` (or None); when enabled,
     the JNTK's extremes come from :func:`structured_extremes` (its ``tol``, ``preconditioner``,
     ``maxiter``, ``memory_mb``) instead of a dense Gram; the n×n NTK Gram stays dense."""
-    from tqdm.auto import tqdm
-
     X = _as_inputs(X, "X")
     unknown = set(kernels_) - {"ntk", "jntk"}
     if unknown:
@@ -103,7 +102,7 @@ def assumption8(X: Any, depths: Iterable[int], activations: Sequence[str],
     use_structured = structured is not None and structured.enabled
     jobs = [(a, int(L), k) for a in activations for L in depths for k in kernels_]
     rows = []
-    for act, depth, kind in tqdm(jobs, desc="assumption 8", disable=not progress):
+    for act, depth, kind in track(jobs, "assumption 8", unit="Gram", enabled=progress):
         residual = 0.0
         if kind == "jntk" and use_structured:
             lo, residual, hi, method = structured_extremes(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..kernels import KINDS, available_activations
+from .text import plain_text
 
 __all__ = ["register"]
 
@@ -25,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``kernel`` sub-command."""
     p = subparsers.add_parser(
         "kernel", help="compute one dataset's kernel in this process and write it to a file",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=plain_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="a dataset of jntk_dist.data (forest_fires, banknote, "
                      "sonar, digits, fibonacci)")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+from .text import plain_text
+
 __all__ = ["register"]
 
 
@@ -24,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "reproduce", help="run the paper's experiments (configs/paper/) into a runs folder",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=plain_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="apply each config's quick: block")
     p.add_argument("--only", default=None, help="comma-separated experiment names")
     p.add_argument("--out", default="runs/paper", help="runs folder (default runs/paper)")

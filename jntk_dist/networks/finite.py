@@ -30,10 +30,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..kernels import Activation, get_activation
 from ..kernels import validate_inputs
+from ..progress import progress as progress_bar
 
 __all__ = [
     "FiniteMLP",
@@ -256,8 +256,8 @@ def finite_jntk(net: FiniteMLP, x1: Any, x2: Any | None = None, *,
                       device=t1.device)
     n_pairs = (len(chunks1) * (len(chunks1) + 1) // 2 if symmetric
                else len(chunks1) * len(chunks2))
-    bar = tqdm(total=n_pairs, disable=not progress, desc="finite JNTK")
-    with torch.no_grad():
+    with torch.no_grad(), progress_bar(n_pairs, "finite JNTK", unit="pair",
+                                       enabled=progress) as bar:
         for i, c1 in enumerate(chunks1):
             f1 = factors2[i] if symmetric and i in factors2 else factors(c1)
             rows = slice(i * chunk_size, i * chunk_size + c1.shape[0])
@@ -279,7 +279,6 @@ def finite_jntk(net: FiniteMLP, x1: Any, x2: Any | None = None, *,
                 bar.update()
             if symmetric:
                 factors2.pop(i, None)  # chunk i is not needed again
-    bar.close()
     return out.cpu().numpy() if is_numpy else out
 
 
@@ -323,7 +322,8 @@ def mc_jacobian_nngp(x: Any, *, depth: int, width: int, activation: str | Activa
     total = torch.zeros((rows, rows), dtype=dtype, device=device)
     total_sq = torch.zeros((rows, rows), dtype=dtype, device=device)
     done = 0
-    with torch.no_grad(), tqdm(total=n_networks, disable=not progress, desc="MC NNGP") as bar:
+    with torch.no_grad(), progress_bar(n_networks, "MC NNGP", unit="net",
+                                       enabled=progress) as bar:
         while done < n_networks:
             b = min(batch_size, n_networks - done)
             # float32 draws are 3x faster; the arithmetic is done in ``dtype``

@@ -13,6 +13,7 @@ Shared pieces: :class:`DatasetSpec` (a named dataset of :mod:`jntk_dist.data` or
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import json
 import logging
@@ -315,17 +316,65 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _model_at(model_cls: Any, loc: Sequence[Any]) -> Any:
+    """The pydantic model class that holds the key at ``loc`` (None when it cannot be told)."""
+    for part in loc:
+        fields = getattr(model_cls, "model_fields", None)
+        if fields is None:
+            return None
+        if isinstance(part, int):  # an item of a list field: stay on the list's item model
+            continue
+        if part not in fields:
+            return None
+        model_cls = _inner_model(fields[part].annotation)
+    return model_cls if hasattr(model_cls, "model_fields") else None
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The first pydantic model inside an annotation (``X | None``, ``list[X]``, …)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _did_you_mean(model_cls: Any, loc: Sequence[Any]) -> str:
+    """`` — did you mean 'kernel'?`` for a mistyped key, or ''."""
+    holder = _model_at(model_cls, loc[:-1])
+    if holder is None or not loc:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(holder.model_fields), n=1, cutoff=0.6)
+    return f" — did you mean {close[0]!r}?" if close else ""
+
+
+def _format_errors(err: ValidationError, source: str, model_cls: Any = None) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key")
+            lines.append(f"  {key}: unknown key{_did_you_mean(model_cls, e['loc'])}")
+        elif e["type"] == "missing":
+            lines.append(f"  {key}: missing (a required key)")
         elif not e["loc"]:  # a check across keys: its message names them; the input is everything
             lines.append(f"  {key}: {e['msg']}")
         else:
             lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
     return f"invalid config {source}:\n" + "\n".join(lines)
+
+
+def _yaml_problem(path: Path, err: yaml.YAMLError) -> str:
+    """One line naming the file, the line and column, and what is wrong."""
+    mark = getattr(err, "problem_mark", None)
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err)
+    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and start is not None:
+        context += f" (line {start.line + 1}, column {start.column + 1})"
+    what = f"{context}: {problem}" if context else problem
+    return f"config {path}{where}: not valid YAML ({' '.join(what.split())})"
 
 
 def load_config(source: str | Path | Mapping[str, Any], model_cls: type[ConfigT],
@@ -343,7 +392,7 @@ def load_config(source: str | Path | Mapping[str, Any], model_cls: type[ConfigT]
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"config {path}: not valid YAML: {err}") from None
+            raise ConfigError(_yaml_problem(path, err)) from None
         if not isinstance(data, dict):
             raise ConfigError(f"config {path}: top level must be a mapping of keys, "
                               f"got {type(data).__name__}")
@@ -354,7 +403,7 @@ def load_config(source: str | Path | Mapping[str, Any], model_cls: type[ConfigT]
     try:
         return model_cls.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, label)) from None
+        raise ConfigError(_format_errors(err, label, model_cls)) from None
 
 
 def config_hash(config: BaseModel | Mapping[str, Any]) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from .. import solvers
+from ..progress import track
 from ..analysis import (KernelRegressor, accuracy, eigenfeatures, feature_accuracies,
                        pgd_perturb, training_targets, write_results)
 from ..store import beside, open_file
@@ -34,8 +35,6 @@ class EigenfeaturesJobConfig(ProblemSpec):
 
 def run_eigenfeatures(cfg: EigenfeaturesJobConfig, progress: bool = True) -> dict[str, Any]:
     """All λ: eigendecompose, evaluate eigenfeatures on clean and perturbed test inputs, write."""
-    from tqdm.auto import tqdm
-
     prob = load_problem(cfg)
     if prob.test.size == 0:
         raise ValueError("eigenfeatures need test points: set test_fraction > 0")
@@ -56,7 +55,7 @@ def run_eigenfeatures(cfg: EigenfeaturesJobConfig, progress: bool = True) -> dic
                                "config": cfg.recorded(), "runs": {}}
     settings = [(lam, f"lam_{lam:g}") for lam in cfg.lams] + ([(0.0, "standard")] if cfg.standard else [])
     plot_data = {}
-    for lam, name in tqdm(settings, desc="eigenfeatures", disable=not progress):
+    for lam, name in track(settings, "eigenfeatures", unit="λ", enabled=progress):
         model = KernelRegressor(prob.depth, prob.activation, lam=lam)
         model.X_train_ = Xtr
         gram = prob.train_gram(lam)

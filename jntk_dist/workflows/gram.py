@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__, kernels
+from ..progress import progress
 from .config import (DatasetSpec, JobError, KernelSpec, OutputJobConfig, StoreOutput, config_diff,
                      config_hash)
 from ..store import (
@@ -38,6 +39,7 @@ from ..store import (
     zarr_target,
 )
 from ..store.tiling import DEFAULT_TILE_BYTES, auto_tile_points
+from .ray_session import start_ray
 
 __all__ = ["CompressionSpec", "RaySpec", "GramJobConfig", "GramRunResult", "TileWorker",
            "run_gram", "validate_dataset"]
@@ -186,19 +188,7 @@ def _check_existing(path: Path | str, config: GramJobConfig, X: np.ndarray) -> S
 
 def _start_ray(spec: RaySpec) -> bool:
     """Connect to (or embed) Ray unless already connected; True if this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
-    address = spec.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
-    if address:
-        if spec.num_cpus is not None:
-            log.info("joining the Ray cluster at %s: ray.num_cpus is ignored", address)
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=spec.num_cpus, **kwargs)
-    return True
+    return start_ray(spec.address, spec.num_cpus)
 
 
 def _pool_plan(spec: RaySpec, n_tasks: int, wait_s: float = 30.0) -> tuple[int, float, float]:
@@ -394,8 +384,6 @@ def _dispatch(actors: list[Any], tiles: list[tuple[int, int]], per_actor: int,
     ``on_progress`` gets the tiles computed so far every ``progress_every_s`` seconds.
     """
     import ray
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
 
     queue = deque(tiles)
     pending: dict[Any, tuple[int, int, int]] = {}
@@ -409,9 +397,8 @@ def _dispatch(actors: list[Any], tiles: list[tuple[int, int]], per_actor: int,
             pending[actors[k].compute.remote(i, j)] = (i, j, k)
 
     start = last_record = time.perf_counter()
-    bar = tqdm(total=result.tiles_total, initial=result.tiles_already_done, unit="tile",
-               desc="gram tiles", disable=not show_progress, dynamic_ncols=True)
-    with bar, logging_redirect_tqdm():
+    with progress(result.tiles_total, "gram tiles", unit="tile",
+                  initial=result.tiles_already_done, enabled=show_progress) as bar:
         for k in range(len(actors)):
             for _ in range(per_actor):
                 submit(k)
@@ -432,7 +419,7 @@ def _dispatch(actors: list[Any], tiles: list[tuple[int, int]], per_actor: int,
                 log.info("tile (%d, %d) done: %d entries in %.3f s (worker pid %d)",
                          i, j, entries, seconds, pid)
                 bar.update(1)
-                bar.set_postfix_str(f"{result.entries / max(elapsed, 1e-9):.3g} entries/s")
+                bar.set_postfix(f"{result.entries / max(elapsed, 1e-9):.3g} entries/s")
                 submit(k)
                 if on_progress is not None and time.perf_counter() - last_record > progress_every_s:
                     on_progress(result.tiles_computed)

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .. import __version__, kernels
+from ..kernels.inputs import check_depth, check_kind, check_lam
+from ..progress import progress
 from .config import DatasetSpec
 from .gram import GramJobConfig, describe, run_gram
 
@@ -49,12 +50,8 @@ class KernelRequest:
 
 def write_kernel(req: KernelRequest) -> str:
     """Compute and write the kernel; returns what the CLI prints."""
-    out = req.out
-    suffix = out.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise ValueError(f"--out must end in .npy, .npz or .zarr, got {out.name!r}")
-    if out.exists() and not req.overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    out, suffix = req.out, req.out.suffix.lower()
+    _check_request(req)
     if suffix == ".zarr":
         return _write_store(req)
     spec = DatasetSpec(name=req.dataset, options=req.options) if req.dataset else \
@@ -62,8 +59,6 @@ def write_kernel(req: KernelRequest) -> str:
     data = spec.load()
     x = torch.as_tensor(data.X, dtype=getattr(torch, req.dtype))
     kernels.validate_inputs(x, "X")
-    if not req.plain:
-        kernels.get_activation(req.activation).require_smooth()
     meta = {"dataset": data.name, "kind": req.kind, "depth": req.depth,
             "activation": req.activation, "lam": req.lam, "plain": req.plain,
             "dtype": req.dtype, "layout": "point-major: row i*(d0+1)+alpha, alpha=0 output",
@@ -77,6 +72,21 @@ def write_kernel(req: KernelRequest) -> str:
         partial.unlink(missing_ok=True)
     return (f"wrote {out} ({req.kind}{' 00' if req.plain else ''}, {data.name}, "
             f"N={data.X.shape[0]}, d0={data.X.shape[1]})")
+
+
+def _check_request(req: KernelRequest) -> None:
+    """Refuse a bad request before anything is computed or shown (one-line ValueErrors)."""
+    if req.out.suffix.lower() not in SUFFIXES:
+        raise ValueError(f"--out must end in .npy, .npz or .zarr, got {req.out.name!r}")
+    if req.out.exists() and not req.overwrite:
+        raise FileExistsError(f"{req.out} exists; pass --overwrite to replace it")
+    check_depth(req.depth)
+    check_kind(req.kind)
+    if req.lam is not None:
+        check_lam(req.lam)
+    activation = kernels.get_activation(req.activation)  # unknown names are refused here
+    if not req.plain:
+        activation.require_smooth()
 
 
 def _compute_and_save(req: KernelRequest, x: torch.Tensor, X: np.ndarray, y: np.ndarray,
@@ -94,8 +104,8 @@ def _compute_and_save(req: KernelRequest, x: torch.Tensor, X: np.ndarray, y: np.
     strips = kernels.gram_strips(x, gram, depth=req.depth, activation=req.activation,
                                  kind=req.kind, lam=req.lam, points_per_strip=rows,
                                  compile=req.compile or None)  # None: JNTK_COMPILE decides
-    with tqdm(total=n, unit="pt", desc=f"{req.kind} L={req.depth} {req.activation}",
-              disable=not req.progress) as bar:
+    with progress(n, f"{req.kind} L={req.depth} {req.activation}", unit="pt",
+                  enabled=req.progress) as bar:
         for done in strips:
             bar.update(done - bar.n)
     if to_npy:

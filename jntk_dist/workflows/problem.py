@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..store import open_gram
 from .config import (DatasetSpec, KernelSpec, OutputJobConfig, StoreLocation,
                      StoreOutput)
+from .ray_session import ray_session
 
 __all__ = ["ComputeSpec", "ProblemSpec", "Problem", "split_indices", "load_problem",
            "compute_context"]
@@ -171,21 +172,9 @@ def compute_context(spec: ComputeSpec) -> Iterator[str]:
     use_ray = spec.scheduler == "ray" or (spec.scheduler == "auto" and address is not None
                                           and spec.dask_address is None)
     if use_ray:
-        import ray
-
-        started = not ray.is_initialized()
-        if started:
-            kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-            if address:
-                kw["address"] = address
-            elif spec.num_cpus:
-                kw["num_cpus"] = spec.num_cpus
-            ray.init(**kw)
-        try:
+        with ray_session(address, None if address else (spec.num_cpus or None),
+                         log_to_driver=False):
             yield "ray"
-        finally:
-            if started:
-                ray.shutdown()
     elif spec.scheduler == "distributed" or spec.dask_address:
         from distributed import Client
 

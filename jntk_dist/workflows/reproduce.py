@@ -21,6 +21,7 @@ Paper config format (``configs/paper/<name>.yaml``)::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -38,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import ConfigError, DatasetSpec, JobConfig, apply_overrides, load_config
 from .problem import split_indices
+from .ray_session import ray_session
 from .registry import get_job, run_config_job
 
 __all__ = ["PAPER_CONFIGS", "PaperConfig", "load_paper_config", "paper_configs", "job_config",
@@ -201,21 +203,10 @@ def reproduce(experiments: Sequence[PaperConfig], runs_dir: str | Path, quick: b
               overrides: Sequence[str] = (), overwrite: bool = False, progress: bool = True,
               num_cpus: int | None = None) -> list[dict[str, Any]]:
     """Run the experiments in sequence (one embedded Ray for all drift grids); return records."""
-    started_ray = False
-    if any(e.job == "drift" for e in experiments) and not os.environ.get("RAY_ADDRESS"):
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
-            started_ray = True
-    try:
+    embed = any(e.job == "drift" for e in experiments) and not os.environ.get("RAY_ADDRESS")
+    with ray_session(num_cpus=num_cpus) if embed else contextlib.nullcontext():
         records = []
         for exp in experiments:
             log.info("experiment %s (%s, %s)", exp.name, exp.job, "quick" if quick else "full size")
             records.append(run_experiment(exp, runs_dir, quick, overrides, overwrite, progress))
         return records
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()

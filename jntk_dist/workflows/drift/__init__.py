@@ -29,9 +29,9 @@ or plain tasks), :mod:`.store` (the result store), :mod:`.plots` (slopes, figure
 
 from .config import DriftConfig
 from .job import CONFIG, DriftResult, describe, execute, run_drift
-from .plots import fit_slopes, plot_drift
+from .plots import drift_figures, fit_slopes, plot_drift
 from .runs import RunData, RunSpec, execute_run, grid_runs, load_run_data
 from .store import open_drift
 
-__all__ = ["CONFIG", "DriftConfig", "execute", "DriftResult", "RunData", "RunSpec", "describe", "execute_run",
-           "fit_slopes", "grid_runs", "load_run_data", "open_drift", "plot_drift", "run_drift"]
+__all__ = ["CONFIG", "DriftConfig", "execute", "DriftResult", "RunData", "RunSpec", "describe",
+           "drift_figures", "execute_run", "fit_slopes", "grid_runs", "load_run_data", "open_drift", "plot_drift", "run_drift"]

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ...networks.training import component_label
+from ...progress import progress as progress_bar
 from ...store.locations import is_url, open_group, remove_location, store_exists
+from ..ray_session import ray_session
 from .backends import launch_task, launch_train, run_resources, spec_dict
 from .config import DriftConfig
 from .plots import fit_slopes, plot_drift
@@ -35,19 +37,6 @@ class DriftResult:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
 
-def _start_ray(config: DriftConfig) -> bool:
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
-    if config.ray.address:
-        ray.init(address=config.ray.address, **kwargs)
-    else:
-        ray.init(num_cpus=config.ray.num_cpus, **kwargs)
-    return True
-
-
 def _max_concurrent(config: DriftConfig, n_runs: int) -> int:
     import ray
 
@@ -63,9 +52,6 @@ def _max_concurrent(config: DriftConfig, n_runs: int) -> int:
 def run_drift(config: DriftConfig, overwrite: bool = False, progress: bool | None = None,
               on_submit: Callable[[RunSpec], None] | None = None) -> DriftResult:
     """Run (or finish) the grid of ``config`` on Ray; write the store, plots and slopes."""
-    import ray
-    from tqdm.auto import tqdm
-
     start = time.perf_counter()
     path = config.output
     options = config.options_for(path)
@@ -86,15 +72,11 @@ def run_drift(config: DriftConfig, overwrite: bool = False, progress: bool | Non
                          storage_options=options or {})
     storage = config.checkpoints_dir.resolve()
     storage.mkdir(parents=True, exist_ok=True)
-    started = _start_ray(config) if todo else False
-    try:
-        if todo:
+    if todo:
+        with ray_session(config.ray.address, config.ray.num_cpus):
             _dispatch(config, todo, data, storage, path, result,
                       progress=config.progress if progress is None else progress,
-                      on_submit=on_submit, tqdm=tqdm)
-    finally:
-        if started:
-            ray.shutdown()
+                      on_submit=on_submit)
     ds = open_drift(path, options)
     if bool(ds["complete"].all()):
         result.plots = plot_drift(ds, config.plots_dir,
@@ -115,7 +97,7 @@ def run_drift(config: DriftConfig, overwrite: bool = False, progress: bool | Non
 
 def _dispatch(config: DriftConfig, todo: list[RunSpec], data: RunData, storage: Path,
               path: Path | str, result: DriftResult, progress: bool,
-              on_submit: Callable[[RunSpec], None] | None, tqdm: Any) -> None:
+              on_submit: Callable[[RunSpec], None] | None) -> None:
     import ray
 
     config_dict = config.to_dict()
@@ -144,7 +126,7 @@ def _dispatch(config: DriftConfig, todo: list[RunSpec], data: RunData, storage: 
         if on_submit is not None:
             on_submit(spec)
 
-    with tqdm(total=len(todo), disable=not progress, desc="drift runs") as bar:
+    with progress_bar(len(todo), "drift runs", unit="run", enabled=progress) as bar:
         while queue or pending:
             while queue and len(pending) < limit:
                 submit(queue.pop(0))

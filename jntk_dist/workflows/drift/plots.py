@@ -34,28 +34,22 @@ def fit_slopes(ds: Any) -> Any:
                         coords={"depth": ds["depth"].values, "step": ds["step"].values})
 
 
-def plot_drift(ds: Any, directory: str | Path, title: str = "",
-               storage_options: dict[str, Any] | None = None) -> list[Path | str]:
-    """Δ vs width on log-log axes, one panel per component, 95% bands over seeds.
+def drift_figures(ds: Any, title: str = "") -> list[tuple[str, Any]]:
+    """Δ vs width on log-log axes, one panel per component, 95% bands over seeds, each curve's
+    fitted slope in its label and a dashed width^(-1/2) guide: ``[(name, Figure), …]``.
 
-    At a single step (Figs. 1, 2) the curves are depths; with many steps (Fig. 3) there is one
-    figure per depth whose curves are the recorded steps. ``directory`` is a local folder or an
-    fsspec URL (written through fsspec). Returns the PNG paths (URLs).
+    At a single step (Figs. 1, 2) the curves are depths (one figure, ``by_depth``); with many
+    steps (Fig. 3) there is one figure per depth (``depth<L>``) whose curves are the recorded
+    steps. The title defaults to the store's experiment, dataset and activation. Figures are
+    made with pyplot (a notebook shows them) and left open: the caller saves and closes them.
+    The backend is not changed.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    slopes = fit_slopes(ds)
-    widths = ds["width"].values
+    slopes = fit_slopes(ds).values
     labels = [component_label(int(a), int(b)) for a, b in zip(ds["alpha"].values,
                                                                ds["beta"].values)]
-    dist = ds["distance"].transpose("width", "depth", "seed", "step", "component").values
-    n_seed = np.isfinite(dist).sum(axis=2)
-    mean = np.nanmean(np.where(np.isfinite(dist), dist, np.nan), axis=2) if dist.size else dist
-    sd = np.nanstd(dist, axis=2, ddof=1) if dist.shape[2] > 1 else np.zeros_like(mean)
-    half = 1.96 * np.nan_to_num(sd) / np.sqrt(np.maximum(n_seed, 1))
+    mean, half = _mean_and_band(ds)
     steps, depths = ds["step"].values, ds["depth"].values
     figures: list[tuple[str, list[tuple[int, int, str]]]] = []
     if len(steps) == 1:
@@ -63,29 +57,79 @@ def plot_drift(ds: Any, directory: str | Path, title: str = "",
     else:
         for j, d in enumerate(depths):
             figures.append((f"depth{d}", [(j, t, f"t={s}") for t, s in enumerate(steps)]))
-    paths = []
+    out = []
     for name, curves in figures:
         fig, axes = plt.subplots(1, len(labels), figsize=(4 * len(labels), 3.6), squeeze=False)
         for c, ax in enumerate(axes[0]):
-            colors = plt.cm.viridis(np.linspace(0, 0.9, len(curves)))
-            for (j, t, label), color in zip(curves, colors):
-                m, h = mean[:, j, t, c], half[:, j, t, c]
-                ok = np.isfinite(m) & (m > 0)
-                if not ok.any():
-                    continue
-                slope = float(slopes.values[j, t, c])
-                ax.plot(widths[ok], m[ok], "o-", color=color, ms=3,
-                        label=f"{label} (slope {slope:.2f})")
-                ax.fill_between(widths[ok], np.maximum(m[ok] - h[ok], m[ok] * 1e-3),
-                                m[ok] + h[ok], color=color, alpha=0.2)
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel("width d")
+            _panel(ax, ds["width"].values, [(label, mean[:, j, t, c], half[:, j, t, c],
+                                             float(slopes[j, t, c])) for j, t, label in curves])
             ax.set_title(f"component {labels[c]}")
-            ax.legend(fontsize=6)
         axes[0][0].set_ylabel("max-norm distance Δ")
-        fig.suptitle(title or str(ds.attrs.get("experiment", "")))
+        fig.suptitle(title or drift_title(ds))
         fig.tight_layout()
+        out.append((name, fig))
+    return out
+
+
+def drift_title(ds: Any) -> str:
+    """``jntk: fibonacci, gelu`` — the experiment, dataset and activation a drift store records."""
+    import ast
+
+    config = ds.attrs.get("config", {})
+    if isinstance(config, str):  # stores written as a dict's repr
+        try:
+            config = ast.literal_eval(config)
+        except (ValueError, SyntaxError):
+            config = {}
+    dataset = (config.get("dataset") or {}).get("name") or ""
+    activation = (config.get("network") or {}).get("activation") or ""
+    return f"{ds.attrs.get('experiment', '')}: {dataset}, {activation}".strip(" :,")
+
+
+def _panel(ax: Any, widths: np.ndarray,
+           curves: list[tuple[str, np.ndarray, np.ndarray, float]]) -> None:
+    """One component's curves (label, mean, band half-width, slope) and the width^(-1/2) guide."""
+    import matplotlib.pyplot as plt
+
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(curves), 1)))
+    guide = None
+    for (label, m, h, slope), color in zip(curves, colors):
+        ok = np.isfinite(m) & (m > 0)
+        if not ok.any():
+            continue
+        ax.plot(widths[ok], m[ok], "o-", color=color, ms=3, label=f"{label} (slope {slope:.2f})")
+        ax.fill_between(widths[ok], np.maximum(m[ok] - h[ok], m[ok] * 1e-3), m[ok] + h[ok],
+                        color=color, alpha=0.2)
+        guide = guide or (widths[ok][0], m[ok][0])
+    if guide is not None:
+        ax.plot(widths, guide[1] * (widths / guide[0]) ** -0.5, "--", color="0.4", lw=0.8,
+                label="∝ width^(-1/2)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("width d")
+    ax.legend(fontsize=6)
+
+
+def _mean_and_band(ds: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Mean Δ over seeds and the half-width of its 95% band, (width, depth, step, component)."""
+    dist = ds["distance"].transpose("width", "depth", "seed", "step", "component").values
+    n_seed = np.isfinite(dist).sum(axis=2)
+    mean = np.nanmean(np.where(np.isfinite(dist), dist, np.nan), axis=2) if dist.size else dist
+    sd = np.nanstd(dist, axis=2, ddof=1) if dist.shape[2] > 1 else np.zeros_like(mean)
+    return mean, 1.96 * np.nan_to_num(sd) / np.sqrt(np.maximum(n_seed, 1))
+
+
+def plot_drift(ds: Any, directory: str | Path, title: str = "",
+               storage_options: dict[str, Any] | None = None) -> list[Path | str]:
+    """The :func:`drift_figures` as PNGs ``distance_<name>.png`` in ``directory`` (a local folder
+    or an fsspec URL, written through fsspec), drawn off-screen. Returns their paths (URLs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for name, fig in drift_figures(ds, title):
         path = child_location(directory, f"distance_{name}.png")
         with open_file(path, "wb", storage_options) as fh:
             fig.savefig(fh, format="png", dpi=120)
