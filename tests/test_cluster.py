@@ -62,10 +62,12 @@ def _job_models() -> dict[str, type[JobConfig]]:
 
 
 def _job_of_config(path: Path) -> str:
-    """configs/<job>_<variant>.yaml belongs to jobs/<job>.py; the quickstart is a Gram job."""
+    """configs/<job>_<variant>.yaml belongs to jobs/<job>.py; the quickstart is a Gram job and
+    the full-dataset configs (mnist, cifar10) are solve jobs."""
     stem = path.stem
-    if stem == "quickstart":
-        return "gram"
+    named = {"quickstart": "gram", "mnist": "solve", "cifar10": "solve"}
+    if stem in named:
+        return named[stem]
     jobs = sorted((p.stem for p in (REPO / "jobs").glob("*.py")), key=len, reverse=True)
     for job in jobs:  # longest first: eigenfeatures_* is not an eigen config
         if stem == job or stem.startswith(job + "_"):

@@ -15,7 +15,7 @@ docs/datasets.md explains every choice, including why the forest-fire set has 24
 paper reports 224.
 """
 
-from .catalog import DATASET_NAMES, dataset_options, load_dataset
+from .catalog import DATASET_NAMES, IMAGE_DATASET_NAMES, dataset_options, load_dataset
 from .dataset import CITATIONS, Dataset
 from .preprocessing import (binary_labels, constant_columns, normalize_rows, one_vs_rest_targets,
                             remove_near_parallel, scale_columns, train_test_split)
@@ -24,6 +24,7 @@ from .synthetic import fibonacci_sphere
 __all__ = [
     "CITATIONS",
     "DATASET_NAMES",
+    "IMAGE_DATASET_NAMES",
     "Dataset",
     "binary_labels",
     "constant_columns",

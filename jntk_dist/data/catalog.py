@@ -13,9 +13,10 @@ from .images import load_image_set
 from .synthetic import fibonacci_sphere
 from .uci import load_banknote, load_forest_fires, load_sonar
 
-__all__ = ["DATASET_NAMES", "dataset_options", "load_dataset"]
+__all__ = ["DATASET_NAMES", "IMAGE_DATASET_NAMES", "dataset_options", "load_dataset"]
 
-DATASET_NAMES = ("forest_fires", "banknote", "sonar", "digits", "fibonacci", "mnist", "cifar10")
+DATASET_NAMES = ("forest_fires", "banknote", "sonar", "digits", "fibonacci")  # shipped or bundled
+IMAGE_DATASET_NAMES = ("mnist", "cifar10")  # from the user's files (options.directory)
 DIGITS_SCALINGS = ("pixel", "columns")
 FIBONACCI_LABELS = ("sign", "ones")
 
@@ -98,7 +99,8 @@ _LOADERS: dict[str, Callable[..., Dataset]] = {
 def _canonical_name(name: str) -> str:
     key = str(name).strip().lower().replace("-", "_")
     if key not in _LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+        raise ValueError(f"unknown dataset {name!r}; valid names: "
+                         f"{', '.join(DATASET_NAMES + IMAGE_DATASET_NAMES)}")
     return key
 
 
@@ -111,7 +113,8 @@ def dataset_options(name: str) -> dict[str, Any]:
 
 
 def load_dataset(name: str, **options: Any) -> Dataset:
-    """Load one of DATASET_NAMES with the paper's preprocessing; see docs/datasets.md.
+    """Load one of DATASET_NAMES or IMAGE_DATASET_NAMES with the paper's preprocessing; see
+    docs/datasets.md.
 
     Options (defaults in :func:`dataset_options`): every dataset takes ``near_parallel_threshold``
     (None, or t in (0, 1): drop rows with |<x_i, x_j>| > t after normalisation, the paper uses 0.99

@@ -12,8 +12,10 @@
   scheduler that runs their tasks.
 """
 
+from importlib import import_module
+from typing import Any
+
 from .base import AddedDiag, KernelOperator, OperatorBase, StructuredParts
-from .dense import DenseOperator
 from .distributed import DaskStructuredKernel, RayStructuredKernel
 from .field_sources import AccessorFields, ArrayFields, FieldSource, InMemoryFields, RecomputedFields
 from .structured import StructuredKernel, structured_operator, structured_predict
@@ -22,3 +24,12 @@ __all__ = ["AccessorFields", "AddedDiag", "ArrayFields", "DaskStructuredKernel",
            "FieldSource", "InMemoryFields", "KernelOperator", "OperatorBase",
            "RayStructuredKernel", "RecomputedFields", "StructuredKernel", "StructuredParts",
            "structured_operator", "structured_predict"]
+
+# imported on first use: they need dask, which a GPU machine with torch alone may lack
+_LAZY = {"DenseOperator": ".dense"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

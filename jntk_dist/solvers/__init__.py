@@ -11,9 +11,10 @@
   and how they resume (one checkpoint protocol).
 """
 
+from importlib import import_module
+from typing import Any
+
 from .cg import IndefiniteError, labels_to_rhs, pcg, structured_solve
-from .cholesky import CholeskyInverseOperator, NotPositiveDefiniteError, add_ridge, cholesky_factor, cholesky_solve
-from .dense_eigen import eigen, eigh_dense, smallest_eigenvalue, suggest_ridge, top_eigenpairs
 from .iterative_eigen import shift_invert_eigs, structured_eigs
 from .preconditioners import (PRECONDITIONERS, BlockJacobiPreconditioner, IdentityPreconditioner,
                               KroneckerPreconditioner, NystromPreconditioner, Preconditioner,
@@ -26,3 +27,16 @@ __all__ = ["PRECONDITIONERS", "BlockJacobiPreconditioner", "CholeskyInverseOpera
            "eigh_dense", "labels_to_rhs", "make_preconditioner", "pcg", "pivoted_cholesky",
            "positivity_tolerance", "shift_invert_eigs", "smallest_eigenvalue", "structured_eigs",
            "structured_solve", "suggest_ridge", "top_eigenpairs"]
+
+# imported on first use: the dense (Dask) solvers need dask, which a GPU machine with torch
+# alone may lack; the operator solvers above do not
+_LAZY = {name: ".cholesky" for name in ("CholeskyInverseOperator", "NotPositiveDefiniteError",
+                                        "add_ridge", "cholesky_factor", "cholesky_solve")}
+_LAZY.update({name: ".dense_eigen" for name in ("eigen", "eigh_dense", "smallest_eigenvalue",
+                                                "suggest_ridge", "top_eigenpairs")})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

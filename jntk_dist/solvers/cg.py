@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..operators.base import AddedDiag, KernelOperator
+from ..progress import Progress
 from .checkpoint import IterativeCheckpoint, fingerprint
 from .preconditioners import Preconditioner, make_preconditioner
 from .results import SolveResult
@@ -246,8 +247,7 @@ def structured_solve(op: KernelOperator, y: Any, ridge: float = 0.0, tol: float 
     start_it, t0 = state.iteration, time.perf_counter()
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=maxiter, initial=start_it, desc=f"PCG[{M.name}]", unit="it")
+        bar = Progress(maxiter, f"PCG[{M.name}]", unit="it", initial=start_it)
     try:
         converged = _cg_iterate(A, M, state, b_norm, tol, maxiter, ckpt, bar, callback)
     finally:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..operators.base import KernelOperator
+from ..progress import Progress
 from .cg import IndefiniteError, as_operator_matmat, pcg
 from .checkpoint import IterativeCheckpoint, fingerprint
 from .preconditioners import Preconditioner, make_preconditioner
@@ -48,8 +49,7 @@ def _check_k(op: Any, k: int) -> int:
 def _bar(progress: bool, **kw: Any) -> Any:
     if not progress:
         return None
-    from tqdm.auto import tqdm
-    return tqdm(**kw)
+    return Progress(kw.get("total"), kw["desc"], unit=kw["unit"], initial=kw.get("initial", 0))
 
 
 # ---- Lanczos and LOBPCG -------------------------------------------------------------------

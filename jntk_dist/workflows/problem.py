@@ -56,6 +56,14 @@ class ProblemSpec(OutputJobConfig):
     compute: ComputeSpec = Field(default_factory=ComputeSpec)
     output: StoreOutput  # a local path or an fsspec URL
 
+    @model_validator(mode="before")
+    @classmethod
+    def _test_set_replaces_the_split(cls, value: Any) -> Any:
+        """With a test_dataset, all of ``dataset`` trains: test_fraction defaults to 0."""
+        if isinstance(value, dict) and value.get("test_dataset") is not None:
+            value = {"test_fraction": 0.0, **value}
+        return value
+
     @model_validator(mode="after")
     def _one_source(self) -> "ProblemSpec":
         if self.store is None and (self.dataset is None or self.kernel is None):
@@ -66,7 +74,7 @@ class ProblemSpec(OutputJobConfig):
             if self.store is not None:
                 raise ValueError("test_dataset goes with 'dataset' + 'kernel' (a store holds its "
                                  "own points; split them with test_fraction)")
-            if "test_fraction" in self.model_fields_set and self.test_fraction:
+            if self.test_fraction:
                 raise ValueError("give test_fraction or test_dataset, not both (test_dataset "
                                  "is the test set; all of 'dataset' trains)")
         return self
