@@ -58,8 +58,10 @@ jntk_bootstrap() {
 
     local index_args=()
     [ "$torch_index" = pypi ] || index_args=(--index-url "$torch_index")
+    # torch alone from its index (--no-deps: its own requirements -- filelock, sympy, ... -- come
+    # from pip's usual index in the next step, where pip reads them off the installed torch).
     echo "bootstrap: $torch_spec from ${torch_index}"
-    "$PY" -m pip install --progress-bar off "$torch_spec" ${index_args[@]+"${index_args[@]}"} || return 1
+    "$PY" -m pip install --progress-bar off --no-deps "$torch_spec" ${index_args[@]+"${index_args[@]}"} || return 1
     echo "bootstrap: this package, editable, with extras '${extras:-none}'"
     "$PY" -m pip install --progress-bar off -e ".$extras" || return 1
 
