@@ -9,9 +9,6 @@ cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
 jntk_bootstrap "[dev]" || exit 1
 
-# The rooms of the package import only downward (the layers contract in pyproject.toml).
-"$(dirname "$PY")/lint-imports" || exit 1
-
 "$PY" -m pytest -q --timeout=900 --durations=15 "$@"
 rc=$?
 # pytest exits 5 when it collected no tests (a typo in a path, a -k that matches nothing, a broken
