@@ -91,7 +91,7 @@ def _fit_structured(prob: Problem, cfg: "SolveJobConfig", y_fit: np.ndarray,
         f_test = np.zeros((prob.test.size, C.shape[1]))
         if prob.test.size:
             test_fields = None if prob.store is None else \
-                StoreFieldsView(prob.store.data, prob.test, prob.train)
+                StoreFieldsView(prob.store, prob.test, prob.train)
             for j in range(C.shape[1]):
                 f_test[:, j] = structured_predict(op, C[:, j], prob.X[prob.test],
                                                   test_fields=test_fields,
