@@ -25,12 +25,14 @@ from jntk_dist.workflows.gram import GramJobConfig, describe, run_gram
 from jntk_dist.store import (
     DONE_PATH,
     ObjectStoreLock,
+    StoreCorruptError,
     StoreError,
     StoreLock,
     StoreLockedError,
     lock_path,
     open_gram,
     store_lock,
+    verify_store,
     zarr_target,
 )
 
@@ -99,6 +101,7 @@ def test_file_url_run_equals_the_local_path_run(url_store: tuple[Path, str, Any]
     store = open_gram(url)
     assert isinstance(store.group.store, zarr.storage.FsspecStore)
     _assert_same_store(store, local_store, np.load(dataset)["X"])
+    assert verify_store(url).ok and verify_store(url).chunks_checked > 20
     assert (folder / "zarr.json").exists() and (folder / "gram").is_dir()
     # a file:// URL is a local store: its lock is the flock'd <store>.lock, empty once released
     assert Path(str(folder) + ".lock").read_text() == ""
@@ -251,6 +254,19 @@ def test_gram_job_to_s3(s3_server: dict[str, Any], local_store: Path, dataset: P
     assert ds["gram"].dims == ("gram_row", "gram_col") and ds.attrs["complete"] is True
     np.testing.assert_array_equal(ds["gram"].values, open_gram(local_store).to_numpy(lam=None))
     np.testing.assert_array_equal(ds["X"].values, np.load(dataset)["X"])
+    # jntk verify lists and reads every chunk through s3fs; a deleted chunk is named
+    report = verify_store(url, s3_server)
+    assert report.ok and report.tiles_done == 6 and report.chunks_checked > 20, report.text()
+    fs.rm("jntk/runs/g.zarr/gram/c/1/0")
+    fs.invalidate_cache()
+    with pytest.raises(StoreCorruptError, match=r"chunk gram/c/1/0 \(the mirror of tile "
+                       r"\(0, 1\)\) of store s3://jntk/runs/g.zarr is missing"):
+        open_gram(url, storage_options=s3_server).to_numpy()
+    assert verify_store(url, s3_server).bad_tiles == [(0, 1)]
+    result = run_gram(_config(dataset, url, storage_options=s3_server), repair=True)
+    assert result.tiles_computed == [(0, 1)]  # exactly the bad tile
+    _assert_same_store(open_gram(url, storage_options=s3_server), local_store,
+                       np.load(dataset)["X"])
     # a rerun finds it complete; a second writer is refused through the lock object
     assert run_gram(_config(dataset, url, storage_options=s3_server)).tiles_computed == []
     with ObjectStoreLock(url, s3_server):

@@ -138,6 +138,12 @@ def test_format1_stores_still_read_and_verify(tmp_path: Path) -> None:
     assert not np.array_equal(open_gram(path).tile(2, 1, lam=None), mirror)  # read silently
     report = verify_store(path)
     assert report.bad_tiles == [(1, 2)] and "differs from its mirror chunk" in report.text()
+    # a damaged chunk file of format 1: zstd's own error, now naming the chunk
+    chunk = path / "gram" / "c" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-50])
+    with pytest.raises(StoreCorruptError, match=r"chunk gram/c/0/0 \(tile \(0, 0\)\) of store "
+                       r".*cannot be read \((RuntimeError|ValueError)"):
+        open_gram(path).tile(0, 0)
 
 
 def test_a_store_killed_while_it_is_created_is_recognised(tmp_path: Path,
@@ -223,3 +229,17 @@ def test_one_lock_per_store_whatever_its_spelling(tmp_path: Path,
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_job_reading_a_corrupt_store_names_the_chunk(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    path = _store(tmp_path / "g.zarr")
+    _flip(path / "gram" / "c" / "2" / "1", 333)
+    cfg = tmp_path / "solve.yaml"
+    cfg.write_text(f"store: {path}\nridge: 1e-3\ntest_fraction: 0\n"
+                   f"output: {tmp_path / 'out.zarr'}\n")
+    assert main(["solve", str(cfg), "--no-progress"]) == 2  # a zstd/NaN traceback on main
+    err = capsys.readouterr().err
+    assert err.startswith("jntk solve: error: chunk gram/c/2/1 (the mirror of tile (1, 2)) of "
+                          f"store {path} cannot be read") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.zarr").exists()  # nothing was written

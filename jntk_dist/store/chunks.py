@@ -49,9 +49,18 @@ def describe_chunk(array: zarr.Array, coords: tuple[int, ...]) -> str:
     return f"chunk {chunk_key(array, coords)} ({what})"
 
 
+def _fresh(store: Any) -> Any:
+    """The store, its file system's listing cache dropped (an fsspec store caches listings per
+    file-system instance: a chunk deleted meanwhile would still be listed)."""
+    fs = getattr(store, "fs", None)
+    if fs is not None and hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache()
+    return store
+
+
 def stored_chunks(array: zarr.Array) -> set[tuple[int, ...]]:
     """Coordinates of the chunks of ``array`` that exist in its store (one listing)."""
-    store, prefix = array.store_path.store, f"{array.path}/c/"
+    store, prefix = _fresh(array.store_path.store), f"{array.path}/c/"
 
     async def keys() -> list[str]:
         return [k async for k in store.list_prefix(prefix)]
@@ -66,7 +75,7 @@ def stored_chunks(array: zarr.Array) -> set[tuple[int, ...]]:
 
 def chunk_exists(array: zarr.Array, coords: tuple[int, ...]) -> bool:
     """True if the chunk is stored (a missing one reads as the fill value)."""
-    return bool(sync(array.store_path.store.exists(chunk_key(array, coords))))
+    return bool(sync(_fresh(array.store_path.store).exists(chunk_key(array, coords))))
 
 
 def chunks_in(array: zarr.Array, selection: tuple[slice, ...]

@@ -40,6 +40,7 @@ class BadChunk:
     where: str = ""  # "chunk gram/c/2/1 (the mirror of tile (1, 2))"
 
     def describe(self) -> str:
+        """``chunk gram/c/1/2 (tile (1, 2)): fails its checksum (…)``."""
         return f"{self.where or self.key}: {self.problem}"
 
 
@@ -60,6 +61,7 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
+        """Nothing bad found."""
         return not self.bad and not self.problems
 
     @property
