@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from .text import plain_text
+
 __all__ = ["register"]
 
 
@@ -21,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``verify`` sub-command."""
     p = subparsers.add_parser(
         "verify", help="check every chunk of a Gram store (checksums, NaN, done marks, "
-        "mirrors, sampled entries against the kernels)", description=__doc__,
+        "mirrors, sampled entries against the kernels)", description=plain_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("store", help="the store: a path or an fsspec URL")
     p.add_argument("--samples", type=int, default=16,
