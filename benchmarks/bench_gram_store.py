@@ -16,6 +16,11 @@ other jobs disturbs far less than wall time.
 
     python benchmarks/bench_gram_store.py                 # defaults below (about 2-4 minutes)
     python benchmarks/bench_gram_store.py --dense-n 240 --fields-n 1000 --repeats 1
+    python benchmarks/bench_gram_store.py --checksums --repeats 3   # crc32c on vs off
+
+``--checksums`` measures what the crc32c checksum on every chunk costs: gram runs and raw writes
+with ``checksum: false`` and ``true`` interleaved (one actor, best of ``--repeats``), and the
+codec pipeline alone (encode and decode of one tile chunk, best of 20).
 """
 
 from __future__ import annotations
@@ -118,6 +123,121 @@ def gram_run(root: Path, data: Path, mode: str, P: int, actors: int, depth: int,
             "cpu_s": result.worker_cpu_seconds}
 
 
+def codec_seconds(mode: str, d0: int, P: int, compression: dict[str, Any]
+                  ) -> dict[str, float]:
+    """Encode and decode seconds (best of 20) of one kernel-like tile chunk through Zarr's codec
+    pipeline (bytes -> compressor [-> crc32c]), and its stored size."""
+    shape = (P * (d0 + 1),) * 2 if mode == "dense" else (8, P, P)
+    x = np.linspace(-1.0, 1.0, int(np.prod(shape))).reshape(shape)
+    tile = np.sin(7.0 * x) * np.exp(-x * x)  # smooth values: compress like a Gram tile
+    best = {"encode_s": float("inf"), "decode_s": float("inf"), "bytes": 0.0}
+    for _ in range(20):
+        store = zarr.storage.MemoryStore()
+        arr = zarr.create_array(store, shape=shape, chunks=shape, dtype="float64",
+                                compressors=zarr_compressors(compression))
+        t0 = time.perf_counter()
+        arr[...] = tile
+        t1 = time.perf_counter()
+        back = arr[...]
+        t2 = time.perf_counter()
+        assert np.array_equal(back, tile)
+        best["encode_s"] = min(best["encode_s"], t1 - t0)
+        best["decode_s"] = min(best["decode_s"], t2 - t1)
+        best["bytes"] = float(arr.nbytes_stored())
+    return best
+
+
+def compare_checksums(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
+    """Gram runs and raw writes with and without crc32c, interleaved, one actor."""
+    rows = []
+    for mode, n, P in (("dense", args.dense_n, args.dense_tile),
+                       ("fields", args.fields_n, args.fields_tile)):
+        if mode not in args.modes.split(","):
+            continue
+        X = np.random.default_rng(0).normal(size=(n, args.d0))
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
+        data = root / f"{mode}.npz"
+        np.savez(data, X=X, y=np.ones(n))
+        runs: dict[bool, dict[str, list]] = {False: {"gram": [], "raw": []},
+                                             True: {"gram": [], "raw": []}}
+        for _ in range(args.repeats):
+            for checksum in (False, True):
+                comp = {"codec": args.codec, "level": args.level, "checksum": checksum}
+                runs[checksum]["raw"].append(raw_write(root, mode, n, args.d0, P, 1, comp))
+                runs[checksum]["gram"].append(gram_run(root, data, mode, P, 1, args.depth, comp,
+                                                       args.compile))
+        for checksum in (False, True):
+            comp = {"codec": args.codec, "level": args.level, "checksum": checksum}
+            gram = min(runs[checksum]["gram"], key=lambda r: r["tile_s"])
+            raw = min(runs[checksum]["raw"], key=lambda r: r["wall_s"])
+            codec = codec_seconds(mode, args.d0, P, comp)
+            rows.append({"mode": mode, "checksum": checksum, "n": n, "tile_points": P,
+                         "gram_entries_per_s": gram["entries"] / gram["tile_s"],
+                         "gram_cpu_s": min(g["cpu_s"] for g in runs[checksum]["gram"]),
+                         "raw_values_per_s": raw["values"] / raw["wall_s"],
+                         "raw_cpu_s": min(r["cpu_s"] for r in runs[checksum]["raw"]),
+                         **{f"chunk_{k}": v for k, v in codec.items()}})
+        off, on = rows[-2], rows[-1]
+        print(f"{mode:6s} N={n} P={P}: gram {off['gram_entries_per_s']:.3g} -> "
+              f"{on['gram_entries_per_s']:.3g} entries/s "
+              f"({on['gram_entries_per_s'] / off['gram_entries_per_s']:.1%}), worker CPU "
+              f"{off['gram_cpu_s']:.2f} -> {on['gram_cpu_s']:.2f} s; raw "
+              f"{off['raw_values_per_s']:.3g} -> {on['raw_values_per_s']:.3g} values/s "
+              f"({on['raw_values_per_s'] / off['raw_values_per_s']:.1%}); one chunk encode "
+              f"{off['chunk_encode_s'] * 1e3:.2f} -> {on['chunk_encode_s'] * 1e3:.2f} ms, "
+              f"decode {off['chunk_decode_s'] * 1e3:.2f} -> {on['chunk_decode_s'] * 1e3:.2f} ms,"
+              f" {off['chunk_bytes']:.0f} -> {on['chunk_bytes']:.0f} bytes", flush=True)
+    return rows
+
+
+def compare_raw_and_gram(args: argparse.Namespace, root: Path,
+                         compression: dict[str, Any]) -> list[dict[str, Any]]:
+    """Raw writes and gram runs, interleaved, for each store mode and 1 and 2 actors."""
+    rows: list[dict[str, Any]] = []
+    modes = args.modes.split(",")
+    for mode, n, P in (("dense", args.dense_n, args.dense_tile),
+                       ("fields", args.fields_n, args.fields_tile)):
+        if mode not in modes:
+            continue
+        X = np.random.default_rng(0).normal(size=(n, args.d0))
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
+        data = root / f"{mode}.npz"
+        np.savez(data, X=X, y=np.ones(n))
+        per_value = (args.d0 + 1) ** 2 / 8 if mode == "fields" else 1.0
+        for actors in (1, 2):
+            raws, grams = [], []
+            for _ in range(args.repeats):  # interleaved: both see the same machine load
+                raws.append(raw_write(root, mode, n, args.d0, P, actors, compression))
+                grams.append(gram_run(root, data, mode, P, actors, args.depth, compression,
+                                      args.compile))
+            raw = min(raws, key=lambda r: r["wall_s"])
+            gram = min(grams, key=lambda r: r["tile_s"])
+            raw_cpu = min(r["cpu_s"] for r in raws)
+            gram_cpu = min(g["cpu_s"] for g in grams)
+            stored_values = raw["values"]  # both write exactly the same chunks
+            row = {
+                "mode": mode, "n": n, "d0": args.d0, "tile_points": P, "actors": actors,
+                "raw_values_per_s": stored_values / raw["wall_s"],
+                "gram_values_per_s": stored_values / gram["tile_s"],
+                "raw_values_per_cpu_s": stored_values / raw_cpu,
+                "gram_values_per_cpu_s": stored_values / gram_cpu,
+                "gram_entries_per_s": gram["entries"] / gram["tile_s"],
+                "gram_entries_per_s_end_to_end": gram["entries"] / gram["wall_s"],
+                "gram_wall_s": gram["wall_s"], "gram_tile_s": gram["tile_s"],
+                "raw_s": raw["wall_s"], "dense_entries_per_stored_value": per_value,
+            }
+            row["gram_over_raw"] = row["gram_values_per_s"] / row["raw_values_per_s"]
+            row["gram_over_raw_cpu"] = gram_cpu and raw_cpu / gram_cpu
+            rows.append(row)
+            print(f"{mode:6s} N={n} P={P} actors={actors}: raw {row['raw_values_per_s']:.3g} "
+                  f"values/s, gram {row['gram_values_per_s']:.3g} values/s "
+                  f"({row['gram_entries_per_s']:.3g} Gram entries/s; end to end "
+                  f"{row['gram_entries_per_s_end_to_end']:.3g}) -> gram/raw "
+                  f"{row['gram_over_raw']:.0%} wall, {row['gram_over_raw_cpu']:.0%} "
+                  "per CPU-second", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -134,6 +254,8 @@ def main() -> None:
                         help="workers run the torch.compile'd field recursion (warm-up included)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--modes", default="dense,fields", help="store modes to run")
+    parser.add_argument("--checksums", action="store_true",
+                        help="compare writes with and without crc32c chunk checksums instead")
     args = parser.parse_args()
     compression = {"codec": args.codec, "level": args.level}
 
@@ -141,47 +263,13 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench_gram_"))
     rows: list[dict[str, Any]] = []
     try:
+        if args.checksums:
+            rows = compare_checksums(args, root)
+            if args.json:
+                args.json.write_text(json.dumps(rows, indent=2))
+            return
         modes = args.modes.split(",")
-        for mode, n, P in (("dense", args.dense_n, args.dense_tile),
-                           ("fields", args.fields_n, args.fields_tile)):
-            if mode not in modes:
-                continue
-            X = np.random.default_rng(0).normal(size=(n, args.d0))
-            X /= np.linalg.norm(X, axis=1, keepdims=True)
-            data = root / f"{mode}.npz"
-            np.savez(data, X=X, y=np.ones(n))
-            per_value = (args.d0 + 1) ** 2 / 8 if mode == "fields" else 1.0
-            for actors in (1, 2):
-                raws, grams = [], []
-                for _ in range(args.repeats):  # interleaved: both see the same machine load
-                    raws.append(raw_write(root, mode, n, args.d0, P, actors, compression))
-                    grams.append(gram_run(root, data, mode, P, actors, args.depth, compression,
-                                          args.compile))
-                raw = min(raws, key=lambda r: r["wall_s"])
-                gram = min(grams, key=lambda r: r["tile_s"])
-                raw_cpu = min(r["cpu_s"] for r in raws)
-                gram_cpu = min(g["cpu_s"] for g in grams)
-                stored_values = raw["values"]  # both write exactly the same chunks
-                row = {
-                    "mode": mode, "n": n, "d0": args.d0, "tile_points": P, "actors": actors,
-                    "raw_values_per_s": stored_values / raw["wall_s"],
-                    "gram_values_per_s": stored_values / gram["tile_s"],
-                    "raw_values_per_cpu_s": stored_values / raw_cpu,
-                    "gram_values_per_cpu_s": stored_values / gram_cpu,
-                    "gram_entries_per_s": gram["entries"] / gram["tile_s"],
-                    "gram_entries_per_s_end_to_end": gram["entries"] / gram["wall_s"],
-                    "gram_wall_s": gram["wall_s"], "gram_tile_s": gram["tile_s"],
-                    "raw_s": raw["wall_s"], "dense_entries_per_stored_value": per_value,
-                }
-                row["gram_over_raw"] = row["gram_values_per_s"] / row["raw_values_per_s"]
-                row["gram_over_raw_cpu"] = gram_cpu and raw_cpu / gram_cpu
-                rows.append(row)
-                print(f"{mode:6s} N={n} P={P} actors={actors}: raw {row['raw_values_per_s']:.3g} "
-                      f"values/s, gram {row['gram_values_per_s']:.3g} values/s "
-                      f"({row['gram_entries_per_s']:.3g} Gram entries/s; end to end "
-                      f"{row['gram_entries_per_s_end_to_end']:.3g}) -> gram/raw "
-                      f"{row['gram_over_raw']:.0%} wall, {row['gram_over_raw_cpu']:.0%} "
-                      "per CPU-second", flush=True)
+        rows = compare_raw_and_gram(args, root, compression)
         print("\nmode    actors  gram/raw (wall)  gram/raw (CPU)  scaling 1->2 gram / raw")
         for mode in modes:
             one, two = [r for r in rows if r["mode"] == mode]

@@ -40,6 +40,50 @@ def write_gram_store(path: Path, X: Any, y: Any, *, depth: int, activation: str,
     return path
 
 
+def write_format1_store(path: Path, X: Any, y: Any, *, P: int, attrs: dict[str, Any],
+                        depth: int, activation: str,
+                        skip: Any = frozenset()) -> Path:
+    """A dense store exactly as format 1 (before checksums) laid it out: nested attributes,
+    ``done`` at the root, zstd without checksums; tiles written with today's TileWriter (it
+    writes format 1 stores as format 1), except those in ``skip``."""
+    from dataclasses import asdict
+
+    import numpy as np
+    import zarr
+
+    from jntk_dist import kernels, store
+
+    n, d0 = X.shape
+    layout = store.StoreLayout(mode="dense", n_points=n, d0=d0, tile_points=P, dtype="float64")
+    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    zstd = zarr.codecs.ZstdCodec(level=1)
+    for name, data, dims, chunks in (("X", X, ("point", "feature"), (P, d0)),
+                                     ("y", y, ("point",), (P,)),
+                                     ("norms", np.linalg.norm(X, axis=1), ("point",), (P,))):
+        group.create_array(name, shape=data.shape, chunks=chunks, dtype="float64",
+                           dimension_names=dims, compressors=zstd)[...] = data
+    p = d0 + 1
+    group.create_array("gram", shape=layout.gram_shape, chunks=(P * p, P * p), dtype="float64",
+                       fill_value=np.nan, compressors=zstd,
+                       dimension_names=("gram_row", "gram_col"))
+    group.create_array("done", shape=(layout.n_tiles,) * 2, chunks=(1, 1), dtype="uint8",
+                       fill_value=0, compressors=None, dimension_names=("tile_i", "tile_j"))
+    group.attrs.update({"format": "jntk-gram", "format_version": 1, "package_version": "0.1.0",
+                        "layout": asdict(layout), "layout_description": store.LAYOUT_DESCRIPTION,
+                        "field_names": list(kernels.FIELD_NAMES), "complete": False,
+                        "tiles_total": layout.total_tiles, "tiles_done": 0,
+                        "completed_tiles": "", **attrs})
+    writer = store.TileWriter(path)
+    for i in range(layout.n_tiles):
+        for j in range(i, layout.n_tiles):
+            if (i, j) in skip:
+                continue
+            xi, xj = (torch.from_numpy(writer.points(k)) for k in (i, j))
+            writer.write(i, j, kernels.fields(xi, None if i == j else xj, depth=depth,
+                                              activation=activation), xi, xj)
+    return path
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny problems: one torch thread avoids thread-pool stalls on a busy 2-core runner."""

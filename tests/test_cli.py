@@ -22,7 +22,7 @@ def _subcommands() -> dict[str, argparse.ArgumentParser]:
 
 def test_help_is_plain_text() -> None:
     helps = {name: p.format_help() for name, p in _subcommands().items()}
-    assert {"kernel", "reproduce", "report", *JOBS} <= set(helps)
+    assert {"kernel", "reproduce", "report", "verify", *JOBS} <= set(helps)
     for name, text in helps.items():
         for markup in ("``", ":mod:`", ":func:`", ":class:`", ":meth:`"):
             assert markup not in text, f"jntk {name} --help shows {markup!r}:\n{text}"

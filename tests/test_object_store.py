@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -22,11 +23,16 @@ from jntk_dist import kernels
 from jntk_dist.workflows.config import ConfigError, load_config
 from jntk_dist.workflows.gram import GramJobConfig, describe, run_gram
 from jntk_dist.store import (
+    DONE_PATH,
     ObjectStoreLock,
+    StoreCorruptError,
     StoreError,
+    StoreLock,
     StoreLockedError,
+    lock_path,
     open_gram,
     store_lock,
+    verify_store,
     zarr_target,
 )
 
@@ -77,7 +83,7 @@ def _assert_same_store(store: Any, reference: Path, X: np.ndarray) -> None:
         assert store.attrs[key] == ref.attrs[key], key
     # and against the kernel itself, not only against the other store
     full = kernels.to_gram(kernels.jntk(X, X, depth=DEPTH, activation=ACT))
-    np.testing.assert_allclose(store.to_numpy(), full, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(store.to_numpy(lam=None), full, rtol=1e-12, atol=1e-13)
     lam = store.lam
     np.testing.assert_allclose(store.dask_array(lam=lam).compute(scheduler="threads"),
                                kernels.to_gram(kernels.jntk(X, X, depth=DEPTH, activation=ACT,
@@ -95,12 +101,15 @@ def test_file_url_run_equals_the_local_path_run(url_store: tuple[Path, str, Any]
     store = open_gram(url)
     assert isinstance(store.group.store, zarr.storage.FsspecStore)
     _assert_same_store(store, local_store, np.load(dataset)["X"])
+    assert verify_store(url).ok and verify_store(url).chunks_checked > 20
     assert (folder / "zarr.json").exists() and (folder / "gram").is_dir()
-    assert not Path(str(folder) + ".lock").exists()  # the lock object is deleted on release
+    # a file:// URL is a local store: its lock is the flock'd <store>.lock, empty once released
+    assert Path(str(folder) + ".lock").read_text() == ""
     import xarray
 
     ds = xarray.open_zarr(url)
-    np.testing.assert_array_equal(ds["gram"].values, open_gram(local_store).to_numpy())
+    # the stored arrays hold Θ; open_gram reads apply the stored λ unless lam=None
+    np.testing.assert_array_equal(ds["gram"].values, open_gram(local_store).to_numpy(lam=None))
     text = describe(result)
     assert f"store: {url}" in text and f"xarray.open_zarr({url!r})" in text
 
@@ -114,7 +123,7 @@ def test_resume_on_a_url_store(url_store: tuple[Path, str, Any], local_store: Pa
     p = D0 + 1
     lost = [(0, 2), (1, 1)]
     for i, j in lost:  # as if the run had died while writing these tiles
-        group["done"][i, j] = 0
+        group[DONE_PATH][i, j] = 0
         group["gram"][i * P * p:(i + 1) * P * p, j * P * p:(j + 1) * P * p] = 0.0
     assert open_gram(url).missing_tiles() == sorted(lost)
     result = run_gram(_config(dataset, url))
@@ -124,18 +133,20 @@ def test_resume_on_a_url_store(url_store: tuple[Path, str, Any], local_store: Pa
         run_gram(_config(dataset, url, kernel={"depth": 3, "activation": ACT}))
 
 
-def test_second_writer_on_a_url_store_is_refused(ray_session: None, dataset: Path,
-                                                 tmp_path: Path) -> None:
+def test_second_writer_on_a_file_url_store_is_refused(ray_session: None, dataset: Path,
+                                                      tmp_path: Path) -> None:
     url = (tmp_path / "g.zarr").as_uri()
     holder = store_lock(url)
-    assert isinstance(holder, ObjectStoreLock)
+    # a file:// URL names a local store: the same flock'd lock file as its plain path
+    assert isinstance(holder, StoreLock) and holder.path == lock_path(tmp_path / "g.zarr")
     with holder:  # another job holds the store
         info = json.loads(Path(tmp_path / "g.zarr.lock").read_text())
-        assert info["pid"] > 0 and info["host"] == socket.gethostname() and info["token"]
-        with pytest.raises(StoreLockedError, match=r"being written by another job \(pid "):
-            run_gram(_config(dataset, url))
+        assert info["pid"] == os.getpid() and info["host"] == socket.gethostname()
+        for spelling in (url, tmp_path / "g.zarr"):
+            with pytest.raises(StoreLockedError, match=r"being written by another job \(pid "):
+                run_gram(_config(dataset, spelling))
     assert not (tmp_path / "g.zarr").exists()  # nothing was written
-    assert not (tmp_path / "g.zarr.lock").exists()
+    assert (tmp_path / "g.zarr.lock").read_text() == ""  # released
 
 
 def _dead_pid() -> int:
@@ -241,8 +252,21 @@ def test_gram_job_to_s3(s3_server: dict[str, Any], local_store: Path, dataset: P
     assert not fs.exists("jntk/runs/g.zarr.lock")  # released
     ds = xarray.open_zarr(url, storage_options=s3_server)
     assert ds["gram"].dims == ("gram_row", "gram_col") and ds.attrs["complete"] is True
-    np.testing.assert_array_equal(ds["gram"].values, open_gram(local_store).to_numpy())
+    np.testing.assert_array_equal(ds["gram"].values, open_gram(local_store).to_numpy(lam=None))
     np.testing.assert_array_equal(ds["X"].values, np.load(dataset)["X"])
+    # jntk verify lists and reads every chunk through s3fs; a deleted chunk is named
+    report = verify_store(url, s3_server)
+    assert report.ok and report.tiles_done == 6 and report.chunks_checked > 20, report.text()
+    fs.rm("jntk/runs/g.zarr/gram/c/1/0")
+    fs.invalidate_cache()
+    with pytest.raises(StoreCorruptError, match=r"chunk gram/c/1/0 \(the mirror of tile "
+                       r"\(0, 1\)\) of store s3://jntk/runs/g.zarr is missing"):
+        open_gram(url, storage_options=s3_server).to_numpy()
+    assert verify_store(url, s3_server).bad_tiles == [(0, 1)]
+    result = run_gram(_config(dataset, url, storage_options=s3_server), repair=True)
+    assert result.tiles_computed == [(0, 1)]  # exactly the bad tile
+    _assert_same_store(open_gram(url, storage_options=s3_server), local_store,
+                       np.load(dataset)["X"])
     # a rerun finds it complete; a second writer is refused through the lock object
     assert run_gram(_config(dataset, url, storage_options=s3_server)).tiles_computed == []
     with ObjectStoreLock(url, s3_server):

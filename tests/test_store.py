@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+import zarr
 
 from jntk_dist import kernels
 from jntk_dist.kernels import mirror_stack
@@ -79,12 +80,12 @@ def test_dense_tiles_are_the_kernels_tiles(tmp_path: Path, kind: str) -> None:
             (a, b), (c, d) = store.layout.points(i), store.layout.points(j)
             if i <= j:  # computed tiles: exactly what the kernel library returns for that tile
                 ref = kernels.to_gram(fn(X[a:b], X[c:d], depth=DEPTH, activation=ACT))
-                np.testing.assert_array_equal(store.tile(i, j), ref)
+                np.testing.assert_array_equal(store.tile(i, j, lam=None), ref)  # Θ as stored
             else:  # mirror tiles: exact transpose of the computed one
                 np.testing.assert_array_equal(store.tile(i, j), store.tile(j, i).T)
     full = kernels.gram(X, depth=DEPTH, activation=ACT, kind=kind)
     # one-shot kernels on all of X differ from per-tile calls only by BLAS summation order
-    np.testing.assert_allclose(store.to_numpy(), full, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(store.to_numpy(lam=None), full, rtol=1e-12, atol=1e-13)
 
 
 @pytest.mark.parametrize("mode", ["dense", "fields"])
@@ -99,9 +100,9 @@ def test_float32_stores(tmp_path: Path, mode: str) -> None:
         assert ref.dtype == np.float32
         # a fields store expands float32 fields with float64 X (the stored inputs)
         tol = {"rtol": 0, "atol": 0} if mode == "dense" else {"rtol": 1e-5, "atol": 1e-5}
-        np.testing.assert_allclose(store.tile(i, j), ref, **tol)
-    np.testing.assert_allclose(store.to_numpy(), kernels.gram(X, depth=DEPTH, activation=ACT),
-                               rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(store.tile(i, j, lam=None), ref, **tol)
+    np.testing.assert_allclose(store.to_numpy(lam=None),
+                               kernels.gram(X, depth=DEPTH, activation=ACT), rtol=1e-4, atol=1e-5)
 
 
 def test_fields_store_expands_to_the_same_gram(tmp_path: Path) -> None:
@@ -133,15 +134,18 @@ def test_reader_regions_lambda_and_dask(tmp_path: Path) -> None:
     X = _unit_rows(10, 2, seed=4)
     for mode in ("dense", "fields"):
         store = _write_store(tmp_path / f"{mode}.zarr", X, mode, P=3)
-        G = store.to_numpy()
+        G = store.to_numpy(lam=None)
         lam = 0.25
         ref_lam = kernels.to_gram(kernels.lambda_scale(
             kernels.jntk(X, depth=DEPTH, activation=ACT), lam))
         np.testing.assert_allclose(store.to_numpy(lam=lam), ref_lam, rtol=1e-12, atol=1e-13)
         # unaligned regions, steps and integer indices
-        np.testing.assert_array_equal(store.read(slice(4, 29, 2), slice(1, 7)), G[4:29:2, 1:7])
-        np.testing.assert_array_equal(store[5], G[5])
-        np.testing.assert_array_equal(store[3:8, 17], G[3:8, 17])
+        np.testing.assert_array_equal(store.read(slice(4, 29, 2), slice(1, 7), lam=None),
+                                      G[4:29:2, 1:7])
+        stored_lam = store.to_numpy()  # reads apply the store's λ (0.3) by default
+        np.testing.assert_array_equal(stored_lam, store.to_numpy(lam=0.3))
+        np.testing.assert_array_equal(store[5], stored_lam[5])
+        np.testing.assert_array_equal(store[3:8, 17], stored_lam[3:8, 17])
         scaled = store.to_numpy(lam=lam)
         np.testing.assert_array_equal(store.read(slice(4, 29, 2), slice(1, 7), lam=lam),
                                       scaled[4:29:2, 1:7])
@@ -168,14 +172,70 @@ def test_incomplete_store_refuses_reads_of_missing_tiles(tmp_path: Path) -> None
     assert np.isfinite(part[:18, :18]).all()
 
 
-def test_xarray_sees_labelled_arrays(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["dense", "fields"])
+def test_xarray_open_zarr_is_self_describing_and_round_trips_netcdf(tmp_path: Path,
+                                                                    mode: str) -> None:
     X = _unit_rows(7, 2, seed=6)
-    _write_store(tmp_path / "g.zarr", X, "fields", P=4)
+    _write_store(tmp_path / "g.zarr", X, mode, P=4)
     ds = xr.open_zarr(tmp_path / "g.zarr", consolidated=False)
-    assert ds["fields"].dims == ("field", "point_i", "point_j")
+    assert "done" not in ds.variables  # the Gram job's bookkeeping is not a result
     assert ds["X"].dims == ("point", "feature") and ds["y"].dims == ("point",)
-    assert ds.attrs["kernel"] == "jntk" and ds.attrs["field_names"][2] == "k_b"
-    np.testing.assert_array_equal(ds["norms"].values, np.linalg.norm(X, axis=1))
+    np.testing.assert_array_equal(ds["point"].values, np.arange(7))
+    assert ds["X"].attrs["long_name"] == "inputs" and "Theta" in ds[
+        "gram" if mode == "dense" else "fields"].attrs["long_name"]
+    if mode == "dense":  # every Gram row is addressable as (point, component)
+        assert ds["gram"].dims == ("gram_row", "gram_col")
+        np.testing.assert_array_equal(ds["gram_row_point"].values, np.repeat(np.arange(7), 3))
+        np.testing.assert_array_equal(ds["gram_col_component"].values, np.tile(np.arange(3), 7))
+        assert "gram_row_point" in ds.coords and "gram_col_component" in ds.coords
+    else:
+        assert ds["fields"].dims == ("field", "point_i", "point_j")
+        assert list(ds["field"].values) == list(kernels.FIELD_NAMES)
+    # flat attributes: nested ones as JSON strings, named in json_attributes
+    assert ds.attrs["kernel"] == "jntk" and ds.attrs["lam"] == 0.3
+    assert json.loads(ds.attrs["field_names"])[2] == "k_b"
+    assert json.loads(ds.attrs["layout"])["tile_points"] == 4
+    assert set(ds.attrs["json_attributes"].split()) >= {"layout", "field_names",
+                                                         "library_versions"}
+    versions = json.loads(ds.attrs["library_versions"])
+    assert versions["zarr"] == zarr.__version__ and versions["numpy"] == np.__version__
+    assert ds.attrs["created"].endswith("Z") and ds.attrs["package_version"]
+    ds.to_netcdf(tmp_path / "raw.nc", engine="scipy")  # failed on nested attributes before
+    back = xr.open_dataset(tmp_path / "raw.nc", engine="scipy")
+    name = "gram" if mode == "dense" else "fields"
+    np.testing.assert_array_equal(back[name].values, ds[name].values)
+    assert back.attrs["layout"] == ds.attrs["layout"]
+
+
+@pytest.mark.parametrize("mode", ["dense", "fields"])
+def test_reads_and_the_xarray_view_apply_the_stored_lambda(tmp_path: Path, mode: str) -> None:
+    X = _unit_rows(7, 2, seed=9)
+    store = _write_store(tmp_path / "g.zarr", X, mode, P=4)  # records λ = 0.3
+    theta = kernels.gram(X, depth=DEPTH, activation=ACT)
+    theta_lam = kernels.gram(X, depth=DEPTH, activation=ACT, lam=0.3)
+    assert np.abs(theta - theta_lam).max() > 0.1  # the two differ: the default is observable
+    np.testing.assert_allclose(store.to_numpy(), theta_lam, rtol=1e-12, atol=1e-13)
+    np.testing.assert_array_equal(store.dask_array().compute(scheduler="sync"),
+                                  store.to_numpy())
+    np.testing.assert_allclose(store.tile(0, 1), theta_lam[:12, 12:], rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(store.read(slice(0, 12), slice(9, 21)), theta_lam[:12, 9:21],
+                               rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(store.to_numpy(lam=None), theta, rtol=1e-12, atol=1e-13)
+    view = store.to_xarray()
+    np.testing.assert_array_equal(view["gram"].values, store.to_numpy())
+    assert view.attrs["lam_applied"] == 0.3 and "lam = 0.3" in view["gram"].attrs["scaling"]
+    np.testing.assert_array_equal(store.to_xarray(lam=None)["gram"].values,
+                                  store.to_numpy(lam=None))
+    view.to_netcdf(tmp_path / "view.nc", engine="scipy")
+    back = xr.open_dataset(tmp_path / "view.nc", engine="scipy")
+    np.testing.assert_array_equal(back["gram"].values, store.to_numpy())
+    np.testing.assert_array_equal(back["gram_row_point"].values, view["gram_row_point"].values)
+    # (point, component) addressing: point 2's rows are Gram rows 6, 7, 8
+    multi = store.to_xarray(multiindex=True)
+    np.testing.assert_array_equal(multi["gram"].sel(gram_row_point=2).values,
+                                  store.to_numpy()[6:9])
+    with pytest.raises(ValueError, match="lam must be a number, None"):
+        store.to_numpy(lam="stored")
 
 
 def test_not_a_store(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import xarray as xr
 from jntk_dist import kernels
 from jntk_dist.workflows.eigen import EigenJobConfig, run_eigen
 from jntk_dist.workflows.solve import SolveJobConfig, run_solve
-from jntk_dist.workflows.config import load_config
+from jntk_dist.workflows.config import InexactResultError, load_config
 
 from conftest import write_gram_store
 
@@ -60,10 +60,13 @@ def test_structured_solve_job_equals_dense_solve_job(tmp_path, data, source):
     # a store is read one row tile per product (the path for stores that do not fit in memory)
     structured = {"tol": 1e-10, "fields": "auto" if source == "dataset" else "recompute"}
     if source == "dataset":  # a stopped run leaves its default checkpoint; the rerun resumes it
-        stopped = run_solve(load_config({**base, "output": str(out),
-                                         "structured": {**structured, "maxiter": 3}},
-                                        SolveJobConfig), progress=False)
-        assert not stopped["pcg_converged"] and stopped["pcg_iterations"] == [3]
+        with pytest.raises(InexactResultError, match="did not converge"):
+            run_solve(load_config({**base, "output": str(out),
+                                   "structured": {**structured, "maxiter": 3}},
+                                  SolveJobConfig), progress=False)
+        stopped = _open(out, "solve").attrs  # written, and marked as not converged
+        assert stopped["converged"] is False or stopped["converged"] == 0
+        assert not stopped["pcg_converged"] and list(stopped["pcg_iterations"]) == [3]
         with np.load(ckpt) as z:
             assert int(z["iteration"]) == 3
     s = run_solve(load_config({**base, "output": str(out), "structured": structured},
@@ -88,8 +91,8 @@ def test_explicit_checkpoint_is_kept_and_checked(tmp_path, data):
     cfg = {"dataset": {"path": str(path)}, "kernel": {"depth": DEPTH, "activation": ACT},
            "lam": LAM, "ridge": 1e-3, "output": str(tmp_path / "o.zarr")}
     ckpt = tmp_path / "cg.npz"
-    run_solve(load_config({**cfg, "structured": {"checkpoint": str(ckpt), "maxiter": 2}},
-                          SolveJobConfig), progress=False)
+    run_solve(load_config({**cfg, "structured": {"checkpoint": str(ckpt), "maxiter": 2},
+                           "accept_inexact": True}, SolveJobConfig), progress=False)  # stopped
     assert ckpt.exists()
     with pytest.raises(ValueError, match="written for another system"):  # another ridge
         run_solve(load_config({**cfg, "ridge": 1e-2, "structured": {"checkpoint": str(ckpt)}},
@@ -103,9 +106,13 @@ def test_structured_eigen_job_extremes_equal_dense_spectrum(tmp_path, data, meth
             "lam": LAM, "k": 4, "test_fraction": 0.25}
     dense = run_eigen(load_config({**base, "output": str(tmp_path / "d.zarr")}, EigenJobConfig),
                       progress=False)
+    # LOBPCG needs ~700 iterations here: its default cap (500) stopped it at residual 1.4e-5 >
+    # tol·λ_max = 5.7e-7, which the job now refuses (converged: false, exit 2)
+    more = {"maxiter": 2000} if method == "lobpcg" else {}
     s = run_eigen(load_config({**base, "output": str(tmp_path / "s.zarr"),
-                               "structured": {"lambda_min_method": method}},
+                               "structured": {"lambda_min_method": method, **more}},
                               EigenJobConfig), progress=False)
+    assert s["converged"]
     assert method in s["method"] and s["lambda_min_products"] > 0
     train = _open(tmp_path / "s.zarr", "eigen_jntk")["train_index"].values
     np.testing.assert_array_equal(train, _open(tmp_path / "d.zarr", "eigen_jntk")["train_index"])

@@ -200,8 +200,9 @@ def test_structured_solve_to_a_file_url_checkpoints_in_scratch(
             "structured": {"preconditioner": "jacobi", "tol": 1e-10, "checkpoint_every": 1e-6}}
     ckpt = local_beside(url, "_pcg.npz")
     assert ckpt.parent == tmp_path / "scratch"
-    stopped = run_solve(load_config({**base, "structured": {**base["structured"], "maxiter": 3}},
-                                    SolveJobConfig), progress=False)
+    stopped = run_solve(load_config({**base, "structured": {**base["structured"], "maxiter": 3},
+                                     "accept_inexact": True}, SolveJobConfig),
+                        progress=False)  # stopped on purpose (exit 2 without accept_inexact)
     assert stopped["pcg_converged"] is False and ckpt.exists()  # kept for the rerun
     assert stopped["checkpoints"] == [str(ckpt)]
     done = run_solve(load_config(base, SolveJobConfig), progress=False)

@@ -33,6 +33,7 @@ class Assumption8Row:
     tolerance: float
     method: str
     lambda_min_residual: float = 0.0  # |Av − θv| of a matrix-free Ritz value (0: dense eigensolver)
+    converged: bool = True  # the matrix-free λ_min reached its residual tolerance (dense: always)
 
     @property
     def positive(self) -> bool:
@@ -103,13 +104,14 @@ def assumption8(X: Any, depths: Iterable[int], activations: Sequence[str],
     jobs = [(a, int(L), k) for a in activations for L in depths for k in kernels_]
     rows = []
     for act, depth, kind in track(jobs, "assumption 8", unit="Gram", enabled=progress):
-        residual = 0.0
+        residual, converged = 0.0, True
         if kind == "jntk" and use_structured:
             lo, residual, hi, method = structured_extremes(
                 X, depth, act, tol=structured.tol, preconditioner=structured.preconditioner,
                 maxiter=structured.maxiter, memory_mb=structured.memory_mb,
                 fields=structured.fields)
             n = X.shape[0] * (X.shape[1] + 1)
+            converged = residual <= structured.tol * hi  # what shift-invert was asked for
         else:
             if kind == "ntk":
                 gram = kernels.ntk(X, depth=depth, activation=act)
@@ -119,7 +121,7 @@ def assumption8(X: Any, depths: Iterable[int], activations: Sequence[str],
             n = gram.shape[0]
             del gram
         rows.append(Assumption8Row(dataset, act, depth, kind, n, lo, hi,
-                                   positivity_tolerance(hi, n), method, residual))
+                                   positivity_tolerance(hi, n), method, residual, converged))
     return rows
 
 

@@ -1,8 +1,9 @@
 """The ``jntk`` command line: thin. It parses, looks the job up in the one registry
 (:mod:`jntk_dist.workflows.registry`), runs it and prints one-line errors.
 
-    jntk <job> CONFIG [--set key=value …] [--overwrite] [--structured] [--no-progress]
+    jntk <job> CONFIG [--set key=value …] [--overwrite] [--repair] [--structured] [--no-progress]
     jntk kernel …        one dataset's kernel in this process, to .npy/.npz/.zarr
+    jntk verify STORE    check every chunk of a Gram store
     jntk reproduce …     the paper's experiments (configs/paper/)
     jntk report …        their verdicts, into docs/reproduction.md
 """
@@ -17,7 +18,7 @@ from typing import Sequence
 from .. import __version__
 from ..workflows.config import JobError
 from ..workflows.registry import JOBS, Job, load_job_config, run_config_job
-from . import kernel, report, reproduce
+from . import kernel, report, reproduce, verify
 
 __all__ = ["build_parser", "main", "run_job"]
 
@@ -31,6 +32,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, job: Job) -> None:
                         "(repeatable; values parsed as YAML)")
     if job.overwrite_help:
         parser.add_argument("--overwrite", action="store_true", help=job.overwrite_help)
+    if job.repair_help:
+        parser.add_argument("--repair", action="store_true", help=job.repair_help)
     if job.structured:
         parser.add_argument("--structured", action="store_true",
                             help="never form the dense Gram: matrix-free structured operator "
@@ -43,7 +46,7 @@ def _run_config_job(args: argparse.Namespace) -> int:
     config = load_job_config(job, args.config, args.overrides,
                              structured=getattr(args, "structured", False))
     text = run_config_job(job, config, overwrite=getattr(args, "overwrite", False),
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, repair=getattr(args, "repair", False))
     print(text, flush=True)
     return 0
 
@@ -62,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=_run_config_job)
     reproduce.register(sub)
     report.register(sub)
+    verify.register(sub)
     return parser
 
 
@@ -74,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileExistsError, FileNotFoundError, JobError) as err:
+        if getattr(err, "report", None):  # what was written or found, before the error line
+            print(err.report, flush=True)  # type: ignore[union-attr]
         print(f"jntk {args.command}: error: {err}", file=sys.stderr)
         return 2
 

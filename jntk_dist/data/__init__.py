@@ -18,7 +18,8 @@ paper reports 224.
 from .catalog import DATASET_NAMES, IMAGE_DATASET_NAMES, dataset_options, load_dataset
 from .dataset import CITATIONS, Dataset
 from .preprocessing import (binary_labels, constant_columns, normalize_rows, one_vs_rest_targets,
-                            remove_near_parallel, scale_columns, train_test_split)
+                            remove_near_parallel, near_parallel_pairs, scale_columns,
+                            train_test_split)
 from .synthetic import fibonacci_sphere
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "normalize_rows",
     "one_vs_rest_targets",
     "remove_near_parallel",
+    "near_parallel_pairs",
     "scale_columns",
     "train_test_split",
 ]

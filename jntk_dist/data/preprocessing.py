@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from .dataset import Dataset
 
 __all__ = ["binary_labels", "constant_columns", "normalize_rows", "one_vs_rest_targets",
-           "remove_near_parallel", "scale_columns", "train_test_split", "as_value_set"]
+           "remove_near_parallel", "near_parallel_pairs", "scale_columns", "train_test_split",
+           "as_value_set"]
 
 
 def _as_matrix(X: Any, what: str = "X") -> np.ndarray:
@@ -124,6 +125,30 @@ def remove_near_parallel(X: Any, y: Any | None, threshold: float, *, block_size:
         kept.extend((start + candidates[chosen]).tolist())
     idx = np.asarray(kept, dtype=np.int64)
     return A[idx], (None if Y is None else Y[idx]), idx
+
+
+def near_parallel_pairs(X: Any, threshold: float, *, block_size: int = 2048,
+                        max_work: float = 2e10, examples: int = 5
+                        ) -> tuple[int, int | None, list[tuple[int, int]]]:
+    """Pairs of rows that make a kernel Gram singular (or nearly) by construction:
+    (exact duplicate pairs, pairs with |cos(x_i, x_j)| > ``threshold`` -- duplicates included --
+    or None when n²·d0 exceeds ``max_work`` (the blockwise check would take minutes), up to
+    ``examples`` such pairs (i < j)). Nothing is removed (:func:`remove_near_parallel` does)."""
+    A = _as_matrix(X)
+    n = A.shape[0]
+    _, counts = np.unique(A, axis=0, return_counts=True)
+    duplicates = int((counts * (counts - 1) // 2).sum())
+    if float(n) * n * A.shape[1] > max_work:
+        return duplicates, None, []
+    U = normalize_rows(A)
+    total, found = 0, []
+    for start in range(0, n, block_size):
+        close = np.abs(U[start:start + block_size] @ U[start:].T) > threshold
+        rows, cols = np.nonzero(np.triu(close, k=1))  # j > i only
+        total += rows.size
+        found.extend((start + int(r), start + int(c)) for r, c in zip(rows[:examples],
+                                                                     cols[:examples]))
+    return duplicates, total, sorted(found)[:examples]
 
 
 def as_value_set(positive: Any) -> list[Any]:

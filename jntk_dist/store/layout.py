@@ -9,11 +9,15 @@ import zarr
 
 from .tiling import n_tiles, tile_range
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MODES", "LAYOUT_DESCRIPTION", "StoreError",
-           "StoreLockedError", "StoreLayout", "zarr_compressors"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "MODES", "LAYOUT_DESCRIPTION", "DONE_PATH", "StoreError",
+           "StoreLockedError", "StoreCorruptError", "StoreLayout", "done_path", "zarr_compressors"]
 
 FORMAT = "jntk-gram"
-FORMAT_VERSION = 1
+# 1: the first stores (no checksums, ``done`` at the root, nested attributes);
+# 2: crc32c on every chunk, ``tiles/done``, coordinate arrays, flat/JSON-string attributes,
+#    provenance and the ``creation_complete`` mark. Readers take both.
+FORMAT_VERSION = 2
+DONE_PATH = "tiles/done"  # format 2; format 1 keeps it at the root as "done"
 MODES = ("dense", "fields")
 LAYOUT_DESCRIPTION = (
     "point-major: Gram row i*(d0+1)+alpha is point i, component alpha (0 = output, 1..d0 = "
@@ -27,6 +31,16 @@ class StoreError(ValueError):
 
 class StoreLockedError(StoreError):
     """Another live job holds the store's writer lock."""
+
+
+class StoreCorruptError(StoreError):
+    """A chunk or metadata file of a store is missing, unreadable or fails its checksum; the
+    message names it (and the tile it belongs to)."""
+
+
+def done_path(format_version: int) -> str:
+    """Where the ``done`` marks of a store of ``format_version`` live."""
+    return "done" if format_version < 2 else DONE_PATH
 
 
 # ---- layout -----------------------------------------------------------------------------
@@ -85,14 +99,19 @@ class StoreLayout:
         return cls(**attrs["layout"])
 
 
-def zarr_compressors(spec: dict[str, Any] | None) -> Any:
-    """Zarr v3 compressor list from ``{"codec": "zstd"|"blosc-zstd"|"blosc-lz4"|"none", "level": int}``."""
-    spec = spec or {"codec": "zstd", "level": 1}
+def zarr_compressors(spec: dict[str, Any] | None) -> tuple[Any, ...]:
+    """Zarr v3 bytes-to-bytes codecs from ``{"codec": "zstd"|"blosc-zstd"|"blosc-lz4"|"none",
+    "level": int, "checksum": bool}``: the compressor, then a crc32c checksum of the compressed
+    chunk (``checksum``, default true), so a flipped bit fails the read instead of decoding to
+    wrong numbers."""
+    spec = spec or {}
     codec, level = spec.get("codec", "zstd"), int(spec.get("level", 1))
+    checks = (zarr.codecs.Crc32cCodec(),) if spec.get("checksum", True) else ()
     if codec == "none":
-        return None
+        return checks
     if codec == "zstd":
-        return zarr.codecs.ZstdCodec(level=level)
+        return (zarr.codecs.ZstdCodec(level=level), *checks)
     if codec.startswith("blosc-"):
-        return zarr.codecs.BloscCodec(cname=codec.split("-", 1)[1], clevel=level, shuffle="shuffle")
+        return (zarr.codecs.BloscCodec(cname=codec.split("-", 1)[1], clevel=level,
+                                       shuffle="shuffle"), *checks)
     raise StoreError(f"unknown compression codec {codec!r}; use zstd, blosc-zstd, blosc-lz4 or none")

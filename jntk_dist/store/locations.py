@@ -18,7 +18,7 @@ from .layout import StoreError
 
 __all__ = ["FSSPEC_EXTRAS", "is_url", "url_filesystem", "zarr_target", "open_group",
            "child_location", "beside", "local_beside", "open_file", "remove_location",
-           "store_exists", "location_name"]
+           "store_exists", "location_name", "canonical_location"]
 
 # URL scheme -> the pip extra of this package that installs its fsspec backend
 FSSPEC_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
@@ -169,6 +169,25 @@ def store_exists(location: str | Path, storage_options: dict[str, Any] | None = 
         return bool(fs.exists(path) and (fs.isfile(path) or fs.ls(path, detail=False)))
     except FileNotFoundError:
         return False
+
+
+def canonical_location(location: str | Path) -> Path | str:
+    """One spelling per store: a local path (or a ``file://``/``local://`` URL) as its resolved
+    absolute path, symlinks followed (``runs/s.zarr``, ``/abs/runs/s.zarr``,
+    ``file:///abs/runs/s.zarr`` and a symlink to it are one store); any other URL with its scheme
+    in lower case, duplicate slashes and a trailing slash dropped. The writer lock is taken on
+    this location, so two spellings never get two locks."""
+    if not is_url(location):
+        return Path(os.path.realpath(Path(location).expanduser()))
+    scheme, rest = str(location).split("://", 1)
+    scheme = scheme.lower()
+    if scheme in ("file", "local"):
+        from urllib.parse import unquote, urlsplit
+
+        parts = urlsplit(f"file://{rest}")
+        host = "" if parts.netloc in ("", "localhost") else parts.netloc
+        return Path(os.path.realpath(unquote(host + parts.path) or "/"))
+    return f"{scheme}://" + "/".join(part for part in rest.split("/") if part)
 
 
 def location_name(location: str | Path) -> str:

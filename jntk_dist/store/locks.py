@@ -1,6 +1,9 @@
 """The writer lock of a store: an ``flock``'d file beside a local store (:class:`StoreLock`), an
 exclusively created object beside a URL store (:class:`ObjectStoreLock`); :func:`store_lock`
-picks the right one."""
+picks the right one, always for the store's canonical location
+(:func:`.locations.canonical_location`: resolved path, symlinks followed; ``file://`` URLs are
+local paths), so two spellings of one store share one lock. A lock whose holder is alive is
+never taken over."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .layout import StoreLockedError
-from .locations import is_url, url_filesystem
+from .locations import canonical_location, url_filesystem
 
 __all__ = ["LOCK_SUFFIX", "StoreLock", "ObjectStoreLock", "store_lock", "lock_path"]
 
@@ -28,17 +31,31 @@ OBJECT_LOCK_HEARTBEAT_S = 60.0
 
 
 def lock_path(path: str | Path) -> Path:
-    """The writer lock of a store lives beside it: ``<store>.lock``."""
-    return Path(str(Path(path)) + LOCK_SUFFIX)
+    """The writer lock of a local store lives beside its canonical path: ``<store>.lock``."""
+    return Path(str(canonical_location(path)) + LOCK_SUFFIX)
 
 
-def _pid_alive(pid: int) -> bool:
+def _pid_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, Linux), or None when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int, started: int | None = None) -> bool:
+    """True if process ``pid`` runs (and, when its start time was recorded, is the same process,
+    not a later one that reused the pid)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    if started is not None:
+        now = _pid_start(pid)
+        return now is None or now == started
     return True
 
 
@@ -51,6 +68,7 @@ class StoreLock:
 
     def __init__(self, store_path: str | Path) -> None:
         self.path = lock_path(store_path)
+        self.store = str(self.path)[:-len(LOCK_SUFFIX)]
         self._fd: int | None = None
 
     def _holder(self) -> dict[str, Any]:
@@ -67,26 +85,34 @@ class StoreLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            who = self._holder()
-            raise StoreLockedError(
-                f"store {str(self.path)[:-len(LOCK_SUFFIX)]} is being written by another job "
-                f"(pid {who.get('pid', '?')} on {who.get('host', '?')}, started "
-                f"{who.get('started', '?')}); wait for it to finish or stop it") from None
+            raise self._locked(self._holder()) from None
         previous = self._holder()
-        if previous.get("pid"):
+        if previous.get("pid") and int(previous["pid"]) != os.getpid():
             here = previous.get("host") == socket.gethostname()
-            state = ("no longer running" if here and not _pid_alive(int(previous["pid"]))
-                     else "not holding it")
+            if here and _pid_alive(int(previous["pid"]), previous.get("pid_start")):
+                # alive but without the flock: a writer that locks another way (an old
+                # object-store lock on file://) -- never take a live writer's store
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+                raise self._locked(previous)
+            state = "no longer running" if here else "on another host, not holding the flock"
             log.warning("taking over the stale lock %s of pid %s on %s (started %s, %s)",
                         self.path, previous.get("pid"), previous.get("host"),
                         previous.get("started"), state)
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
+        info = {"pid": os.getpid(), "pid_start": _pid_start(os.getpid()),
+                "host": socket.gethostname(), "store": self.store,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         os.fsync(fd)
         self._fd = fd
         return self
+
+    def _locked(self, who: dict[str, Any]) -> StoreLockedError:
+        return StoreLockedError(
+            f"store {self.store} is being written by another job (pid {who.get('pid', '?')} on "
+            f"{who.get('host', '?')}, started {who.get('started', '?')}); wait for it to "
+            "finish or stop it")
 
     def release(self) -> None:
         if self._fd is None:
@@ -150,7 +176,7 @@ class ObjectStoreLock:
 
     def _stale_reason(self, info: dict[str, Any]) -> str | None:
         if info.get("host") == socket.gethostname() and info.get("pid"):
-            if not _pid_alive(int(info["pid"])):
+            if not _pid_alive(int(info["pid"]), info.get("pid_start")):
                 return "its process is no longer running"
             return None
         beat = info.get("heartbeat")
@@ -162,7 +188,8 @@ class ObjectStoreLock:
         return None
 
     def _info(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "host": socket.gethostname(), "token": self.token,
+        return {"pid": os.getpid(), "pid_start": _pid_start(os.getpid()),
+                "host": socket.gethostname(), "token": self.token,
                 "started": self._started, "heartbeat": time.time()}
 
     def _write(self, mode: str) -> None:
@@ -249,7 +276,9 @@ class ObjectStoreLock:
 
 def store_lock(location: str | Path, storage_options: dict[str, Any] | None = None
                ) -> StoreLock | ObjectStoreLock:
-    """The writer lock of a store: :class:`StoreLock` for a local path, else :class:`ObjectStoreLock`."""
-    if is_url(location):
-        return ObjectStoreLock(str(location), storage_options)
-    return StoreLock(location)
+    """The writer lock of a store, on its canonical location: :class:`StoreLock` (flock) for a
+    local path or ``file://`` URL, else :class:`ObjectStoreLock`."""
+    where = canonical_location(location)
+    if isinstance(where, Path):
+        return StoreLock(where)
+    return ObjectStoreLock(where, storage_options)

@@ -28,6 +28,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 __all__ = [
     "ConfigError",
+    "InexactResultError",
+    "JobError",
     "JobConfig",
     "DatasetSpec",
     "KernelSpec",
@@ -110,7 +112,20 @@ StoreLocation = Annotated[Path | str, BeforeValidator(_store_output)]
 
 
 class JobError(RuntimeError):
-    """A job could not finish for a reason its message names (the CLI prints it, no traceback)."""
+    """A job could not finish for a reason its message names (the CLI prints it, no traceback).
+
+    ``report``: what the job has to show besides the one-line message (the CLI prints it first),
+    e.g. the summary of results written with ``converged: false``.
+    """
+
+    def __init__(self, message: str, report: str | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class InexactResultError(JobError):
+    """A solve, eigendecomposition or λ_min missed its tolerance: its results are written with
+    ``converged: false``, and the job fails unless the config says ``accept_inexact: true``."""
 
 
 class ConfigError(ValueError):

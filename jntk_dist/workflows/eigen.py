@@ -23,7 +23,8 @@ from ..analysis import (KernelRegressor, accuracy, finite_time_predictions, trai
                        write_results)
 from ..solvers import shift_invert_eigs, structured_eigs
 from ..store import beside, open_file
-from .problem import ProblemSpec, compute_context, load_problem
+from .config import InexactResultError
+from .problem import ProblemSpec, arpack_errors, compute_context, load_problem
 from .structured import StructuredSpec, structured_off, train_operator
 
 
@@ -37,6 +38,9 @@ class EigenJobConfig(ProblemSpec):
     times: list[float] = Field(default_factory=list)  # finite-time predictions (dense path only)
     test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     structured: StructuredSpec = Field(default_factory=structured_off)  # matrix-free extremes
+    # write the results and exit 0 even when an iterative eigensolver misses its tolerance (they
+    # still carry converged: false); by default such a run fails after writing them
+    accept_inexact: bool = False
 
 
 def run_eigen(cfg: EigenJobConfig, progress: bool = True) -> dict[str, Any]:
@@ -57,7 +61,7 @@ def run_eigen(cfg: EigenJobConfig, progress: bool = True) -> dict[str, Any]:
     if gram is None:
         gram = model.train_gram(prob.X[prob.train])
     t0 = time.perf_counter()
-    with compute_context(cfg.compute) as sched:
+    with compute_context(cfg.compute) as sched, arpack_errors():
         res = solvers.eigen(gram, k=cfg.k, vectors=cfg.vectors, max_dense=cfg.max_dense,
                            scheduler_name=sched)  # type: ignore[arg-type]
     seconds = time.perf_counter() - t0
@@ -70,7 +74,7 @@ def run_eigen(cfg: EigenJobConfig, progress: bool = True) -> dict[str, Any]:
         "activation": prob.activation, "n": main.n, "method": main.method
         + ("" if "full" in res else f"; λ_min: {bottom.method}"),
         "lambda_min": lo, "lambda_max": hi, "tolerance": tau, "positive_definite": bool(lo > tau),
-        "tolerance_rule": "positive iff λ_min > τ = n·eps(float64)·λ_max",
+        "tolerance_rule": "positive iff λ_min > τ = n·eps(float64)·λ_max", "converged": True,
         "seconds": seconds, "scheduler": sched, "config": cfg.recorded(),
     }
     arrays: dict[str, tuple[np.ndarray, list[str]]] = {
@@ -105,6 +109,13 @@ def _write(cfg: EigenJobConfig, arrays: dict[str, tuple[np.ndarray, list[str]]],
     write_results(cfg.output, arrays, summary, group=f"eigen_{cfg.part}",
                   storage_options=cfg.options_for(cfg.output))
     summary["plot"] = str(_plot(cfg, main, summary))
+    if not summary["converged"] and not cfg.accept_inexact:
+        raise InexactResultError(
+            f"λ_min did not converge: residual |Av − θv| = {summary['lambda_min_residual']:.2e} "
+            f"> {summary['residual_tolerance']:.2e} (structured.tol·λ_max); the results in "
+            f"{cfg.output}/eigen_{cfg.part} carry converged: false. Give it more iterations "
+            "(--set structured.maxiter=…), or accept the inexact result with "
+            "--set accept_inexact=true", report=summary_text(summary, cfg))
     return summary
 
 
@@ -113,7 +124,7 @@ def _run_structured(cfg: EigenJobConfig, prob: Any, lam: float, progress: bool) 
     Θ_λ. The Ritz value θ ≥ λ_min, and some eigenvalue lies within |Av − θv| of θ; positivity is
     decided on θ − |Av − θv| > τ, not on θ alone. That bounds λ_min from below when the iteration
     found the smallest eigenvalue (all but certain from a random start, not a proof)."""
-    with train_operator(prob, cfg, lam) as op:
+    with train_operator(prob, cfg, lam) as op, arpack_errors():
         return _structured_extremes(cfg, prob, op, lam, progress)
 
 
@@ -141,6 +152,7 @@ def _structured_extremes(cfg: EigenJobConfig, prob: Any, op: Any, lam: float,
                                  shift=1000 * tau, checkpoint=spec.checkpoint, progress=progress,
                                  return_vectors=False)
     lo, lo_res = float(bottom.values[0]), float(bottom.residuals[0])
+    wanted = spec.tol * hi  # the residual both λ_min routes were asked for
     summary: dict[str, Any] = {
         "job": "eigen", "source": prob.source, "part": cfg.part, "lam": lam, "depth": prob.depth,
         "activation": prob.activation, "n": n, "structured": True,
@@ -149,6 +161,7 @@ def _structured_extremes(cfg: EigenJobConfig, prob: Any, op: Any, lam: float,
         "lambda_min_products": int(bottom.n_products),
         "lambda_min": lo, "lambda_min_residual": lo_res, "lambda_max": hi,
         "lambda_max_residual": float(top.residuals[-1]), "tolerance": tau,
+        "residual_tolerance": wanted, "converged": bool(lo_res <= wanted),
         "positive_definite": bool(lo - lo_res > tau),
         "tolerance_rule": "positive iff λ_min > τ = n·eps(float64)·λ_max, with λ_min ≥ θ − |Av − θv| "
                           "(θ: the Ritz value, an upper bound)",
@@ -205,6 +218,8 @@ def _plot(cfg: EigenJobConfig, res: Any, summary: dict[str, Any]) -> Path | str:
 def summary_text(s: dict[str, Any], cfg: EigenJobConfig) -> str:
     """What ``jntk eigen`` prints."""
     verdict = "positive definite" if s["positive_definite"] else "NOT numerically positive definite"
+    if not s.get("converged", True):
+        verdict += " (NOT CONVERGED: inexact)"
     text = (f"eigen: {s['source']}, {s['part']} Gram n={s['n']} ({s['method']}, "
             f"{s['seconds']:.2f}s): λ_min={s['lambda_min']:.3e}, λ_max={s['lambda_max']:.3e}, "
             f"τ={s['tolerance']:.2e} -> {verdict}; results {cfg.output}/eigen_{s['part']}, "

@@ -21,33 +21,20 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import __version__, kernels
+from .. import kernels
 from ..progress import progress
-from .config import (DatasetSpec, JobError, KernelSpec, OutputJobConfig, StoreOutput, config_diff,
-                     config_hash)
-from ..store import (
-    StoreError,
-    StoreLayout,
-    TileWriter,
-    create_store,
-    done_bitmap_hex,
-    is_store,
-    location_name,
-    open_gram,
-    store_exists,
-    store_lock,
-    zarr_target,
-)
+from ..store import (StoreLayout, TileWriter, finalize_store, location_name, open_gram,
+                     record_progress, store_lock)
 from ..store.tiling import DEFAULT_TILE_BYTES, auto_tile_points
+from .config import DatasetSpec, JobError, KernelSpec, OutputJobConfig, StoreOutput
+from .gram_store import (identity_of, is_storage_error, near_parallel_note, os_error_message,
+                         prepare_store, raise_for_worker_error)
 from .ray_session import start_ray
 
 __all__ = ["CompressionSpec", "RaySpec", "GramJobConfig", "GramRunResult", "TileWorker",
            "run_gram", "validate_dataset"]
 
 log = logging.getLogger(__name__)
-
-# Config keys that define what a store contains; a rerun must agree on all of them.
-IDENTITY_KEYS = ("dataset", "kernel", "store", "compression")
 
 
 class CompressionSpec(BaseModel):
@@ -57,6 +44,10 @@ class CompressionSpec(BaseModel):
 
     codec: Literal["zstd", "blosc-zstd", "blosc-lz4", "none"] = "zstd"
     level: int = Field(default=1, ge=0, le=22)
+    # a crc32c checksum on every chunk of a new store: a flipped bit fails the read instead of
+    # decoding to wrong numbers. Not part of the store's identity (values are the same; a
+    # resumed store keeps the codecs it was created with)
+    checksum: bool = True
 
 
 class RaySpec(BaseModel):
@@ -90,11 +81,13 @@ class GramJobConfig(OutputJobConfig):
     # one-off compile per worker (~6 s from torch's disk cache, minutes cold); values agree with
     # eager to rounding (~1e-13). "auto": on when each worker has minutes of eager work.
     compile: bool | Literal["auto"] = "auto"
+    # warn at the start when pairs of points have |cos| above this (duplicates included): the
+    # Gram is then singular, or nearly, by construction. None: no check
+    near_parallel_warning: float | None = Field(default=0.9999, gt=0.0, lt=1.0)
 
     def identity(self) -> dict[str, Any]:
         """The part of the config that determines the store's contents."""
-        data = self.to_dict()
-        return {k: data[k] for k in IDENTITY_KEYS}
+        return identity_of(self.to_dict())
 
 
 @dataclass
@@ -111,6 +104,8 @@ class GramRunResult:
     worker_pids: set[int] = field(default_factory=set)
     worker_cpu_seconds: float = 0.0  # summed over tiles (compute + write, all threads)
     storage_options: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the run changed or warns about
+    repaired: list[tuple[int, int]] = field(default_factory=list)  # tiles a --repair cleared
 
     @property
     def entries_per_s(self) -> float:
@@ -168,24 +163,6 @@ def validate_dataset(X: np.ndarray, y: np.ndarray, name: str) -> None:
                          f"{np.flatnonzero(~np.isfinite(y))[:10].tolist()}")
 
 
-def _check_existing(path: Path | str, config: GramJobConfig, X: np.ndarray) -> StoreLayout:
-    """Refuse a store written by another config or dataset; return its layout to resume."""
-    store = open_gram(path, config.storage_options)
-    old = store.attrs.get("identity", {})
-    diff = config_diff(old, config.identity())
-    if diff:
-        raise StoreError(f"store {path} was written by a different config: " + "; ".join(diff)
-                         + ". Use --overwrite to replace it, or choose another output")
-    lay = store.layout
-    if config.tile_points is not None and config.tile_points != lay.tile_points:
-        raise StoreError(f"store {path} has tile_points={lay.tile_points} but the config asks "
-                         f"for {config.tile_points}; use --overwrite to re-tile it")
-    if store.X.shape != X.shape or not np.array_equal(store.X, X):
-        raise StoreError(f"store {path} holds different inputs X (shape {store.X.shape}) than "
-                         f"the dataset (shape {X.shape}); use --overwrite to replace it")
-    return lay
-
-
 def _start_ray(spec: RaySpec) -> bool:
     """Connect to (or embed) Ray unless already connected; True if this call started it."""
     return start_ray(spec.address, spec.num_cpus)
@@ -233,34 +210,35 @@ def _worker_memory(per_gpu: float, n_actors: int) -> float | None:
 
 
 def run_gram(config: GramJobConfig, overwrite: bool = False, progress: bool | None = None,
-             on_start: Callable[[list[Any]], None] | None = None) -> GramRunResult:
+             on_start: Callable[[list[Any]], None] | None = None,
+             repair: bool = False) -> GramRunResult:
     """Compute (or complete) the Gram store described by ``config``; see the module docstring.
 
-    ``on_start`` is called with the actor handles once the pool is up (monitoring, tests).
+    ``repair``: verify every chunk of an existing store first and recompute exactly the bad
+    tiles. ``on_start`` is called with the actor handles once the pool is up (monitoring, tests).
     """
-    path = config.output
-    options = config.storage_options
+    path, options = config.output, config.storage_options
     data = config.dataset.load()
     X, y = data.X, data.y
     validate_dataset(X, y, data.name)
+    warning = near_parallel_note(X, config.near_parallel_warning, data.name)
     lock = store_lock(path, options).acquire()
     started_ray = False
     actors: list[Any] = []
+
+    def tile_points(n: int, d0: int) -> int:  # automatic tile sizes look at the workers
+        nonlocal started_ray
+        started_ray = _start_ray(config.ray) or started_ray
+        return _auto_tile_points(config, n, d0)
+
     try:
-        layout: StoreLayout | None = None
-        if store_exists(path, options) and not overwrite:
-            if not is_store(path, options):
-                raise StoreError(f"{path} exists and is not a jntk Gram store; choose another "
-                                 "output or pass --overwrite")
-            layout = _check_existing(path, config, X)
-        if layout is None:
-            started_ray = _start_ray(config.ray)  # automatic tile sizes look at the workers
-            layout = _create(path, config, X, y, data.name, overwrite)
-        store = open_gram(path, options)
-        missing = store.missing_tiles()
+        layout, notes, repaired = prepare_store(path, config, X, y, data.name, overwrite,
+                                                repair, tile_points)
+        missing = open_gram(path, options).missing_tiles()
         result = GramRunResult(path=path, tiles_total=layout.total_tiles,
                                tiles_already_done=layout.total_tiles - len(missing),
-                               storage_options=dict(options))
+                               storage_options=dict(options), repaired=repaired,
+                               notes=[n for n in (warning, *notes) if n])
         if missing:
             log.info("store %s: %d of %d tiles to compute (%d points/tile)", path, len(missing),
                      layout.total_tiles, layout.tile_points)
@@ -271,15 +249,28 @@ def run_gram(config: GramJobConfig, overwrite: bool = False, progress: bool | No
                 on_start(actors)
             show = config.progress if progress is None else progress
             _dispatch(actors, missing, config.ray.tasks_per_actor, layout, result, show,
-                      on_progress=lambda tiles: _record_progress(path, layout, tiles, missing,
-                                                                 options))
+                      on_progress=lambda tiles: record_progress(
+                          path, layout, set(missing) - set(tiles), options))
         else:
             log.info("store %s is already complete (%d tiles)", path, layout.total_tiles)
-        _finish(path, options)
+        finalize_store(path, options)
         return result
+    except OSError as err:  # disk full, permissions: one line naming the file, resumable
+        if not is_storage_error(err):
+            raise
+        raise JobError(os_error_message(err, path)) from err
     finally:
         _stop_pool(actors, started_ray, config.ray.cpus_per_actor)
         lock.release()
+
+
+def _auto_tile_points(config: GramJobConfig, n: int, d0: int) -> int:
+    """Points per tile from ``tile_bytes`` and the memory of one worker of the pool."""
+    plan = _pool_plan(config.ray, 1 << 30)
+    memory = _worker_memory(plan[2], plan[0])
+    target = config.tile_bytes or DEFAULT_TILE_BYTES * (4 if plan[2] > 0 else 1)
+    itemsize = np.dtype(config.kernel.dtype).itemsize
+    return auto_tile_points(n, d0, config.store, itemsize, target, memory)
 
 
 def _stop_pool(actors: list[Any], started_ray: bool, cpus_per_actor: float,
@@ -304,31 +295,6 @@ def _stop_pool(actors: list[Any], started_ray: bool, cpus_per_actor: float,
         if float(ray.available_resources().get("CPU", 0.0)) >= target:
             break
         time.sleep(0.1)
-
-
-def _create(path: Path | str, config: GramJobConfig, X: np.ndarray, y: np.ndarray, name: str,
-            overwrite: bool) -> StoreLayout:
-    itemsize = np.dtype(config.kernel.dtype).itemsize
-    n, d0 = X.shape
-    if config.tile_points is not None:
-        points = min(config.tile_points, n)
-    else:
-        plan = _pool_plan(config.ray, 1 << 30)
-        memory = _worker_memory(plan[2], plan[0])
-        target = config.tile_bytes or DEFAULT_TILE_BYTES * (4 if plan[2] > 0 else 1)
-        points = auto_tile_points(n, d0, config.store, itemsize, target, memory)
-    layout = StoreLayout(mode=config.store, n_points=n, d0=d0, tile_points=points,
-                         dtype=config.kernel.dtype)
-    k = config.kernel
-    identity = config.identity()
-    attrs = {"config": config.recorded(), "identity": identity,
-             "config_hash": config_hash(identity), "dataset": name, "kernel": k.kind,
-             "activation": k.activation, "depth": k.depth, "lam": k.lam, "dtype": k.dtype}
-    create_store(path, X, y, layout, attrs, config.compression.model_dump(), overwrite=overwrite,
-                 storage_options=config.storage_options)
-    log.info("created %s store %s: N=%d, d0=%d, %d points per tile, %d tiles", config.store,
-             path, n, d0, points, layout.total_tiles)
-    return layout
 
 
 # eager CPU throughput is ~1.5e6 pair-layers/s per worker: above this a worker has minutes of
@@ -369,7 +335,11 @@ def _spawn_pool(config: GramJobConfig, path: Path | str, n_tasks: int,
               for _ in range(n)]
     result.num_actors = n
     start = time.perf_counter()
-    ray.get([a.pid.remote() for a in actors])  # tile timings then exclude worker start-up
+    try:
+        ray.get([a.pid.remote() for a in actors])  # tile timings then exclude worker start-up
+    except ray.exceptions.RayError as err:
+        raise_for_worker_error(err, path)  # e.g. killed by Ray's memory monitor
+        raise
     log.info("pool: %d actor(s), %g CPU and %g GPU each, ready in %.1f s", n, cpus, gpus,
              time.perf_counter() - start)
     return actors
@@ -408,9 +378,12 @@ def _dispatch(actors: list[Any], tiles: list[tuple[int, int]], per_actor: int,
                 i, j, k = pending.pop(ref)
                 try:
                     _, _, entries, seconds, cpu, pid = ray.get(ref)
-                except ray.exceptions.RayActorError as err:
-                    raise JobError(f"tile ({i}, {j}) failed: its worker died more often than "
-                                       f"max_restarts allows ({err})") from err
+                except ray.exceptions.RayError as err:
+                    raise_for_worker_error(err, result.path, (i, j))  # disk full, memory
+                    if isinstance(err, ray.exceptions.RayActorError):
+                        raise JobError(f"tile ({i}, {j}) failed: its worker died more often "
+                                       f"than max_restarts allows ({err})") from err
+                    raise
                 result.tiles_computed.append((i, j))
                 result.entries += entries
                 result.worker_pids.add(pid)
@@ -427,44 +400,6 @@ def _dispatch(actors: list[Any], tiles: list[tuple[int, int]], per_actor: int,
     result.seconds = time.perf_counter() - start
 
 
-def _record_progress(path: Path | str, layout: StoreLayout, computed: list[tuple[int, int]],
-                     missing_at_start: list[tuple[int, int]],
-                     storage_options: dict[str, Any] | None = None) -> None:
-    """Refresh the completion attributes from what the driver knows (no store reads)."""
-    import zarr
-
-    T = layout.n_tiles
-    done = np.triu(np.ones((T, T), dtype=np.uint8))
-    lacking = set(missing_at_start) - set(computed)
-    for i, j in lacking:
-        done[i, j] = 0
-    group = zarr.open_group(zarr_target(path, storage_options), mode="r+",
-                            use_consolidated=False)
-    group.attrs.update({"tiles_done": layout.total_tiles - len(lacking),
-                        "completed_tiles": done_bitmap_hex(done)})
-
-
-def _finish(path: Path | str, storage_options: dict[str, Any] | None = None) -> None:
-    """Record completion in the attributes; consolidate metadata once the store is whole."""
-    import zarr
-
-    group = zarr.open_group(zarr_target(path, storage_options), mode="r+",
-                            use_consolidated=False)
-    done = group["done"][...]
-    T = done.shape[0]
-    n_done = int(done[np.triu_indices(T)].sum())
-    total = T * (T + 1) // 2
-    group.attrs.update({"tiles_done": n_done, "complete": n_done == total,
-                        "completed_tiles": done_bitmap_hex(done),
-                        "package_version": __version__})
-    if n_done == total:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # zarr notes consolidated metadata is not yet in v3 spec
-            zarr.consolidate_metadata(zarr_target(path, storage_options))
-
-
 def describe(result: GramRunResult) -> str:
     """Human summary: where the store is and how to open it."""
     store = open_gram(result.path, result.storage_options)
@@ -472,24 +407,28 @@ def describe(result: GramRunResult) -> str:
     options = (", storage_options={…}" if result.storage_options else "")
     rate = (f", {result.entries_per_s:.3g} entries/s with {result.num_actors} actor(s)"
             if result.tiles_computed else "")
-    lam = store.lam if store.lam is not None else 0.01
+    scaled = (f"Θ_λ with the stored λ={store.lam:g}" if store.lam is not None
+              else "Θ (no λ recorded)")
     return "\n".join([
         f"store: {where}",
         f"  {store.kind} depth={store.depth} {store.activation}, N={store.layout.n_points}, "
         f"d0={store.layout.d0}, {store.mode}, Gram {store.shape[0]}x{store.shape[1]}",
         f"  tiles: {len(result.tiles_computed)} computed now, {result.tiles_already_done} already "
         f"done, {result.tiles_total} total in {result.seconds:.1f} s{rate}",
+        *[f"  note: {note}" for note in result.notes],
         "open it:",
         f"  from jntk_dist.store import open_gram; g = open_gram({where!r}{options})",
-        f"  g.dask_array(lam={lam})   # lazy Θ_λ, one chunk per tile;  g.tile(0, 0, lam={lam})",
-        f"  xarray.open_zarr({where!r}{options})",
+        f"  g.dask_array()   # lazy {scaled}, one chunk per tile; lam=None: unscaled Θ",
+        "  g.to_xarray()    # the same as an xarray Dataset with (point, component) coordinates",
+        f"  xarray.open_zarr({where!r}{options})   # the stored arrays (unscaled Θ)",
     ])
-
 
 
 CONFIG = GramJobConfig
 
 
-def execute(config: GramJobConfig, *, overwrite: bool = False, progress: bool = True) -> str:
+def execute(config: GramJobConfig, *, overwrite: bool = False, progress: bool = True,
+            repair: bool = False) -> str:
     """Run the job (the registry's entry point); returns what the CLI prints."""
-    return describe(run_gram(config, overwrite=overwrite, progress=None if progress else False))
+    return describe(run_gram(config, overwrite=overwrite, progress=None if progress else False,
+                             repair=repair))

@@ -14,12 +14,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..store import open_gram
-from .config import (DatasetSpec, KernelSpec, OutputJobConfig, StoreLocation,
+from .config import (DatasetSpec, JobError, KernelSpec, OutputJobConfig, StoreLocation,
                      StoreOutput)
 from .ray_session import ray_session
 
 __all__ = ["ComputeSpec", "ProblemSpec", "Problem", "split_indices", "load_problem",
-           "compute_context"]
+           "compute_context", "arpack_errors"]
 
 log = logging.getLogger(__name__)
 
@@ -195,3 +195,14 @@ def compute_context(spec: ComputeSpec) -> Iterator[str]:
         yield "threads" if spec.scheduler == "auto" else spec.scheduler
 
 
+@contextlib.contextmanager
+def arpack_errors() -> Iterator[None]:
+    """ARPACK's no-convergence error as one line (nothing is written: there is no result)."""
+    from scipy.sparse.linalg import ArpackNoConvergence
+
+    try:
+        yield
+    except ArpackNoConvergence as err:
+        raise JobError(f"Lanczos (ARPACK) did not converge ({err}); nothing was written. Give "
+                       "it more iterations (structured.maxiter), or raise max_dense: a dense "
+                       "eigendecomposition always converges") from None

@@ -28,6 +28,7 @@ class Job:
     module: str  # the workflow module (CONFIG, execute)
     example: str  # a config to start from
     overwrite_help: str | None = None  # the job can replace an existing output (--overwrite)
+    repair_help: str | None = None  # the job can repair its existing output (--repair)
     structured: bool = False  # the job has the matrix-free mode (--structured)
 
     def workflow(self) -> Any:
@@ -46,7 +47,9 @@ JOBS: dict[str, Job] = {job.name: job for job in (
         "Compute the Jacobian NNGP or JNTK Gram matrix of a dataset, tile by tile on Ray "
         "actors, into a Zarr store. Rerunning completes a partial store.",
         _P + "gram", "configs/quickstart.yaml",
-        overwrite_help="replace an existing store written by a different config"),
+        overwrite_help="replace an existing store written by a different config",
+        repair_help="verify every chunk of the existing store first (as `jntk verify`) and "
+                    "recompute exactly the bad tiles"),
     Job("drift", "kernel distance of many finite networks vs width (Ray Train, resumable)",
         "Run a grid of finite networks (widths × depths × seeds) concurrently on Ray and record "
         "the max-norm distance of their finite JNTK (during robust training) or Monte-Carlo "
@@ -93,6 +96,8 @@ def load_job_config(job: Job, source: str | Path | dict[str, Any],
 
 
 def run_config_job(job: Job, config: JobConfig, *, overwrite: bool = False,
-                   progress: bool = True) -> str:
-    """Run ``job`` on a validated ``config``; returns its summary text."""
-    return job.workflow().execute(config, overwrite=overwrite, progress=progress)
+                   progress: bool = True, repair: bool = False) -> str:
+    """Run ``job`` on a validated ``config``; returns its summary text. ``repair`` goes to jobs
+    that have ``--repair``."""
+    extra = {"repair": repair} if job.repair_help else {}
+    return job.workflow().execute(config, overwrite=overwrite, progress=progress, **extra)

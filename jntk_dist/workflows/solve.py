@@ -22,7 +22,9 @@ from pydantic import Field
 from ..analysis import KernelRegressor, accuracy, write_results
 from ..operators.structured import structured_predict
 from ..solvers import structured_solve
+from ..solvers.cholesky import NotPositiveDefiniteError
 from ..store import local_beside
+from .config import InexactResultError, JobError
 from .problem import Problem, ProblemSpec, compute_context, load_problem
 from .structured import StoreFieldsView, StructuredSpec, structured_off, train_operator
 
@@ -91,7 +93,7 @@ def _fit_structured(prob: Problem, cfg: "SolveJobConfig", y_fit: np.ndarray,
         f_test = np.zeros((prob.test.size, C.shape[1]))
         if prob.test.size:
             test_fields = None if prob.store is None else \
-                StoreFieldsView(prob.store.data, prob.test, prob.train)
+                StoreFieldsView(prob.store, prob.test, prob.train)
             for j in range(C.shape[1]):
                 f_test[:, j] = structured_predict(op, C[:, j], prob.X[prob.test],
                                                   test_fields=test_fields,
@@ -113,6 +115,12 @@ class SolveJobConfig(ProblemSpec):
     ridge: float = Field(default=0.0, ge=0.0)
     multiclass: bool = False  # one-vs-rest targets (−0.1 / 0.9) from the dataset's labels
     structured: StructuredSpec = Field(default_factory=structured_off)  # matrix-free PCG
+    # dense solve: the largest relative residual |b − (Θ_λ+μI)α| / |b| accepted (structured
+    # solves use structured.tol)
+    residual_tol: float = Field(default=1e-6, gt=0.0)
+    # write the results and exit 0 even when the solve misses its tolerance (they still carry
+    # converged: false); by default such a run fails after writing them
+    accept_inexact: bool = False
 
 
 def _targets(cfg: SolveJobConfig, prob: Problem) -> tuple[np.ndarray, np.ndarray, Any]:
@@ -130,6 +138,8 @@ def _targets(cfg: SolveJobConfig, prob: Problem) -> tuple[np.ndarray, np.ndarray
 
 def _summary(cfg: SolveJobConfig, prob: Problem, fit: Fit, y_score: np.ndarray,
              classes: Any) -> dict[str, Any]:
+    tol = cfg.structured.tol if cfg.structured.enabled else cfg.residual_tol
+    converged = bool(fit.converged if cfg.structured.enabled else fit.residual <= tol)
     summary = {
         "job": "solve", "source": prob.source, "depth": prob.depth, "activation": prob.activation,
         "lam": prob.lam, "ridge": cfg.ridge, "n_train": int(prob.train.size),
@@ -137,7 +147,8 @@ def _summary(cfg: SolveJobConfig, prob: Problem, fit: Fit, y_score: np.ndarray,
         "train_accuracy": float(accuracy(fit.f_train, y_score[prob.train])),
         "test_accuracy": (float(accuracy(fit.f_test, y_score[prob.test])) if prob.test.size
                           else None),
-        "relative_residual": fit.residual, "solve_seconds": fit.seconds,
+        "relative_residual": fit.residual, "residual_tolerance": tol, "converged": converged,
+        "solve_seconds": fit.seconds,
         "scheduler": fit.scheduler, "config": cfg.recorded(),
         "classes": None if classes is None else [str(c) for c in classes],
         "structured": cfg.structured.enabled,
@@ -171,7 +182,20 @@ def run_solve(cfg: SolveJobConfig, progress: bool = True) -> dict[str, Any]:
     if fit.converged:
         for path in fit.remove_when_done:  # results written: a default checkpoint is done with
             Path(path).unlink(missing_ok=True)
+    if not summary["converged"] and not cfg.accept_inexact:
+        raise InexactResultError(_not_converged(summary, cfg), report=summary_text(summary, cfg))
     return summary
+
+
+def _not_converged(s: dict[str, Any], cfg: SolveJobConfig) -> str:
+    """The one-line error of a solve that missed its tolerance."""
+    more = (f", or give PCG more iterations (structured.maxiter; it resumes from "
+            f"{s['checkpoints'][0]})" if cfg.structured.enabled else "")
+    return (f"the solve did not converge: relative residual {s['relative_residual']:.2e} > "
+            f"tolerance {s['residual_tolerance']:.1e}; the results in {cfg.output}/solve carry "
+            "converged: false. The Gram is singular or ill-conditioned (duplicate or "
+            "near-parallel points; check λ_min with `jntk eigen`): add a ridge (--set "
+            f"ridge=1e-6){more}, or accept the inexact result with --set accept_inexact=true")
 
 
 def _fit_dense(prob: Problem, cfg: SolveJobConfig, y_fit: np.ndarray) -> Fit:
@@ -180,7 +204,10 @@ def _fit_dense(prob: Problem, cfg: SolveJobConfig, y_fit: np.ndarray) -> Fit:
     with compute_context(cfg.compute) as sched:
         model = KernelRegressor(prob.depth, prob.activation, lam=prob.lam, ridge=cfg.ridge,
                                 block_size=cfg.compute.block_size, scheduler=sched)
-        model.fit(prob.X[prob.train], y_fit[prob.train], gram=prob.train_gram(prob.lam))
+        try:
+            model.fit(prob.X[prob.train], y_fit[prob.train], gram=prob.train_gram(prob.lam))
+        except NotPositiveDefiniteError as err:  # the CLI sets a ridge with --set ridge=…
+            raise JobError(str(err).replace("--ridge ", "--set ridge=")) from err
     t_solve = time.perf_counter() - t0
     f_train = model.decision_function(prob.X[prob.train])
     f_test = model.decision_function(prob.X[prob.test]) if prob.test.size else \
@@ -195,7 +222,8 @@ def summary_text(s: dict[str, Any], cfg: SolveJobConfig) -> str:
     test = "n/a" if s["test_accuracy"] is None else f"{s['test_accuracy']:.4f}"
     text = (f"solve: {s['source']}, λ={s['lam']:g}, μ={s['ridge']:g}, Gram {s['gram_size']}² on "
             f"{s['scheduler']} in {s['solve_seconds']:.2f}s (relative residual "
-            f"{s['relative_residual']:.1e}); train accuracy "
+            f"{s['relative_residual']:.1e}, {'converged' if s['converged'] else 'NOT CONVERGED'}"
+            f"); train accuracy "
             f"{s['train_accuracy']:.4f}, test accuracy {test} -> {cfg.output}/solve")
     if s["structured"]:
         text += f"\n  PCG iterations {s['pcg_iterations']}, converged: {s['pcg_converged']}"

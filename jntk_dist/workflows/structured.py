@@ -71,17 +71,19 @@ def structured_off() -> StructuredSpec:
 
 
 class StoreFieldsView:
-    """``fields_tile(rows, cols)`` of a fields store's (8, N, N) array restricted to index sets
-    (the train split, or test × train), read one row tile at a time."""
+    """``fields_tile(rows, cols)`` of a fields store's (8, N, N) fields restricted to index sets
+    (the train split, or test × train), read one row tile at a time (a corrupt or missing chunk
+    raises naming it: :meth:`jntk_dist.store.GramStore.read_fields`)."""
 
-    def __init__(self, data: Any, row_index: np.ndarray, col_index: np.ndarray) -> None:
-        self.data, self.rows, self.cols = data, np.asarray(row_index), np.asarray(col_index)
+    def __init__(self, store: Any, row_index: np.ndarray, col_index: np.ndarray) -> None:
+        self.store, self.rows, self.cols = store, np.asarray(row_index), np.asarray(col_index)
 
     def fields_tile(self, rows: slice, cols: slice) -> np.ndarray:
         r, c = self.rows[rows], self.cols[cols]
         if r.size == 0 or c.size == 0:
             return np.zeros((8, r.size, c.size))
-        block = np.asarray(self.data[:, r.min():r.max() + 1, c.min():c.max() + 1])
+        block = self.store.read_fields(slice(int(r.min()), int(r.max()) + 1),
+                                       slice(int(c.min()), int(c.max()) + 1))
         return block[:, r - r.min()][:, :, c - c.min()]
 
 
@@ -159,7 +161,7 @@ def _store_operator(prob: Problem, X_train: np.ndarray, mode: str, kw: dict[str,
                          f"{prob.source} is a {prob.store.mode!r} store (Gram entries only); "
                          "write it with `store: fields` in the gram config, or give "
                          "'dataset' + 'kernel' to compute the fields per tile")
-    fields: Any = StoreFieldsView(prob.store.data, prob.train, prob.train)
+    fields: Any = StoreFieldsView(prob.store, prob.train, prob.train)
     if mode == "memory":  # read once; otherwise one row tile per product
         n = prob.train.size
         fields = np.asarray(fields.fields_tile(slice(0, n), slice(0, n)), dtype=np.float64)
