@@ -112,7 +112,7 @@ def test_not_positive_definite_names_a_ridge_that_works(gram):
     rhs = np.ones(gram.shape[0])
     with pytest.raises(solvers.NotPositiveDefiniteError, match=r"not numerically positive definite.*ridge") as info:
         solvers.cholesky_solve(shifted, rhs, block_size=64)
-    suggested = float(str(info.value).split("--ridge ")[1].split(")")[0])
+    suggested = float(str(info.value).split("--set ridge=")[1].split(")")[0])
     x = solvers.cholesky_solve(shifted, rhs, ridge=suggested, block_size=64)
     ref = scipy.linalg.solve(shifted + suggested * np.eye(gram.shape[0]), rhs)
     assert _rel(x, ref) <= 1e-8

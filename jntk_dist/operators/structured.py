@@ -270,6 +270,41 @@ def auto_memory_mb(device: torch.device | str, fraction: float = 0.5,
     return float(cpu_mb)
 
 
+def _field_source(fields: Any, t1: Tensor, t2: Tensor, one_set: bool, desc: dict[str, Any], *,
+                  depth: int | None, activation: str, kind: str, mode: str, dtype: torch.dtype,
+                  device: Any, compile: bool | None,
+                  fields_dtype: torch.dtype | None) -> FieldSource:
+    """The field source :func:`structured_operator` describes (and its mode, into ``desc``)."""
+    if fields is not None:
+        if hasattr(fields, "fields_tile"):
+            source: FieldSource = AccessorFields(fields, (t1.shape[0], t2.shape[0]), dtype, device)
+            desc["mode"] = "accessor"
+        elif not isinstance(fields, (KernelFields, dict, np.ndarray, torch.Tensor)):
+            source = ArrayFields(fields, dtype, device)  # e.g. a Zarr array read tile by tile
+            desc["mode"] = "array"
+        else:
+            if isinstance(fields, KernelFields):
+                desc.update(kind=fields.kind, depth=fields.depth, activation=fields.activation)
+            source = InMemoryFields(fields, dtype, device)
+            desc["mode"] = "memory"
+    else:
+        if depth is None:
+            raise ValueError("depth (number of hidden layers L) is required to compute fields")
+        if mode == "memory":
+            source = InMemoryFields(kernels.fields(t1, None if one_set else t2, depth=depth,
+                                                   activation=activation, kind=kind,  # type: ignore[arg-type]
+                                                   compile=compile))
+            source.stacked = source.stacked.to(dtype=dtype, device=device)
+        elif mode == "recompute":
+            source = RecomputedFields(t1, None if one_set else t2, depth=depth,
+                                      activation=activation, kind=kind, compile=compile,
+                                      fields_dtype=fields_dtype)
+        else:
+            raise ValueError(f"mode must be 'memory' or 'recompute', got {mode!r}")
+        desc["mode"] = mode
+    return source
+
+
 def structured_operator(x1: Any, x2: Any | None = None, *, fields: Any = None,
                         depth: int | None = None, activation: str = "gelu",
                         kind: str = "jntk", lam: float | None = None, mode: str = "memory",
@@ -302,33 +337,9 @@ def structured_operator(x1: Any, x2: Any | None = None, *, fields: Any = None,
         desc["compile"] = bool(compile)
     if fields_dtype is not None:
         desc["fields_dtype"] = str(fields_dtype).replace("torch.", "")
-    if fields is not None:
-        if hasattr(fields, "fields_tile"):
-            source: FieldSource = AccessorFields(fields, (t1.shape[0], t2.shape[0]), dtype, device)
-            desc["mode"] = "accessor"
-        elif not isinstance(fields, (KernelFields, dict, np.ndarray, torch.Tensor)):
-            source = ArrayFields(fields, dtype, device)  # e.g. a Zarr array read tile by tile
-            desc["mode"] = "array"
-        else:
-            if isinstance(fields, KernelFields):
-                desc.update(kind=fields.kind, depth=fields.depth, activation=fields.activation)
-            source = InMemoryFields(fields, dtype, device)
-            desc["mode"] = "memory"
-    else:
-        if depth is None:
-            raise ValueError("depth (number of hidden layers L) is required to compute fields")
-        if mode == "memory":
-            source = InMemoryFields(kernels.fields(t1, None if x2 is None else t2, depth=depth,
-                                                   activation=activation, kind=kind,  # type: ignore[arg-type]
-                                                   compile=compile))
-            source.stacked = source.stacked.to(dtype=dtype, device=device)
-        elif mode == "recompute":
-            source = RecomputedFields(t1, None if x2 is None else t2, depth=depth,
-                                      activation=activation, kind=kind, compile=compile,
-                                      fields_dtype=fields_dtype)
-        else:
-            raise ValueError(f"mode must be 'memory' or 'recompute', got {mode!r}")
-        desc["mode"] = mode
+    source = _field_source(fields, t1, t2, x2 is None, desc, depth=depth, activation=activation,
+                           kind=kind, mode=mode, dtype=dtype, device=device, compile=compile,
+                           fields_dtype=fields_dtype)
     return StructuredKernel(t1, t2, source, lam=lam, tile_rows=tile_rows,
                             memory_mb=float(memory_mb), description=desc)
 

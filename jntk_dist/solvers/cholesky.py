@@ -106,7 +106,7 @@ def cholesky_solve(matrix: MatrixLike, rhs: Any, ridge: float = 0.0,
         raise NotPositiveDefiniteError(
             f"the {n}×{n} Gram matrix{' + ridge ' + format(ridge, 'g') if ridge else ''} is not "
             f"numerically positive definite (Cholesky failed: {str(err).splitlines()[0][:120]}). "
-            f"Try a ridge μ ≥ {mu:.3g} (e.g. --ridge {float(format(mu, '.1e')) * 2:.1e}), "
+            f"Try a ridge μ ≥ {mu:.3g} (in a job config: --set ridge={float(format(mu, '.1e')) * 2:.1e}), "
             "which lifts λ_min above the float64 tolerance n·eps·λ_max.") from err
     if check_finite and not np.isfinite(out).all():
         raise NotPositiveDefiniteError(

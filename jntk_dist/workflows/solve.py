@@ -206,8 +206,8 @@ def _fit_dense(prob: Problem, cfg: SolveJobConfig, y_fit: np.ndarray) -> Fit:
                                 block_size=cfg.compute.block_size, scheduler=sched)
         try:
             model.fit(prob.X[prob.train], y_fit[prob.train], gram=prob.train_gram(prob.lam))
-        except NotPositiveDefiniteError as err:  # the CLI sets a ridge with --set ridge=…
-            raise JobError(str(err).replace("--ridge ", "--set ridge=")) from err
+        except NotPositiveDefiniteError as err:  # one line, naming --set ridge=…
+            raise JobError(str(err)) from err
     t_solve = time.perf_counter() - t0
     f_train = model.decision_function(prob.X[prob.train])
     f_test = model.decision_function(prob.X[prob.test]) if prob.test.size else \
