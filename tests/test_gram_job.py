@@ -189,6 +189,8 @@ def test_compile_auto_only_when_workers_have_minutes_of_work():
     assert resolve_compile("auto", "gelu", 1, big, 1) is True
     assert resolve_compile("auto", "gelu", 1, big, 4) is False  # spread over 4 workers
     assert resolve_compile("auto", "tanh", 1, big, 1) is False  # quadrature: never compiled
+    assert resolve_compile("auto", "gelu", 1, 10, 4, gpu_workers=True) is True  # the GPU path
+    assert resolve_compile("auto", "tanh", 1, 10, 4, gpu_workers=True) is False
     assert resolve_compile("auto", "erf", 3, 243 ** 2 / 2, 2) is False  # the quickstart
     assert resolve_compile(True, "erf", 1, 1.0, 8) is True and resolve_compile(False, "erf", 9, big, 1) is False
 

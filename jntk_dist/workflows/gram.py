@@ -308,13 +308,15 @@ def _tile_pairs(layout: StoreLayout, i: int, j: int) -> int:
 
 
 def resolve_compile(setting: bool | str, activation: str, depth: int, pairs: float,
-                    n_actors: int) -> bool:
+                    n_actors: int, gpu_workers: bool = False) -> bool:
     """The ``compile`` setting of a run: ``"auto"`` compiles closed-form activations (erf,
-    gelu) when each worker has more than AUTO_COMPILE_PAIR_LAYERS pair-layers to compute."""
+    gelu) on GPU workers (the compiled recursion and fused expansion are the GPU path), and on
+    CPU workers when each has more than AUTO_COMPILE_PAIR_LAYERS pair-layers to compute."""
     if setting != "auto":
         return bool(setting)
     closed_form = kernels.get_activation(activation).has_closed_form
-    return closed_form and pairs * depth / max(1, n_actors) > AUTO_COMPILE_PAIR_LAYERS
+    return closed_form and (gpu_workers
+                            or pairs * depth / max(1, n_actors) > AUTO_COMPILE_PAIR_LAYERS)
 
 
 def _spawn_pool(config: GramJobConfig, path: Path | str, n_tasks: int,
@@ -323,7 +325,7 @@ def _spawn_pool(config: GramJobConfig, path: Path | str, n_tasks: int,
 
     n, cpus, gpus = _pool_plan(config.ray, n_tasks)
     k = config.kernel
-    use_compile = resolve_compile(config.compile, k.activation, k.depth, pairs, n)
+    use_compile = resolve_compile(config.compile, k.activation, k.depth, pairs, n, gpus > 0)
     if use_compile:
         log.info("workers compile the field recursion (compile: %s)", config.compile)
     remote_cls = ray.remote(TileWorker).options(
