@@ -178,6 +178,18 @@ def _label_reader(src: _Source, allowed: dict[str, Any]) -> Callable[[str, int],
 
 
 
+def _finish_uci(name: str, title: str, X: np.ndarray, labels: np.ndarray, y: np.ndarray,
+                names: Sequence[str], index: np.ndarray, notes: list[str], *, preprocess: bool,
+                near_parallel_threshold: float | None, deduplicate: bool) -> Dataset:
+    """The UCI sets' shared tail: every column scaled to [-1, 1] by its min/max, rows to unit
+    norm (:func:`.dataset.finish_dataset`)."""
+    return finish_dataset(name, title, X, labels, y, names, index, notes, preprocess=preprocess,
+                          scale=lambda A: scale_columns(A, feature_names=names),
+                          scale_note="every column scaled to [-1, 1] by its min/max",
+                          near_parallel_threshold=near_parallel_threshold,
+                          deduplicate=deduplicate)
+
+
 def load_forest_fires(*, features: str = "weather+region", malformed: str = "drop",
                        deduplicate: bool = False, preprocess: bool = True,
                        near_parallel_threshold: float | None = None,
@@ -202,11 +214,9 @@ def load_forest_fires(*, features: str = "weather+region", malformed: str = "dro
     notes.append(f"features ({len(names)}, features={features!r}): {', '.join(names)}"
                  + (" (region: Bejaia=0, Sidi-Bel Abbes=1)" if "region" in features else ""))
     y = binary_labels(classes, "fire")
-    return finish_dataset("forest_fires", "Algerian forest fires, fire = +1, not fire = -1", X, classes, y,
-                   names, index, notes, preprocess=preprocess,
-                   scale=lambda A: scale_columns(A, feature_names=names),
-                   scale_note="every column scaled to [-1, 1] by its min/max",
-                   near_parallel_threshold=near_parallel_threshold, deduplicate=deduplicate)
+    return _finish_uci("forest_fires", "Algerian forest fires, fire = +1, not fire = -1", X,
+                       classes, y, names, index, notes, preprocess=preprocess,
+                       near_parallel_threshold=near_parallel_threshold, deduplicate=deduplicate)
 
 
 def load_banknote(*, deduplicate: bool = False, preprocess: bool = True,
@@ -221,11 +231,9 @@ def load_banknote(*, deduplicate: bool = False, preprocess: bool = True,
         notes.append(f"note: {n_dup} rows repeat an earlier row exactly; they make a JNTK Gram matrix "
                      "singular (pass deduplicate=True or a near_parallel_threshold to drop them)")
     y = binary_labels(labels, 1)
-    return finish_dataset("banknote", "Banknote authentication, class 1 = +1, class 0 = -1", X, labels, y,
-                   BANKNOTE_COLUMNS, index, notes, preprocess=preprocess,
-                   scale=lambda A: scale_columns(A, feature_names=BANKNOTE_COLUMNS),
-                   scale_note="every column scaled to [-1, 1] by its min/max",
-                   near_parallel_threshold=near_parallel_threshold, deduplicate=deduplicate)
+    return _finish_uci("banknote", "Banknote authentication, class 1 = +1, class 0 = -1", X,
+                       labels, y, BANKNOTE_COLUMNS, index, notes, preprocess=preprocess,
+                       near_parallel_threshold=near_parallel_threshold, deduplicate=deduplicate)
 
 
 def load_sonar(*, deduplicate: bool = False, preprocess: bool = True,
@@ -236,8 +244,6 @@ def load_sonar(*, deduplicate: bool = False, preprocess: bool = True,
     names = tuple(f"band_{j + 1:02d}" for j in range(60))
     X, labels, index = _read_csv_rows(src, 60, _label_reader(src, {"M": "M", "R": "R"}), names, notes)
     y = binary_labels(labels, "M")
-    return finish_dataset("sonar", "Sonar, mines vs. rocks, M (mine) = +1, R (rock) = -1", X, labels, y,
-                   names, index, notes, preprocess=preprocess,
-                   scale=lambda A: scale_columns(A, feature_names=names),
-                   scale_note="every column scaled to [-1, 1] by its min/max",
-                   near_parallel_threshold=near_parallel_threshold, deduplicate=deduplicate)
+    return _finish_uci("sonar", "Sonar, mines vs. rocks, M (mine) = +1, R (rock) = -1", X, labels,
+                       y, names, index, notes, preprocess=preprocess,
+                       near_parallel_threshold=near_parallel_threshold, deduplicate=deduplicate)
