@@ -163,8 +163,11 @@ def _cg_start(A: Callable[[Tensor], Tensor], M: Callable[[Tensor], Tensor], b: T
         log.info("resuming CG from %s at iteration %d (residual %.3e)", ckpt.path,
                  state.iteration, state.history[-1] if state.history else float("nan"))
         return state
-    x = torch.zeros_like(b) if x0 is None else torch.as_tensor(np.asarray(x0), dtype=b.dtype,
-                                                                 device=b.device).clone()
+    if x0 is None and hasattr(M, "coarse_start"):  # a coarse-space preconditioner's start
+        x0 = M.coarse_start(b[:, None])[:, 0]
+    x = torch.zeros_like(b) if x0 is None else torch.as_tensor(
+        x0 if isinstance(x0, torch.Tensor) else np.asarray(x0), dtype=b.dtype,
+        device=b.device).clone()
     r = b - A(x) if x0 is not None else b.clone()
     z = M(r[:, None])[:, 0]
     return _CGState(x=x, r=r, p=z.clone(), rz=float(r @ z))
@@ -183,9 +186,29 @@ def eta_seconds(history: list[float], tol: float, seconds_per_iteration: float,
     return max(0.0, (h[-1] - math.log(tol)) / rate) * seconds_per_iteration
 
 
+class _ReliableResidual:
+    """Reliable updates for a Krylov operator of lower precision: the recurrence residual is
+    replaced by b − A_exact x whenever it has fallen by ``drop`` since the last replacement and
+    when it claims convergence, so the iteration stops on the exact operator's residual."""
+
+    def __init__(self, A_exact: Callable[[Tensor], Tensor], b: Tensor, r: Tensor,
+                 drop: float = 0.1) -> None:
+        self.A, self.b, self.drop = A_exact, b, drop
+        self.last = float(torch.linalg.vector_norm(r))
+        self.replacements = 0
+
+    def __call__(self, s: _CGState, b_norm: float, tol: float) -> None:
+        rn = float(torch.linalg.vector_norm(s.r))
+        if rn <= self.drop * self.last or rn / b_norm <= tol:
+            s.r.copy_(self.b - self.A(s.x))
+            self.last = float(torch.linalg.vector_norm(s.r))
+            self.replacements += 1
+
+
 def _cg_iterate(A: Callable[[Tensor], Tensor], M: Callable[[Tensor], Tensor], s: _CGState,
                 b_norm: float, tol: float, maxiter: int, ckpt: IterativeCheckpoint | None,
-                bar: Any, callback: Callable[[int, float], None] | None) -> bool:
+                bar: Any, callback: Callable[[int, float], None] | None,
+                reliable: _ReliableResidual | None = None) -> bool:
     """PCG steps from ``s`` (in place) until |r|/|b| ≤ tol or ``maxiter``; returns converged.
     The progress bar shows the residual and the time left at the recent rate of decrease."""
     converged = float(torch.linalg.vector_norm(s.r)) / b_norm <= tol
@@ -193,6 +216,8 @@ def _cg_iterate(A: Callable[[Tensor], Tensor], M: Callable[[Tensor], Tensor], s:
     while not converged and s.iteration < maxiter:
         _cg_update(A, s.x, s.r, s.p, s.rz, s.iteration)
         s.iteration += 1
+        if reliable is not None:
+            reliable(s, b_norm, tol)
         res = float(torch.linalg.vector_norm(s.r)) / b_norm
         s.history.append(res)
         converged = res <= tol
@@ -213,7 +238,8 @@ def structured_solve(op: KernelOperator, y: Any, ridge: float = 0.0, tol: float 
                      maxiter: int | None = None, preconditioner: str | Preconditioner = "kron",
                      x0: Any = None, checkpoint: str | os.PathLike | None = None,
                      checkpoint_every: float = 60.0, progress: bool = True,
-                     callback: Callable[[int, float], None] | None = None) -> SolveResult:
+                     callback: Callable[[int, float], None] | None = None,
+                     exact_op: KernelOperator | None = None) -> SolveResult:
     """Solve (op + ridge·I) α = y by preconditioned conjugate gradients.
 
     ``op``: any :class:`~jntk_dist.operators.KernelOperator` (the structured preconditioners
@@ -223,6 +249,11 @@ def structured_solve(op: KernelOperator, y: Any, ridge: float = 0.0, tol: float 
     path) the CG state is saved atomically every ``checkpoint_every`` seconds and on exit; an
     existing checkpoint of the same system (same operator description, inputs, y, ridge,
     preconditioner) is resumed exactly, one of another system is refused.
+
+    Mixed precision: with ``exact_op`` (the same kernel in float64) ``op`` may be a cheaper
+    float32 operator: its products drive the iteration, the preconditioner is built from
+    ``exact_op``, and the residual is replaced by the exact one whenever it has fallen 10× and at
+    convergence (reliable updates), so ``tol`` holds for the float64 system.
     """
     ridge = float(ridge)
     if not math.isfinite(ridge) or ridge < 0:
@@ -232,8 +263,9 @@ def structured_solve(op: KernelOperator, y: Any, ridge: float = 0.0, tol: float 
     b_np = _rhs(op, y)
     maxiter = int(maxiter) if maxiter is not None else 10 * op.shape[0]
     A = as_vector_map(AddedDiag(op, ridge))
+    A_exact = A if exact_op is None else as_vector_map(AddedDiag(exact_op, ridge))
     t_setup = time.perf_counter()
-    M = make_preconditioner(op, preconditioner, ridge)
+    M = make_preconditioner(op if exact_op is None else exact_op, preconditioner, ridge)
     setup_s = time.perf_counter() - t_setup
     b = torch.as_tensor(b_np, dtype=torch.float64, device=getattr(op, "device", "cpu"))
     b_norm = float(torch.linalg.vector_norm(b))
@@ -243,19 +275,21 @@ def structured_solve(op: KernelOperator, y: Any, ridge: float = 0.0, tol: float 
     ckpt = None if checkpoint is None else IterativeCheckpoint(
         checkpoint, fingerprint(op, b=b_np, ridge=ridge, preconditioner=M.name),
         "operator, inputs, y, ridge or preconditioner", every=checkpoint_every)
-    state = _cg_start(A, M, b, x0, ckpt)
+    state = _cg_start(A_exact, M, b, x0, ckpt)
+    reliable = None if exact_op is None else _ReliableResidual(A_exact, b, state.r)
     start_it, t0 = state.iteration, time.perf_counter()
     bar = None
     if progress:
         bar = Progress(maxiter, f"PCG[{M.name}]", unit="it", initial=start_it)
     try:
-        converged = _cg_iterate(A, M, state, b_norm, tol, maxiter, ckpt, bar, callback)
+        converged = _cg_iterate(A, M, state, b_norm, tol, maxiter, ckpt, bar, callback,
+                                reliable)
     finally:
         if bar is not None:
             bar.close()
     if ckpt is not None:
         ckpt.save(state.arrays())
-    true_res = float(torch.linalg.vector_norm(b - A(state.x))) / b_norm
+    true_res = float(torch.linalg.vector_norm(b - A_exact(state.x))) / b_norm
     return SolveResult(x=state.x.cpu().numpy(), converged=converged, iterations=state.iteration,
                        residual=true_res, history=state.history,
                        wall_s=time.perf_counter() - t0, preconditioner=M.name, setup_s=setup_s,

@@ -11,6 +11,8 @@ products (this process, Ray actors, Dask tasks).
                   00 block and every term living in the span of x_i), Kronecker on the rest;
   * ``"nystrom"``: two-level with both factors replaced by pivoted-Cholesky (Nyström) low rank +
                   exact diagonal, set up from r field columns (large N);
+  * ``"pca"``:    exact on a per-point coarse space {e_0, top-k PCA directions of X, the rest of
+                  x_i}, Kronecker on its complement (:mod:`.coarse`; real images, N ≲ 10⁴);
   * ``"none"``.
 """
 
@@ -33,7 +35,7 @@ __all__ = ["PRECONDITIONERS", "Preconditioner", "IdentityPreconditioner",
            "BlockJacobiPreconditioner", "KroneckerPreconditioner", "TwoLevelPreconditioner",
            "NystromPreconditioner", "pivoted_cholesky", "make_preconditioner"]
 
-PRECONDITIONERS = ("none", "jacobi", "kron", "two_level", "nystrom")
+PRECONDITIONERS = ("none", "jacobi", "kron", "two_level", "nystrom", "pca")
 
 
 # ---- preconditioners --------------------------------------------------------------------
@@ -282,9 +284,10 @@ class NystromPreconditioner(TwoLevelPreconditioner):
 
 def make_preconditioner(op: StructuredParts, kind: str | Preconditioner | None = "kron",
                         ridge: float = 0.0) -> Preconditioner:
-    """A preconditioner for (op + ridge·I) by name: 'none', 'jacobi', 'kron', 'two_level' or
+    """A preconditioner for (op + ridge·I) by name: 'none', 'jacobi', 'kron', 'two_level',
     'nystrom' (low-rank + diagonal, rank from a 256 MB budget; build
-    :class:`NystromPreconditioner` yourself for another rank or budget)."""
+    :class:`NystromPreconditioner` yourself for another rank or budget) or 'pca' (the PCA
+    coarse space of :mod:`.coarse`, for real images)."""
     if isinstance(kind, Preconditioner):
         return kind
     kind = "none" if kind is None else kind
@@ -298,4 +301,8 @@ def make_preconditioner(op: StructuredParts, kind: str | Preconditioner | None =
         return TwoLevelPreconditioner(op, ridge)
     if kind == "nystrom":
         return NystromPreconditioner(op, ridge)
+    if kind == "pca":
+        from .coarse import PcaCoarsePreconditioner
+
+        return PcaCoarsePreconditioner(op, ridge)
     raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got {kind!r}")

@@ -14,19 +14,21 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from .. import kernels
 from ..analysis import KernelRegressor, accuracy, write_results
-from ..operators.structured import structured_predict
+from ..operators.structured import structured_operator, structured_predict
 from ..solvers import structured_solve
 from ..solvers.cholesky import NotPositiveDefiniteError
 from ..store import local_beside
 from .config import InexactResultError, JobError
 from .problem import Problem, ProblemSpec, compute_context, load_problem
-from .structured import StoreFieldsView, StructuredSpec, structured_off, train_operator
+from .structured import (StoreFieldsView, StructuredSpec, float32_twin, structured_off,
+                         train_operator)
 
 __all__ = ["SolveJobConfig", "run_solve", "summary_text", "CONFIG", "execute"]
 
@@ -52,7 +54,8 @@ class Fit:
     operator: dict[str, Any] = field(default_factory=dict)  # the structured operator's description
 
 
-def _pcg_columns(op: Any, columns: np.ndarray, cfg: "SolveJobConfig", progress: bool) -> Fit:
+def _pcg_columns(op: Any, columns: np.ndarray, cfg: "SolveJobConfig", progress: bool,
+                 low: Any = None) -> Fit:
     """One PCG per column of targets (one-vs-rest outputs), each checkpointed."""
     spec = cfg.structured
     base = spec.checkpoint or local_beside(cfg.output, "_pcg.npz")
@@ -62,9 +65,10 @@ def _pcg_columns(op: Any, columns: np.ndarray, cfg: "SolveJobConfig", progress: 
     for j, yj in enumerate(columns):
         path = base if len(columns) == 1 else base.with_name(f"{base.stem}_c{j}{base.suffix}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        res = structured_solve(op, yj, ridge=cfg.ridge, tol=spec.tol, maxiter=spec.maxiter,
-                               preconditioner=spec.preconditioner, checkpoint=path,
-                               checkpoint_every=spec.checkpoint_every, progress=progress)
+        res = structured_solve(op if low is None else low, yj, ridge=cfg.ridge, tol=spec.tol,
+                               maxiter=spec.maxiter, preconditioner=spec.preconditioner,
+                               checkpoint=path, checkpoint_every=spec.checkpoint_every,
+                               progress=progress, exact_op=None if low is None else op)
         if not res.converged:
             log.warning("PCG stopped after %d iterations at relative residual %.2e > tol %.1e; "
                         "its state is in %s (rerun to continue, e.g. with a larger "
@@ -87,7 +91,8 @@ def _fit_structured(prob: Problem, cfg: "SolveJobConfig", y_fit: np.ndarray,
     ``structured_predict``. Removes its default checkpoint once converged."""
     Y = y_fit[prob.train]
     with train_operator(prob, cfg, prob.lam) as op:
-        fit = _pcg_columns(op, Y.reshape(Y.shape[0], -1).T, cfg, progress)
+        low = float32_twin(op, cfg.structured, prob)
+        fit = _pcg_columns(op, Y.reshape(Y.shape[0], -1).T, cfg, progress, low)
         C, fit.q = fit.coef, prob.q_per_point
         f_train = np.asarray(op.matmat(C))[::fit.q]
         f_test = np.zeros((prob.test.size, C.shape[1]))
@@ -112,7 +117,9 @@ def _fit_structured(prob: Problem, cfg: "SolveJobConfig", y_fit: np.ndarray,
 class SolveJobConfig(ProblemSpec):
     """``jntk solve`` config: f_ntk with Θ_λ (λ = ``lam``) and ridge μ on a train/test split."""
 
-    ridge: float = Field(default=0.0, ge=0.0)
+    # μ, or "auto": 0.01 × the mean diagonal of the training Gram (tr Θ_λ / (N(d0+1))), the top
+    # of the range where test accuracy does not move on digits (docs/structured.md, "Real images")
+    ridge: float | Literal["auto"] = Field(default=0.0)
     multiclass: bool = False  # one-vs-rest targets (−0.1 / 0.9) from the dataset's labels
     structured: StructuredSpec = Field(default_factory=structured_off)  # matrix-free PCG
     # dense solve: the largest relative residual |b − (Θ_λ+μI)α| / |b| accepted (structured
@@ -121,6 +128,13 @@ class SolveJobConfig(ProblemSpec):
     # write the results and exit 0 even when the solve misses its tolerance (they still carry
     # converged: false); by default such a run fails after writing them
     accept_inexact: bool = False
+
+    @field_validator("ridge")
+    @classmethod
+    def _ridge(cls, value: float | str) -> float | str:
+        if value != "auto" and not float(value) >= 0.0:
+            raise ValueError(f"ridge μ must be ≥ 0 or 'auto', got {value}")
+        return value
 
 
 def _targets(cfg: SolveJobConfig, prob: Problem) -> tuple[np.ndarray, np.ndarray, Any]:
@@ -162,13 +176,41 @@ def _summary(cfg: SolveJobConfig, prob: Problem, fit: Fit, y_score: np.ndarray,
     return summary
 
 
+AUTO_RIDGE_FRACTION = 0.01
+
+
+def _mean_diagonal(prob: Problem) -> float:
+    """tr Θ_λ(X_train, X_train) / rows, from the diagonal fields alone (O(N) pairs' worth)."""
+    X = prob.X[prob.train]
+    if prob.lam > 0:
+        op = structured_operator(X, depth=prob.depth, activation=prob.activation, lam=prob.lam,
+                                 mode="recompute", device="cpu")
+        return float(op.diagonal().mean())
+    diag = [np.diagonal(kernels.ntk(X[s:s + 256], depth=prob.depth, activation=prob.activation))
+            for s in range(0, X.shape[0], 256)]
+    return float(np.concatenate(diag).mean())
+
+
+def resolve_ridge(cfg: SolveJobConfig, prob: Problem) -> tuple[float, str]:
+    """μ and how it was chosen: the config's number, or ``auto`` from the Gram's trace."""
+    if cfg.ridge != "auto":
+        return float(cfg.ridge), "given"
+    mu = AUTO_RIDGE_FRACTION * _mean_diagonal(prob)
+    log.info("ridge: auto → μ = %.3g (%.2g × the mean diagonal of the training Gram)", mu,
+             AUTO_RIDGE_FRACTION)
+    return mu, f"auto: {AUTO_RIDGE_FRACTION:g} × tr(Θ_λ)/(N(d0+1))"
+
+
 def run_solve(cfg: SolveJobConfig, progress: bool = True) -> dict[str, Any]:
     """Fit, predict, score and write the results; returns the summary written as attributes."""
     prob = load_problem(cfg)
+    mu, rule = resolve_ridge(cfg, prob)
+    recorded, cfg = cfg.recorded(), cfg.model_copy(update={"ridge": mu})
     y_fit, y_score, classes = _targets(cfg, prob)
     fit = _fit_structured(prob, cfg, y_fit, progress) if cfg.structured.enabled else \
         _fit_dense(prob, cfg, y_fit)
     summary = _summary(cfg, prob, fit, y_score, classes)
+    summary.update(ridge_rule=rule, config=recorded)
     out_dims = ["output"] if fit.f_train.ndim == 2 else []
     write_results(cfg.output, {
         "train_index": (prob.train, ["train"]),

@@ -20,11 +20,11 @@ from .config import OutputPath
 from .problem import Problem, compute_context
 
 __all__ = ["StructuredSpec", "structured_off", "StoreFieldsView", "structured_train_operator",
-           "resolve_device", "train_operator"]
+           "resolve_device", "train_operator", "float32_twin"]
 
 log = logging.getLogger(__name__)
 
-PreconditionerName = Literal["none", "jacobi", "kron", "two_level", "nystrom"]
+PreconditionerName = Literal["none", "jacobi", "kron", "two_level", "nystrom", "pca"]
 
 
 class StructuredSpec(BaseModel):
@@ -54,6 +54,9 @@ class StructuredSpec(BaseModel):
     compile: bool | Literal["auto"] = "auto"  # the compiled field recursion; auto: on CUDA
     backend: Literal["local", "ray", "dask"] = "local"  # where products run: this process, or
     # row blocks on Ray actors (one GPU each with gpus_per_worker: 1) or Dask tasks
+    precision: Literal["float64", "mixed"] = "float64"  # mixed: float32 fields and products
+    # drive PCG, the residual is replaced by the float64 one every 10× of decrease and at the end
+    # (reliable updates), so tol holds for the float64 system (local backend, computed fields)
     workers: int = Field(default=2, ge=1)  # ray / dask: row blocks
     gpus_per_worker: float = Field(default=0.0, ge=0.0)  # ray: fractional GPUs allowed
 
@@ -188,3 +191,18 @@ def train_operator(prob: Problem, cfg: Any, lam: float) -> Iterator[Any]:
         finally:
             if hasattr(op, "shutdown"):
                 op.shutdown()
+
+
+def float32_twin(op: Any, spec: StructuredSpec, prob: Problem) -> Any:
+    """The float32 operator of ``precision: mixed`` (None for ``float64``): the same kernel
+    with float32 fields and products, on the same device and row tiles."""
+    if spec.precision != "mixed":
+        return None
+    if spec.backend != "local" or prob.store is not None:
+        raise ValueError("structured.precision: mixed needs backend: local and fields computed "
+                         "from a dataset (not a store)")
+    desc = op.description
+    return structured_operator(op.x1.to(torch.float32), depth=prob.depth,
+                               activation=prob.activation, lam=op.lam, mode=desc["mode"],
+                               memory_mb=op.memory_mb, dtype=torch.float32, device=op.device,
+                               compile=desc.get("compile"))
