@@ -270,7 +270,7 @@ def main() -> None:
     large.add_argument("--digits", action="store_true", help="digits instead of synthetic inputs")
     large.add_argument("--mode", default="memory", choices=["memory", "recompute"])
     large.add_argument("--precond", default="kron",
-                       choices=["none", "jacobi", "kron", "two_level"])
+                       choices=["none", "jacobi", "kron", "two_level", "nystrom", "pca"])
     large.add_argument("--checkpoint", default=None, help=".npz path: resume after a kill")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (1 is steadier on a shared, oversubscribed machine)")

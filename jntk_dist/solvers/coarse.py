@@ -21,12 +21,15 @@ Application (A-DEF2 form, one coarse solve): z_R = P_R (λK_b + μI)⁻¹ P_R r_
 of T (exact where x ∈ span V: there A = λK_b ⊗ I), z_V = C⁻¹(Tᵀr − Tᵀ A z_R), z = T z_V + z_R.
 PCG starts from x₀ = T C⁻¹ Tᵀ b (:meth:`PcaCoarsePreconditioner.coarse_start`), so Tᵀ r_k = 0
 and the iterates equal the symmetric balancing ones. Set-up: the 8 N² fields, an O((N(k+2))³)
-dense factor (kept as float32 by default: +4 % iterations, half the memory): up to N ≈ 10⁴.
+dense factor, kept in float64 (float32 storage halves the memory and costs 4 % more iterations
+on digits at μ = 0.01·mean diag, but stalls PCG at μ = 1e-3 on smooth synthetic images —
+the A-DEF2 form needs an exact coarse solve): up to N ≈ 10⁴.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -34,7 +37,7 @@ from ..kernels import FIELD_NAMES
 from ..operators.base import StructuredParts
 from .preconditioners import Preconditioner
 
-__all__ = ["PcaCoarsePreconditioner", "pca_basis", "choose_pca_rank"]
+__all__ = ["PcaCoarsePreconditioner", "pca_basis", "choose_pca_rank", "coarse_budget"]
 
 Tensor = torch.Tensor
 
@@ -52,16 +55,29 @@ def choose_pca_rank(X: Tensor, energy: float = 0.85, k_max: int = 16) -> int:
     return int(min(k_max, int((share < energy).sum()) + 1))
 
 
+def coarse_budget(device: torch.device, n: int, fraction: float = 0.8) -> int:
+    """The largest coarse dimension N(k+2) whose set-up fits beside the 8 N×N field matrices
+    and the Kronecker factor: its float64 matrix and inverse (2·(N(k+2))²·8 bytes) in
+    ``fraction`` of what is left of the free GPU memory, or of the available RAM."""
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    left = free - 9 * n * n * 8
+    return int(math.sqrt(fraction * left / 16)) if left > 0 else 0
+
+
 class PcaCoarsePreconditioner(Preconditioner):
     """Approximates (Θ_λ + μI)⁻¹ by an exact solve on a per-point PCA coarse space and the
     Kronecker factor on its complement (module docstring). ``k``: principal directions in the
-    coarse space (None: :func:`choose_pca_rank`); ``factor_dtype``: storage of the factors."""
+    coarse space (None: :func:`choose_pca_rank`, lowered to fit :func:`coarse_budget`; the
+    coarse dimension N(k+2) must fit even at k = 0); ``factor_dtype``: storage of the factors."""
 
     name = "pca"
 
     def __init__(self, op: StructuredParts, ridge: float = 0.0, k: int | None = None,
                  energy: float = 0.85, tile: int = 128,
-                 factor_dtype: torch.dtype = torch.float32) -> None:
+                 factor_dtype: torch.dtype = torch.float64) -> None:
         if not op.is_square:
             raise ValueError("the PCA coarse preconditioner needs the square X–X operator")
         X = op.x1
@@ -69,6 +85,13 @@ class PcaCoarsePreconditioner(Preconditioner):
         self.mu, self.lam = float(ridge), (1.0 if op.lam is None else float(op.lam))
         self.rl = math.sqrt(self.lam)
         self.k = int(min(choose_pca_rank(X, energy) if k is None else k, self.d0))
+        budget = coarse_budget(X.device, self.n)
+        if k is None:
+            self.k = max(0, min(self.k, budget // self.n - 2))
+        if self.n * (self.k + 2) > budget:
+            raise ValueError(f"the coarse space of the pca preconditioner, N(k+2) = "
+                             f"{self.n * (self.k + 2)}, does not fit this device's memory "
+                             f"(≤ {budget}); use preconditioner: nystrom or kron at this N")
         self.V, _ = pca_basis(X, self.k)
         self.Z = X @ self.V
         R = X - self.Z @ self.V.T  # each x_i outside span V
