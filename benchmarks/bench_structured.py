@@ -83,7 +83,7 @@ def bench_matvec(args: argparse.Namespace) -> None:
         print(f"| {d0} | {n} | {n * p} | {mb_dense:.0f} | {mb_struct:.2f} | "
               f"{mb_dense / mb_struct:.0f}× | {p * p / 8:.0f} | {t_dense:.4f} | {t_struct:.4f} | "
               f"{t_dense / t_struct:.1f}× | {d0 / 4:.1f} | {diff:.1e} |", flush=True)
-        del dense
+        dense = None  # free it before the next, larger one
 
 
 def bench_precond(args: argparse.Namespace) -> None:
