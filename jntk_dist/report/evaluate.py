@@ -9,8 +9,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..analysis import PositivityRule
 from ..workflows.assumption8 import plot as plot_assumption8
 from ..workflows.drift import open_drift, plot_drift
+from ..workflows.eigenfeatures import pairplot
 from ..workflows.reproduce import PAPER_CONFIGS, PaperConfig, load_paper_config
 from .drift_verdicts import DriftNumbers, drift_rows
 from .feature_verdicts import (FEATURE_RULES, depth_onset_row, eigenfeatures_rows,
@@ -150,12 +152,27 @@ def _evaluate_eigenfeatures(exp: PaperConfig, record: dict[str, Any], rep: Exper
     rep.rows = _depth_onset_rows(exp, record, ctx) + eigenfeatures_rows(
         settings, exp.claim, bool(record.get("quick")))
     rep.tables = [t for t in [eigenfeatures_table(settings, exp.claim)] if t]
-    stem = Path(record["output"]).with_suffix("")
-    rep.figures = [p for p in [stem.parent / f"{stem.name}_eigenfeatures.png"] if p.exists()]
+    rep.figures = [_redraw_pairplot(exp, record, settings)]
     sizes = {n: s["gram_size"] for n, s in settings.items()}
     rep.size = (f"{attrs['source']}, depth {attrs['depth']} {attrs['activation']}, "
                 f"{attrs['n_train']} train / {attrs['n_test']} test points, Gram sizes "
                 + ", ".join(f"{k}: {v}" for k, v in sizes.items()))
+
+
+def _redraw_pairplot(exp: PaperConfig, record: dict[str, Any], settings: dict[str, Any]) -> Path:
+    """The pair plot from the store, the features filtered by the config's resolution rule."""
+    rules = [r for r in exp.claim.get("rules", []) if "features" in r]
+    rule = PositivityRule.model_validate(rules[0]["features"] if rules else {})
+    data = {name: (np.asarray(s["eigenvalues"]), np.asarray(s["test_accuracy"]),
+                   {k: np.asarray(v) for k, v in s["perturbed_accuracy"].items()},
+                   rule.threshold(s["gram_size"], float(np.max(s["eigenvalues"]))))
+            for name, s in settings.items()}
+    stem = Path(record["output"]).with_suffix("")
+    png = stem.parent / "report" / f"{stem.name}_eigenfeatures.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    with open(png, "wb") as fh:
+        pairplot(data, sorted(next(iter(settings.values()))["perturbed_accuracy"]), fh)
+    return png
 
 
 class _Context:
