@@ -79,8 +79,8 @@ def test_every_experiment_produces_its_figure_and_rows(quick_runs: dict[str, Pat
             assert png.exists() and 1000 < png.stat().st_size <= 200_000
     # the per-depth table of Fig. 6 names both rules in its header
     fig6 = text.split("### fig6\n")[1].split("\n### ")[0]
-    assert "adopted: float32_resolution: λ_min > τ₃₂(n) = 1e-06·(n/2916)^0.5" in fig6
-    assert "relative: relative: λ_min > τ_rel = n·eps₆₄·λ_max" in fig6
+    assert "adopted rule float32_resolution: λ_min > τ₃₂(n) = 1e-06·(n/2916)^0.5" in fig6
+    assert "; relative: λ_min > τ_rel = n·eps₆₄·λ_max" in fig6
 
 
 def test_each_figure_is_checked_by_the_rules_of_its_config(quick_runs: dict[str, Path]) -> None:

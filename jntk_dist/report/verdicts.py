@@ -314,7 +314,8 @@ def assumption8_depth_table(rows: Sequence[dict[str, Any]], rule: PositivityRule
         if kind != "jntk":
             continue
         ntk = curves.get((dataset, act, "ntk"))
-        out += [f"**{dataset}, {act}** — adopted: {rule.describe()}; relative: "
+        ntk_tau = "" if ntk is None else f" (NTK: {ntk.threshold[0]:.2e})"
+        out += [f"**{dataset}, {act}** — adopted rule {rule.describe()}{ntk_tau}; "
                 f"{RELATIVE.describe()} (✓ positive, · not)", "",
                 "| L | NTK λ_min | NTK adopted | NTK relative | JNTK λ_min | adopted threshold | "
                 "JNTK adopted | τ_rel | JNTK relative |", "|---:|---:|:-:|:-:|---:|---:|:-:|---:|:-:|"]
