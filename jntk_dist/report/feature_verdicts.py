@@ -156,14 +156,15 @@ def depth_onset_row(spec: ClaimSpec, depth: int, onset: int | None, depths: Sequ
     (``missing``: why there is nothing to compare with — no verdict)."""
     test = (f"depth_is_onset: the depth used equals the JNTK onset of {source} under its "
             f"{rule} rule")
+    where = "the depth used"
     if missing:
-        return Row(spec.claim, f"depth {depth}", "n/a", missing, test)
+        return Row(spec.claim, f"depth {depth}", "n/a", missing, test, where)
     if onset is None:
         return Row(spec.claim, f"depth {depth}; {source}: never positive on depths "
-                   f"{depth_ranges(list(depths))}", "disagree", "no onset to use", test)
+                   f"{depth_ranges(list(depths))}", "disagree", "no onset to use", test, where)
     ok = onset == depth
     return Row(spec.claim, f"depth {depth}; onset in {source}: L={onset}",
-               "agree" if ok else "disagree", "" if ok else f"the onset is L={onset}", test)
+               "agree" if ok else "disagree", "" if ok else f"the onset is L={onset}", test, where)
 
 
 def eigenfeatures_table(settings: dict[str, dict[str, Any]], claim: dict[str, Any]) -> str:
