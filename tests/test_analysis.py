@@ -284,7 +284,7 @@ def test_assumption8_job_writes_table_and_plot(tmp_path, npz_dataset):
     table = xr.open_zarr(str(tmp_path / "a8.zarr"), group="assumption8", consolidated=False)
     np.testing.assert_allclose(table["lambda_min"].values, [r["lambda_min"] for r in rows])
     assert (tmp_path / "a8_assumption8.png").exists()
-    assert "| positive |" in (tmp_path / "a8_assumption8.md").read_text()
+    assert "| positive (adopted) |" in (tmp_path / "a8_assumption8.md").read_text()
 
 
 def test_write_results_accepts_empty_arrays(tmp_path):

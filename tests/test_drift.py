@@ -112,6 +112,32 @@ def test_nngp_run_in_segments_matches_direct_monte_carlo(tmp_path: Path) -> None
     np.testing.assert_allclose(out["distance"][0], expected, rtol=1e-10)
 
 
+def test_mc_distance_floor_is_the_expected_maximum_of_the_noise() -> None:
+    """The Monte-Carlo floor of Fig. 1 against the known E max |Z| of standard normals: ≈ 0.80
+    for one pair, ≈ 3.9 for 10^4 pairs (a table value), scaled by the standard error."""
+    from jntk_dist.networks import MonteCarloKernel, mc_distance
+
+    for n, expected in ((1, 0.798), (100, 3.9)):  # n² pairs
+        mean = torch.zeros((n, n, 1, 1), dtype=torch.float64)
+        mean[0, 0, 0, 0] = 0.25
+        mc = MonteCarloKernel(mean=mean, stderr=torch.full_like(mean, 0.01), n_networks=10)
+        dist, floor = mc_distance(mc, torch.zeros_like(mean), [(0, 0)], [0], draws=64)
+        assert dist == [0.25]
+        assert floor[0] == pytest.approx(0.01 * expected, rel=0.2)
+
+
+def test_run_device_follows_the_config(tmp_path: Path) -> None:
+    from jntk_dist.workflows.drift import run_device
+
+    assert run_device(small_config(tmp_path, device="cpu")).type == "cpu"
+    assert run_device(small_config(tmp_path, device="auto")).type == "cpu"  # ray.use_gpu false
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            run_device(small_config(tmp_path, device="cuda"))
+    with pytest.raises(ValueError, match="device"):
+        small_config(tmp_path, device="tpu")
+
+
 def test_slopes_and_plots(tmp_path: Path) -> None:
     widths = np.array([64, 128, 256, 512])
     rng = np.random.default_rng(0)

@@ -5,8 +5,9 @@
   with its exact input gradient. λ = 0 is the standard NTK predictor on the 00 Gram.
   For λ > 0 and μ = 0, Λ cancels: f_ntk = Θ(x,X)_{0,:} Θ(X,X)^{-1} Y does not depend on λ, it
   interpolates y and its gradient vanishes at every training point (the Jacobian targets are 0).
-* :func:`assumption8` — λ_min of the NTK (00) and JNTK Gram vs depth (Fig. 6 / B7 / B8), with the
-  positivity tolerance τ = n·eps·λ_max of :func:`jntk_dist.solvers.positivity_tolerance`.
+* :func:`assumption8` — λ_min of the NTK (00) and JNTK Gram vs depth (Fig. 6 / B7 / B8), positive
+  under a :class:`PositivityRule` (float32 resolution τ₃₂(n), or the relative τ = n·eps·λ_max of
+  :func:`jntk_dist.solvers.positivity_tolerance`, which is always reported too).
 * :func:`eigenfeatures` — f_i(x) = Θ_λ(x,X)_{0,:} λ_i⁻¹ v_i v_iᵀ Y for every eigenpair (Figs. 4/5),
   :func:`pgd_perturb` — one projected-gradient step on the unit sphere against the standard NTK
   predictor (no Jacobian regularisation), and :func:`feature_accuracies`.
@@ -17,11 +18,13 @@ Rooms: :mod:`.regression`, :mod:`.spectra` (Assumption 8), :mod:`.features` (eig
 dynamics), :mod:`.results` (writing them).
 """
 
-from .features import eigenfeatures, feature_accuracies, finite_time_predictions, pgd_perturb
+from .features import (AccuracyRobustness, accuracy_robustness, bootstrap_less_correlated,
+                       eigenfeatures, feature_accuracies, finite_time_predictions, pearson,
+                       pgd_perturb)
 from .regression import KernelRegressor, accuracy, training_targets
 from .results import write_results
-from .spectra import Assumption8Row, assumption8, structured_extremes
+from .spectra import RELATIVE, Assumption8Row, PositivityRule, assumption8, structured_extremes
 
-__all__ = ["Assumption8Row", "KernelRegressor", "accuracy", "assumption8", "eigenfeatures",
+__all__ = ["AccuracyRobustness", "Assumption8Row", "accuracy_robustness", "bootstrap_less_correlated", "pearson", "KernelRegressor", "PositivityRule", "RELATIVE", "accuracy", "assumption8", "eigenfeatures",
            "feature_accuracies", "finite_time_predictions", "pgd_perturb", "structured_extremes",
            "training_targets", "write_results"]

@@ -3,6 +3,7 @@ linearised network (the paper's ODE)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -10,7 +11,8 @@ import numpy as np
 from ..solvers.results import EigenResult
 from .regression import accuracy
 
-__all__ = ["eigenfeatures", "feature_accuracies", "pgd_perturb", "finite_time_predictions"]
+__all__ = ["eigenfeatures", "feature_accuracies", "pgd_perturb", "finite_time_predictions",
+           "AccuracyRobustness", "accuracy_robustness", "pearson", "bootstrap_less_correlated"]
 
 
 def eigenfeatures(eig: EigenResult, targets: np.ndarray, cross_row: np.ndarray) -> np.ndarray:
@@ -40,6 +42,78 @@ def pgd_perturb(X: Any, y: Any, grad: np.ndarray, step: float) -> np.ndarray:
     direction = np.divide(g, norm, out=np.zeros_like(g), where=norm > 0)
     moved = X - float(step) * y[:, None] * direction
     return moved / np.linalg.norm(moved, axis=1, keepdims=True)
+
+
+# ---- accuracy against robustness (Figs. 4/5) ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccuracyRobustness:
+    """How accuracy and robustness of a set of eigenfeatures relate (§5.2, l.217–219).
+
+    ``r``: Pearson correlation of (clean accuracy a_i, perturbed accuracy b_i) — what Fig. 5's
+    fitted-Gaussian ellipses show; ``q_accurate``: among the most accurate features (top
+    ``decile`` of a_i, ties included) the fraction with b_i < a_i − ``margin`` ("highly accurate
+    but less robust"); ``q_robust``: among the most robust (top decile of b_i) the fraction with
+    a_i < b_i − margin ("highly robust but less accurate")."""
+
+    n: int
+    r: float
+    q_accurate: float
+    q_robust: float
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation along the last axis (NaN where either side is constant)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    da = a - a.mean(axis=-1, keepdims=True)
+    db = b - b.mean(axis=-1, keepdims=True)
+    den = np.sqrt((da * da).sum(axis=-1) * (db * db).sum(axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (da * db).sum(axis=-1) / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _top(values: np.ndarray, decile: float) -> np.ndarray:
+    """Indices of the top ``decile`` of ``values`` (at least one; ties with the last included)."""
+    k = max(1, int(np.ceil(decile * values.size)))
+    cut = np.sort(values)[::-1][k - 1]
+    return np.flatnonzero(values >= cut)
+
+
+def accuracy_robustness(clean: Any, perturbed: Any, decile: float = 0.1,
+                        margin: float = 0.1) -> AccuracyRobustness:
+    """The statistics of :class:`AccuracyRobustness` for per-feature accuracies ``clean`` (a_i)
+    and ``perturbed`` (b_i, after the perturbation)."""
+    a = np.asarray(clean, dtype=np.float64).ravel()
+    b = np.asarray(perturbed, dtype=np.float64).ravel()
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"clean and perturbed accuracies must be non-empty and of one shape, got "
+                         f"{a.shape} and {b.shape}")
+    if not 0 < decile <= 1:
+        raise ValueError(f"decile must be in (0, 1], got {decile}")
+    acc, rob = _top(a, decile), _top(b, decile)
+    return AccuracyRobustness(int(a.size), float(pearson(a, b)),
+                              float(np.mean(b[acc] < a[acc] - margin)),
+                              float(np.mean(a[rob] < b[rob] - margin)))
+
+
+def bootstrap_less_correlated(base: tuple[Any, Any], others: Sequence[tuple[Any, Any]],
+                              n_boot: int = 2000, seed: int = 0) -> float:
+    """One-sided bootstrap p-value of "Pearson r of ``base`` < min of the r of ``others``" (each a
+    pair of per-feature accuracies, resampled independently over its features): the fraction of
+    resamples (plus one, over n_boot + 1) in which r_base ≥ min r_other."""
+    rng = np.random.default_rng(seed)
+
+    def resampled(pair: tuple[Any, Any]) -> np.ndarray:
+        a, b = (np.asarray(v, dtype=np.float64).ravel() for v in pair)
+        idx = rng.integers(0, a.size, size=(n_boot, a.size))
+        return pearson(a[idx], b[idx])
+
+    r_base = resampled(base)
+    r_min = np.min(np.stack([resampled(p) for p in others]), axis=0)
+    hits = np.sum(~(r_base < r_min))  # NaN (a constant resample) counts against the claim
+    return float((hits + 1) / (n_boot + 1))
 
 
 # ---- finite-time predictions -------------------------------------------------------------

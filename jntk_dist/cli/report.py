@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     missing = [d for d in args.merge if not Path(d).is_dir()]
     if missing:
         raise FileNotFoundError(f"runs folder(s) to merge do not exist: {missing}")
-    reports = collect(args.runs, exps, merge=args.merge)
+    reports = collect(args.runs, exps, merge=args.merge, configs=args.configs)
     runs = args.runs + "".join(f"` + `{d}" for d in args.merge)
     out = write_report(reports, args.out, args.figures, runs_dir=runs)
     for r in reports:

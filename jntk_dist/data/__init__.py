@@ -18,7 +18,7 @@ paper reports 224.
 from .catalog import DATASET_NAMES, IMAGE_DATASET_NAMES, dataset_options, load_dataset
 from .dataset import CITATIONS, Dataset
 from .preprocessing import (binary_labels, constant_columns, normalize_rows, one_vs_rest_targets,
-                            remove_near_parallel, near_parallel_pairs, scale_columns,
+                            remove_near_parallel, near_parallel_pairs, scale_columns, split_xy,
                             train_test_split)
 from .synthetic import fibonacci_sphere
 
@@ -37,5 +37,5 @@ __all__ = [
     "remove_near_parallel",
     "near_parallel_pairs",
     "scale_columns",
-    "train_test_split",
+    "split_xy", "train_test_split",
 ]

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from .dataset import Dataset
 
 __all__ = ["binary_labels", "constant_columns", "normalize_rows", "one_vs_rest_targets",
-           "remove_near_parallel", "near_parallel_pairs", "scale_columns", "train_test_split",
-           "as_value_set"]
+           "remove_near_parallel", "near_parallel_pairs", "scale_columns", "split_xy",
+           "train_test_split", "as_value_set"]
 
 
 def _as_matrix(X: Any, what: str = "X") -> np.ndarray:
@@ -221,3 +221,15 @@ def train_test_split(ds: Dataset, test_fraction: float = 0.25, seed: int = 0,
     return (ds.take(train, note + " — this is the train part", name=f"{ds.name}[train]"),
             ds.take(test, note + " — this is the test part", name=f"{ds.name}[test]"))
 
+
+def split_xy(X: np.ndarray, y: np.ndarray, test_fraction: float, seed: int = 0
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(X_train, y_train, X_test, y_test): :func:`train_test_split` stratified by the labels y
+    themselves (the split of a drift run, Fig. 3)."""
+    from .dataset import Dataset
+
+    ds = Dataset(X=X, y=y, labels=np.asarray(y).copy(), name="data",
+                 feature_names=tuple(f"x{i}" for i in range(X.shape[1])), report="",
+                 source_index=np.arange(X.shape[0]))
+    train, test = train_test_split(ds, test_fraction, seed=seed)
+    return train.X, train.y, test.X, test.y

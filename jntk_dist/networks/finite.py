@@ -41,6 +41,7 @@ __all__ = [
     "jet_forward",
     "finite_jntk",
     "mc_jacobian_nngp",
+    "mc_distance",
 ]
 
 Tensor = torch.Tensor
@@ -316,7 +317,8 @@ def mc_jacobian_nngp(x: Any, *, depth: int, width: int, activation: str | Activa
     if batch_size is None:
         per_net = (width * (d0 + width * (depth - 1) + 1) + 4 * n * (d0 + 1) * width * depth)
         batch_size = int(max(1, min(n_networks, memory_budget // (per_net * t.element_size()))))
-    gen = torch.Generator().manual_seed(int(seed))
+    # the draws are made where the networks run (a CPU generator on CPU, as before)
+    gen = torch.Generator(device=device).manual_seed(int(seed))
     shapes = [(width, d0)] + [(width, width)] * (depth - 1) + [(1, width)]
     rows = n * len(idx)
     total = torch.zeros((rows, rows), dtype=dtype, device=device)
@@ -327,7 +329,7 @@ def mc_jacobian_nngp(x: Any, *, depth: int, width: int, activation: str | Activa
         while done < n_networks:
             b = min(batch_size, n_networks - done)
             # float32 draws are 3x faster; the arithmetic is done in ``dtype``
-            ws = [torch.randn((b,) + s, generator=gen).to(device=device, dtype=dtype)
+            ws = [torch.randn((b,) + s, generator=gen, device=device).to(dtype=dtype)
                   for s in shapes]
             F = jet_forward(ws, t, act, 1.0)[0][..., idx].reshape(b, rows)
             total += F.T @ F
@@ -343,3 +345,24 @@ def mc_jacobian_nngp(x: Any, *, depth: int, width: int, activation: str | Activa
         return a.reshape(n, len(idx), n, len(idx)).permute(0, 2, 1, 3).contiguous()
 
     return MonteCarloKernel(mean=blocks(mean), stderr=blocks(stderr), n_networks=n_networks)
+
+
+def mc_distance(mc: MonteCarloKernel, reference: Tensor, components: Sequence[tuple[int, int]],
+                indices: Sequence[int], draws: int = 16) -> tuple[list[float], list[float]]:
+    """Δ = max_{i,j} |Σ̂_{αβ} − Σ_{αβ}| per component (α, β), and its Monte-Carlo floor: the value
+    Δ would have from Monte-Carlo error alone, E max_{i,j} |se_{ij} Z_{ij}| with independent
+    standard normal Z (the mean over ``draws`` draws of a fixed generator, se the estimate's
+    standard errors).
+
+    ``mc`` and ``reference`` hold the blocks of ``indices`` only (shape (n, n, C, C))."""
+    pos = {c: k for k, c in enumerate(indices)}
+    diff = (mc.mean - reference.to(mc.mean)).abs()
+    gen = torch.Generator(device=mc.stderr.device).manual_seed(0)
+    distance, floor = [], []
+    for a, b in components:
+        se = mc.stderr[:, :, pos[a], pos[b]]
+        z = torch.randn((draws,) + tuple(se.shape), generator=gen, device=se.device,
+                        dtype=se.dtype)
+        distance.append(float(diff[:, :, pos[a], pos[b]].max()))
+        floor.append(float((se * z).abs().amax(dim=(1, 2)).mean()))
+    return distance, floor

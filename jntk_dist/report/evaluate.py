@@ -1,4 +1,5 @@
-"""Reading the runs back: each experiment's ``run.json`` and store, evaluated into rows."""
+"""Reading the runs back: each experiment's ``run.json`` and store, evaluated into rows, and
+the figures redrawn from the stores (so the report's figures follow the configs' rules)."""
 
 from __future__ import annotations
 
@@ -8,62 +9,46 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..networks.training import component_label
+from ..analysis import PositivityRule
 from ..workflows.assumption8 import plot as plot_assumption8
-from ..workflows.drift import fit_slopes, open_drift
-from ..workflows.reproduce import PaperConfig
-from .verdicts import (ExperimentReport, assumption8_rows, depth_ranges, drift_rows,
-                       eigenfeatures_rows, merge_assumption8_rows)
+from ..workflows.drift import open_drift, plot_drift
+from ..workflows.eigenfeatures import pairplot
+from ..workflows.reproduce import PAPER_CONFIGS, PaperConfig, load_paper_config
+from .drift_verdicts import DriftNumbers, drift_rows
+from .feature_verdicts import (FEATURE_RULES, depth_onset_row, eigenfeatures_rows,
+                              eigenfeatures_table)
+from .verdicts import (ExperimentReport, assumption8_curves, assumption8_depth_table,
+                       assumption8_rows, claim_specs, depth_ranges, merge_assumption8_rows, positivity_rule)
 
 __all__ = ["evaluate", "collect"]
 
 
-def _evaluate_drift(exp: PaperConfig, record: dict[str, Any], rep: ExperimentReport) -> None:
+def _evaluate_drift(exp: PaperConfig, record: dict[str, Any], rep: ExperimentReport,
+                    ctx: "_Context") -> None:
     ds = open_drift(record["output"])
     if not bool(ds["complete"].all()):
         rep.problem = (f"store {record['output']} is incomplete "
                        f"({int(ds['complete'].sum())}/{ds['complete'].size} runs); rerun to finish")
         return
-    labels = [component_label(int(a), int(b)) for a, b in zip(ds["alpha"].values,
-                                                               ds["beta"].values)]
-    widths = [int(v) for v in ds["width"].values]
-    mean = ds["distance"].mean("seed").transpose("width", "depth", "step", "component").values
-
-    def table(arr: Any) -> dict[tuple[int, int], dict[str, float]]:
-        vals = arr.transpose("depth", "step", "component").values
-        return {(int(d), int(s)): {labels[c]: float(vals[j, t, c]) for c in range(len(labels))}
-                for j, d in enumerate(ds["depth"].values) for t, s in enumerate(ds["step"].values)}
-
-    slopes = table(fit_slopes(ds))
-    first_last = {(int(d), int(s)): {labels[c]: (float(mean[0, j, t, c]), float(mean[-1, j, t, c]))
-                                     for c in range(len(labels))}
-                  for j, d in enumerate(ds["depth"].values)
-                  for t, s in enumerate(ds["step"].values)}
-    drift_slopes = None
-    if exp.claim.get("kernel_constant"):
-        drift_slopes = table(fit_slopes(ds.assign(distance=ds["drift"])))
     cfg = record.get("config", {})
-    note = ""
-    loss = ds["loss"].mean("seed").transpose("width", "depth", "step").values
-    if ds.sizes["step"] > 1 and np.isfinite(loss[-1, 0]).all():
-        note = (f"training loss of the widest nets {loss[-1, 0, 0]:.3g} → {loss[-1, 0, -1]:.3g} "
-                f"(step {int(ds['step'].values[-1])})")
-    if ds.attrs.get("experiment") == "nngp":
-        n = cfg.get("monte_carlo", {}).get("n_networks")
-        note = (f"Monte-Carlo error of {n} networks (∝ n^-1/2) can exceed the finite-width bias "
-                f"(∝ 1/width) at wide widths")
-    rep.rows = drift_rows(slopes, first_last, widths, exp.claim, bool(record.get("quick")),
-                          drift_slopes, note)
+    n_networks = cfg.get("monte_carlo", {}).get("n_networks")
+    numbers = DriftNumbers.from_dataset(ds, n_networks)
+    rep.rows = drift_rows(numbers, exp.claim, bool(record.get("quick")))
     plots_dir = Path(cfg.get("plots") or Path(record["output"]).with_name(
         Path(record["output"]).stem + "_plots"))
+    if not sorted(plots_dir.glob("*.png")):  # e.g. a run of benchmarks/run_fig1_fig3_gpu.py
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        plot_drift(ds, plots_dir, title=exp.title)
     rep.figures = sorted(plots_dir.glob("*.png"))
     g = cfg.get("grid", {})
     steps = cfg.get("training", {}).get("record_steps", [0])
-    extra = (f", {cfg.get('monte_carlo', {}).get('n_networks')} networks per run"
-             if ds.attrs.get("experiment") == "nngp" else f", steps {steps}")
+    extra = (f", {n_networks} networks per run" if ds.attrs.get("experiment") == "nngp"
+             else f", steps {steps}")
+    device = cfg.get("device", "auto")
     rep.size = (f"{ds.attrs.get('n_points')} points (d0={ds.attrs.get('d0')}), widths "
                 f"{g.get('widths')}, depths {g.get('depths')}, {len(g.get('seeds', []))} seeds"
-                + extra)
+                + extra + f", {cfg.get('dtype', 'float64')} on device {device}"
+                + (" (TF32 matmuls)" if cfg.get("matmul_precision") == "high" else ""))
 
 
 def _assumption8_table(output: str | Path) -> list[dict[str, Any]]:
@@ -80,18 +65,24 @@ def _assumption8_table(output: str | Path) -> list[dict[str, Any]]:
     return [{c: arrays[c][i] for c in arrays} for i in range(depth.shape[0])]
 
 
-def _evaluate_assumption8(exp: PaperConfig, record: dict[str, Any], rep: ExperimentReport) -> None:
+def _assumption8_runs_rows(records: Sequence[dict[str, Any]]
+                           ) -> tuple[list[dict[str, Any]], list[str]]:
+    return merge_assumption8_rows([_assumption8_table(r["output"]) for r in records])
+
+
+def _evaluate_assumption8(exp: PaperConfig, record: dict[str, Any], rep: ExperimentReport,
+                          ctx: "_Context") -> None:
     records = [record] + rep.merged
-    rows, skipped = merge_assumption8_rows([_assumption8_table(r["output"]) for r in records])
-    rep.rows = assumption8_rows(rows, exp.claim, bool(record.get("quick")))
+    rows, skipped = _assumption8_runs_rows(records)
+    rule = positivity_rule(exp.config)  # the paper config's rule, whatever the run recorded
+    rep.rows = assumption8_rows(rows, exp.claim, rule, bool(record.get("quick")))
+    rep.tables = [assumption8_depth_table(rows, rule)]
+    # the plot is redrawn from the table: its markers follow the config's rule
     stem = Path(record["output"]).with_suffix("")
-    if rep.merged:  # one plot of the merged table, beside the main run's store
-        merged_png = stem.parent / "merged" / f"{stem.name}_assumption8.png"
-        merged_png.parent.mkdir(parents=True, exist_ok=True)
-        plot_assumption8(rows, merged_png)
-        rep.figures = [merged_png]
-    else:
-        rep.figures = [p for p in [Path(f"{stem}_assumption8.png")] if p.exists()]
+    png = stem.parent / "report" / f"{stem.name}_assumption8.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    plot_assumption8(rows, png, rule=rule)
+    rep.figures = [png]
     sizes = dict.fromkeys(f"{r['dataset']} ({r['kernel']} Gram {int(r['n'])})" for r in rows)
     depths: dict[str, set[int]] = {}
     for r in rows:
@@ -107,11 +98,11 @@ def _evaluate_assumption8(exp: PaperConfig, record: dict[str, Any], rep: Experim
             else ")"
 
 
-def _evaluate_eigenfeatures(exp: PaperConfig, record: dict[str, Any],
-                            rep: ExperimentReport) -> None:
+def _eigenfeature_settings(output: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The per-setting arrays of an eigenfeatures store, and the store's attributes."""
     import zarr
 
-    root = zarr.open_group(str(Path(record["output"]) / "eigenfeatures"), mode="r")
+    root = zarr.open_group(str(Path(output) / "eigenfeatures"), mode="r")
     attrs = dict(root.attrs)
     steps = [float(s) for s in attrs["steps"]]
     settings = {}
@@ -119,24 +110,88 @@ def _evaluate_eigenfeatures(exp: PaperConfig, record: dict[str, Any],
         g = root[name]
         a = dict(g.attrs)
         settings[name] = {
-            "eigenvalues": g["eigenvalues"][...], "tolerance": float(a["tolerance"]),
+            "eigenvalues": g["eigenvalues"][...], "gram_size": int(a["gram_size"]),
             "test_accuracy": g["test_accuracy"][...],
             "perturbed_accuracy": {s: g[f"perturbed_accuracy_{s:g}"][...] for s in steps},
             "predictor_test_accuracy": float(a["predictor_test_accuracy"]),
             "predictor_accuracy_step": {s: float(a[f"predictor_accuracy_step_{s:g}"])
                                         for s in steps}}
-    rep.rows = eigenfeatures_rows(settings, exp.claim, bool(record.get("quick")))
-    stem = Path(record["output"]).with_suffix("")
-    rep.figures = [p for p in [stem.parent / f"{stem.name}_eigenfeatures.png"] if p.exists()]
-    sizes = {n: int(root[n].attrs["gram_size"]) for n in attrs["runs"]}
+    return settings, attrs
+
+
+def _depth_onset_rows(exp: PaperConfig, record: dict[str, Any], ctx: "_Context") -> list[Any]:
+    """The ``depth_is_onset`` rows: this experiment's depth against the JNTK onset of positivity
+    in another experiment's run (its config's rule), read from the same runs folders."""
+    out = []
+    for spec in claim_specs(exp.claim, list(FEATURE_RULES) + ["depth_is_onset"]):
+        if spec.rule != "depth_is_onset":
+            continue
+        src, label = str(spec.params["experiment"]), str(spec.params["dataset"])
+        act = str(spec.params["activation"])
+        depth = int(record["config"]["kernel"]["depth"])
+        source = load_paper_config(ctx.configs / f"{src}.yaml")
+        records = [r for r in (_read_optional(Path(d) / src / "run.json") for d in ctx.folders)
+                   if r is not None and r.get("status") == "ok"
+                   and bool(r.get("quick")) == bool(record.get("quick"))]
+        rule = positivity_rule(source.config)
+        curve = None if not records or record.get("quick") else assumption8_curves(
+            _assumption8_runs_rows(records)[0], rule).get((label, act, "jntk"))
+        missing = ("quick run: the onset of a subset is not the depth to use" if record.get("quick")
+                   else f"{src} has no run of this size" if not records
+                   else f"{src}'s run has no JNTK curve for {label}, {act}" if curve is None
+                   else "")
+        out.append(depth_onset_row(spec, depth, None if curve is None else curve.onset,
+                                   [] if curve is None else curve.depths, src, rule.rule,
+                                   missing=missing))
+    return out
+
+
+def _evaluate_eigenfeatures(exp: PaperConfig, record: dict[str, Any], rep: ExperimentReport,
+                            ctx: "_Context") -> None:
+    settings, attrs = _eigenfeature_settings(record["output"])
+    rep.rows = _depth_onset_rows(exp, record, ctx) + eigenfeatures_rows(
+        settings, exp.claim, bool(record.get("quick")))
+    rep.tables = [t for t in [eigenfeatures_table(settings, exp.claim)] if t]
+    rep.figures = [_redraw_pairplot(exp, record, settings)]
+    sizes = {n: s["gram_size"] for n, s in settings.items()}
     rep.size = (f"{attrs['source']}, depth {attrs['depth']} {attrs['activation']}, "
                 f"{attrs['n_train']} train / {attrs['n_test']} test points, Gram sizes "
                 + ", ".join(f"{k}: {v}" for k, v in sizes.items()))
 
 
-_EVALUATORS: dict[str, Callable[[PaperConfig, dict[str, Any], ExperimentReport], None]] = {
+def _redraw_pairplot(exp: PaperConfig, record: dict[str, Any], settings: dict[str, Any]) -> Path:
+    """The pair plot from the store, the features filtered by the config's resolution rule."""
+    rules = [r for r in exp.claim.get("rules", []) if "features" in r]
+    rule = PositivityRule.model_validate(rules[0]["features"] if rules else {})
+    data = {name: (np.asarray(s["eigenvalues"]), np.asarray(s["test_accuracy"]),
+                   {k: np.asarray(v) for k, v in s["perturbed_accuracy"].items()},
+                   rule.threshold(s["gram_size"], float(np.max(s["eigenvalues"]))))
+            for name, s in settings.items()}
+    stem = Path(record["output"]).with_suffix("")
+    png = stem.parent / "report" / f"{stem.name}_eigenfeatures.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    with open(png, "wb") as fh:
+        pairplot(data, sorted(next(iter(settings.values()))["perturbed_accuracy"]), fh)
+    return png
+
+
+class _Context:
+    """Where the other experiments' runs and configs are (for rules that read them)."""
+
+    def __init__(self, runs_dir: str | Path, merge: Sequence[str | Path],
+                 configs: str | Path) -> None:
+        self.folders = [Path(runs_dir)] + [Path(d) for d in merge]
+        self.configs = Path(configs)
+
+
+_EVALUATORS: dict[str, Callable[[PaperConfig, dict[str, Any], ExperimentReport, _Context],
+                                None]] = {
     "drift": _evaluate_drift, "assumption8": _evaluate_assumption8,
     "eigenfeatures": _evaluate_eigenfeatures}
+
+
+def _read_optional(path: Path) -> dict[str, Any] | None:
+    return _read_record(path) if path.exists() else None
 
 
 def _read_record(path: Path) -> dict[str, Any]:
@@ -149,19 +204,20 @@ def _read_record(path: Path) -> dict[str, Any]:
     return record
 
 
-def evaluate(exp: PaperConfig, runs_dir: str | Path,
-             merge: Sequence[str | Path] = ()) -> ExperimentReport:
+def evaluate(exp: PaperConfig, runs_dir: str | Path, merge: Sequence[str | Path] = (),
+             configs: str | Path = PAPER_CONFIGS) -> ExperimentReport:
     """Read ``<runs_dir>/<name>/run.json`` and the job's store; compute the table rows.
 
     ``merge``: further runs folders; where one holds a successful run of this experiment
     (``<folder>/<name>/run.json``), its rows join the table (assumption8 experiments only: e.g.
-    depths run separately; a depth computed twice is taken from the first folder)."""
+    depths run separately; a depth computed twice is taken from the first folder). ``configs``:
+    the paper configs' folder (rules that compare with another experiment read its config)."""
     path = Path(runs_dir) / exp.name / "run.json"
     extra = [_read_record(p) for p in (Path(d) / exp.name / "run.json" for d in merge)
              if p.exists()]
     failed = [r for r in extra if r.get("status") != "ok"]
     if not path.exists() and not extra:
-        return ExperimentReport(exp, None, problem=f"not run ({path} missing)")
+        return ExperimentReport(exp, None, problem=exp.not_run or f"not run ({path} missing)")
     if path.exists():
         record, merged = _read_record(path), extra
     else:
@@ -182,13 +238,14 @@ def evaluate(exp: PaperConfig, runs_dir: str | Path,
         rep.problem = "quick and full-size runs cannot be merged"
         return rep
     try:
-        _EVALUATORS[exp.job](exp, record, rep)
+        _EVALUATORS[exp.job](exp, record, rep, _Context(runs_dir, merge, configs))
     except Exception as err:  # an unreadable store is reported, not fatal for the others
         rep.problem = f"results could not be read: {type(err).__name__}: {err}"
     return rep
 
 
 def collect(runs_dir: str | Path, experiments: Sequence[PaperConfig],
-            merge: Sequence[str | Path] = ()) -> list[ExperimentReport]:
+            merge: Sequence[str | Path] = (), configs: str | Path = PAPER_CONFIGS
+            ) -> list[ExperimentReport]:
     """Evaluate every experiment against its run in ``runs_dir`` (plus the ``merge`` folders)."""
-    return [evaluate(e, runs_dir, merge) for e in experiments]
+    return [evaluate(e, runs_dir, merge, configs) for e in experiments]

@@ -63,61 +63,77 @@ def write_report(reports: Sequence[ExperimentReport], out: str | Path,
     if out.exists():
         text = out.read_text()
         header = text.split(GENERATED_MARKER)[0] if GENERATED_MARKER in text else text
-    lines = [header.rstrip("\n"), "", GENERATED_MARKER, ""]
+    lines = [header.rstrip("\n"), "", GENERATED_MARKER, ""] + _summary(reports, runs_dir)
+    for r in reports:
+        lines += _section(r, out, figures_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines).rstrip("\n") + "\n")
+    return out
+
+
+def _summary(reports: Sequence[ExperimentReport], runs_dir: str | Path | None) -> list[str]:
+    """The results' heading and one line per experiment: size, wall time, verdict counts."""
     quick = {bool(r.record.get("quick")) for r in reports if r.record}
     kind = ("reduced-size quick runs (`--quick`)" if quick == {True} else
             "full-size runs" if quick == {False} else "a mix of quick and full-size runs")
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines += [f"## Results: {kind}", "",
-              f"Generated {when} by `jntk report` from the runs in `{runs_dir or '?'}`. Verdicts are "
-              "computed from the stored numbers by the rules in `jntk_dist/report/verdicts.py` "
-              "(the claim's keys in each config name the rule).", "",
-              "| experiment | figures | size | wall time | agree | disagree | n/a | status |",
-              "|---|---|---|---:|---:|---:|---:|---|"]
+    lines = [f"## Results: {kind}", "",
+             f"Generated {when} by `jntk report` from the runs in `{runs_dir or '?'}`. Verdicts are "
+             "computed from the stored numbers by the rules named in each config's "
+             "`claim.rules` (`jntk_dist/report/verdicts.py`, `drift_verdicts.py`, "
+             "`feature_verdicts.py`); every row quotes the sentence of the paper it checks, "
+             "with its section, figure and line of the text extraction, or is marked as ours. "
+             "Quick runs (reduced size) carry no weight.", "",
+             "| experiment | figures | size | wall time | agree | disagree | n/a | status |",
+             "|---|---|---|---:|---:|---:|---:|---|"]
     for r in reports:
         c = r.counts()
         secs = [rec["seconds"] for rec in r.records if "seconds" in rec]
         wall = (f"{sum(secs):.0f} s" + (f" ({len(secs)} runs)" if len(secs) > 1 else "")
                 if secs else "—")
-        size = ("quick" if r.record.get("quick") else "full") if r.record else "—"
-        status = r.problem or "ok"
+        size = ("quick, no weight" if r.record.get("quick") else "full") if r.record else "—"
         lines.append(f"| [{r.exp.name}](#{r.exp.name}) | {', '.join(r.exp.figures)} | {size} | "
-                     f"{wall} | {c['agree']} | {c['disagree']} | {c['n/a']} | {_cell(status)} |")
-    for r in reports:
-        lines += ["", f"### {r.exp.name}", "",
-                  f"**{', '.join(r.exp.figures)} — {r.exp.title}** "
-                  f"(`configs/paper/{r.exp.name}.yaml`, job `jntk {r.exp.job}`)", "",
-                  f"*Paper's claim:* {r.exp.claim['text'].strip()}", ""]
-        several = len(r.records) > 1
-        if several:
-            lines += [f"*Runs:* {len(r.records)} runs merged into one table "
-                      "(`jntk report --merge`):", ""]
-        for i, rec in enumerate(r.records):
-            where = f"{i + 1}. `{rec.get('run_dir')}`: " if several else "*Run:* "
-            lines.append(f"{where}{'quick (reduced size)' if rec.get('quick') else 'full size'}"
-                         f"{' with ' + ', '.join(rec['overrides']) if rec.get('overrides') else ''}; "
-                         f"started {rec.get('started_utc')}, wall time {rec.get('seconds', 0):.1f} s "
-                         f"on {_hardware_line(rec.get('hardware', {}))}.")
-        if several:
-            lines.append("")
-        if r.size:
-            lines.append(f"*Size:* {r.size}.")
-        if r.exp.cluster:
-            lines.append(f"*Full size:* {r.exp.cluster.strip()}")
+                     f"{wall} | {c['agree']} | {c['disagree']} | {c['n/a']} | "
+                     f"{_cell(r.problem or 'ok')} |")
+    return lines
+
+
+def _section(r: ExperimentReport, out: Path, figures_dir: Path) -> list[str]:
+    """One experiment: the paper's claim, its runs, the rows, further tables, the figures."""
+    lines = ["", f"### {r.exp.name}", "",
+             f"**{', '.join(r.exp.figures)} — {r.exp.title}** "
+             f"(`configs/paper/{r.exp.name}.yaml`, job `jntk {r.exp.job}`)", "",
+             f"*The paper:* {r.exp.claim['text'].strip()}", ""]
+    several = len(r.records) > 1
+    if several:
+        lines += [f"*Runs:* {len(r.records)} runs merged into one table "
+                  "(`jntk report --merge`):", ""]
+    for i, rec in enumerate(r.records):
+        where = f"{i + 1}. `{rec.get('run_dir')}`: " if several else "*Run:* "
+        by = f" by `{rec['runner']}`" if rec.get("runner") else ""
+        lines.append(f"{where}{'quick (reduced size)' if rec.get('quick') else 'full size'}{by}"
+                     f"{' with ' + ', '.join(rec['overrides']) if rec.get('overrides') else ''}; "
+                     f"started {rec.get('started_utc')}, wall time {rec.get('seconds', 0):.1f} s "
+                     f"on {_hardware_line(rec.get('hardware', {}))}.")
+    if several:
         lines.append("")
-        if r.problem:
-            lines += [f"**No results:** {_cell(r.problem)}", ""]
-        if r.rows:
-            lines += ["| paper's claim | ours | verdict | why (where they differ) |",
-                      "|---|---|---|---|"]
-            lines += [f"| {_cell(x.claim)} | {_cell(x.ours)} | **{x.verdict}** | {_cell(x.why)} |"
-                      for x in r.rows]
-            lines.append("")
-        for fig in r.figures:
-            name = fig.name if fig.name.startswith(r.exp.name) else f"{r.exp.name}_{fig.name}"
-            dst = _copy_figure(fig, figures_dir / name)
-            rel = os.path.relpath(dst, out.parent)
-            lines += [f"![{r.exp.name}: {fig.stem}]({rel})", ""]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines).rstrip("\n") + "\n")
-    return out
+    if r.size:
+        lines.append(f"*Size:* {r.size}.")
+    if r.exp.cluster:
+        lines.append(f"*Full size:* {r.exp.cluster.strip()}")
+    lines.append("")
+    if r.problem:
+        lines += [f"**No results:** {_cell(r.problem)}", ""]
+    if r.rows:
+        lines += ["| curve / setting | the paper says | rule (how we test it) | we get | "
+                  "verdict | why |", "|---|---|---|---|---|---|"]
+        lines += [f"| {_cell(x.subject)} | {_cell(x.claim)} | {_cell(x.rule)} | "
+                  f"{_cell(x.ours)} | **{x.verdict}** | {_cell(x.why)} |" for x in r.rows]
+        lines.append("")
+    for table in r.tables:
+        lines += [table.rstrip("\n"), ""]
+    for fig in r.figures:
+        name = fig.name if fig.name.startswith(r.exp.name) else f"{r.exp.name}_{fig.name}"
+        dst = _copy_figure(fig, figures_dir / name)
+        lines += [f"![{r.exp.name}: {fig.stem}]({os.path.relpath(dst, out.parent)})", ""]
+    return lines

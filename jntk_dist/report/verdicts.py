@@ -1,31 +1,42 @@
-"""The verdict rules: from our numbers and a paper config's ``claim:`` to table rows
-(the paper's claim, ours, agree / disagree / n/a, why). Pure functions of the numbers."""
+"""The verdict rules: from our numbers and a paper config's ``claim:`` to table rows.
+
+A paper config's ``claim.rules`` lists the claims checked, each with the paper's sentence and
+where it stands (``quote``, ``where``) — or ``ours: true`` and our ``text`` for a claim the paper
+does not make — and the name of the ``rule`` that tests it, with the rule's parameters. Every row
+of the report names its rule; the rules are pure functions of the stored numbers. This module holds
+the shared types and the Assumption 8 rules (Fig. 6, B7, B8); :mod:`.drift_verdicts` and
+:mod:`.feature_verdicts` hold those of Figs. 1–3 and Figs. 4/5, B9–B13.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
-import numpy as np
-
+from ..analysis import RELATIVE, PositivityRule
 from ..workflows.reproduce import PaperConfig
 
-__all__ = ["Verdict", "Row", "ExperimentReport", "drift_rows", "assumption8_rows",
-           "merge_assumption8_rows", "eigenfeatures_rows", "pd_onset", "depth_ranges"]
+__all__ = ["Verdict", "Row", "ExperimentReport", "ClaimSpec", "claim_specs", "assumption8_rows",
+           "assumption8_curves",
+           "assumption8_depth_table", "merge_assumption8_rows", "pd_onset", "depth_ranges",
+           "positivity_rule", "ASSUMPTION8_RULES"]
 
 Verdict = Literal["agree", "disagree", "n/a"]
 
 
 @dataclass
 class Row:
-    """One line of a figure's table."""
+    """One line of a figure's table: which curve or setting, the paper's claim (quoted, with
+    where it stands) or ours (marked), the rule that tests it, our number, the verdict, why."""
 
     claim: str
     ours: str
     verdict: Verdict
     why: str = ""
+    rule: str = ""
+    subject: str = ""
 
 
 @dataclass
@@ -39,6 +50,7 @@ class ExperimentReport:
     size: str = ""
     problem: str = ""  # why there are no rows (not run, failed, unreadable store)
     merged: list[dict[str, Any]] = field(default_factory=list)  # records of --merge runs
+    tables: list[str] = field(default_factory=list)  # further Markdown (per-depth λ_min, …)
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -46,68 +58,66 @@ class ExperimentReport:
         return ([self.record] if self.record else []) + self.merged
 
     def counts(self) -> dict[str, int]:
+        """How many rows agree, disagree, or have no verdict."""
         out = {"agree": 0, "disagree": 0, "n/a": 0}
         for r in self.rows:
             out[r.verdict] += 1
         return out
 
 
-def _fmt(x: float) -> str:
+@dataclass(frozen=True)
+class ClaimSpec:
+    """One entry of ``claim.rules``: the rule's name and parameters, and whose claim it is."""
+
+    rule: str
+    params: dict[str, Any]
+    quote: str = ""
+    where: str = ""
+    ours: bool = False
+    text: str = ""
+
+    @property
+    def claim(self) -> str:
+        """The claim as the report prints it: the paper's sentence in quotes and where it
+        stands, or ours marked as ours."""
+        if self.ours:
+            return f"(ours, not the paper's) {self.text}"
+        return f"“{self.quote}” ({self.where})"
+
+
+def claim_specs(claim: dict[str, Any], known: Sequence[str]) -> list[ClaimSpec]:
+    """The ``claim.rules`` of a paper config; a rule not in ``known``, or a paper claim without its
+    quote and place, is a ValueError naming it."""
+    out = []
+    for i, entry in enumerate(claim.get("rules", [])):
+        entry = dict(entry)
+        name = entry.pop("rule", None)
+        if name not in known:
+            raise ValueError(f"claim.rules[{i}]: unknown rule {name!r}; this job's rules: "
+                             f"{', '.join(known)}")
+        meta = {k: entry.pop(k) for k in ("quote", "where", "ours", "text") if k in entry}
+        spec = ClaimSpec(name, entry, **meta)
+        if not spec.ours and not (spec.quote and spec.where):
+            raise ValueError(f"claim.rules[{i}] ({name}): the paper's sentence (quote) and where "
+                             "it stands (where) are required, or ours: true with text")
+        if spec.ours and not spec.text:
+            raise ValueError(f"claim.rules[{i}] ({name}): a claim of ours needs its text")
+        out.append(spec)
+    return out
+
+
+def fmt(x: float) -> str:
+    """A number in three significant digits ('nan' when not finite)."""
     return "nan" if not math.isfinite(x) else f"{x:.3g}"
 
 
-def drift_rows(slopes: dict[tuple[int, int], dict[str, float]],
-               first_last: dict[tuple[int, int], dict[str, tuple[float, float]]],
-               widths: Sequence[int], claim: dict[str, Any], quick: bool,
-               drift_slopes: dict[tuple[int, int], dict[str, float]] | None = None,
-               note: str = "") -> list[Row]:
-    """Rows for a drift figure from fitted log-log slopes of mean Δ vs width.
+# ---- Assumption 8 (Fig. 6, B7, B8) ---------------------------------------------------------
 
-    ``slopes[(depth, step)][component]``; ``first_last`` the mean Δ at the narrowest and widest
-    width. Rules: ``decreasing`` (every slope < 0); ``slope`` ± ``slope_tolerance`` (the mean slope
-    over components lies in the band); ``kernel_constant`` (Fig. 3: the network's own kernel
-    movement Θ_t − Θ_0 shrinks with width at every recorded step t > 0, from ``drift_slopes``).
-    """
-    rows = []
-    w = f"widths {min(widths)}–{max(widths)}"
-    multi_step = len({s for _, s in slopes}) > 1
-    for (depth, step), comp in slopes.items():
-        where = f"L={depth}, step {step}" if multi_step else f"L={depth}"
-        vals = ", ".join(f"{c}: {_fmt(v)}" for c, v in comp.items())
-        fl = first_last[(depth, step)]
-        ends = "; ".join(f"{c}: {_fmt(a)}→{_fmt(b)}" for c, (a, b) in fl.items())
-        finite = [v for v in comp.values() if math.isfinite(v)]
-        if claim.get("decreasing", True):
-            if not finite:
-                verdict, why = "n/a", "no finite slopes (fewer than two widths with Δ > 0)"
-            else:
-                bad = [c for c, v in comp.items() if not (math.isfinite(v) and v < 0)]
-                verdict = "agree" if not bad else "disagree"
-                why = "" if not bad else (
-                    f"Δ does not fall with width for {', '.join(bad)} over {w}"
-                    + (f"; {note}" if note else "")
-                    + ("; quick run: few, narrow widths and few seeds" if quick else ""))
-            rows.append(Row(f"{where}: Δ decreases with width (log-log slope < 0)",
-                            f"slopes {vals} ({w}; mean Δ {ends})", verdict, why))
-        if "slope" in claim and finite:
-            target, tol = float(claim["slope"]), float(claim.get("slope_tolerance", 0.25))
-            mean = float(np.mean(finite))
-            ok = abs(mean - target) <= tol
-            rows.append(Row(f"{where}: rate Δ ∝ width^{target:g} (±{tol:g})",
-                            f"mean slope {mean:.2f}", "agree" if ok else "disagree",
-                            "" if ok else f"mean slope {mean:.2f} outside {target:g}±{tol:g} over "
-                            f"{w}" + ("; quick run: 2–3 narrow widths, few seeds" if quick else "")))
-    if claim.get("kernel_constant") and drift_slopes:
-        for (depth, step), comp in drift_slopes.items():
-            if step == 0:
-                continue
-            vals = ", ".join(f"{c}: {_fmt(v)}" for c, v in comp.items())
-            bad = [c for c, v in comp.items() if not (math.isfinite(v) and v < 0)]
-            rows.append(Row(f"L={depth}, step {step}: the kernel's movement |Θ_t − Θ_0| shrinks "
-                            "with width", f"slopes {vals}", "agree" if not bad else "disagree",
-                            "" if not bad else f"no decrease for {', '.join(bad)} over {w}"
-                            + (f"; {note}" if note else "") + ("; quick run" if quick else "")))
-    return rows
+
+def positivity_rule(config: dict[str, Any]) -> PositivityRule:
+    """The adopted positivity rule of an assumption8 job config (the relative one by default)."""
+    spec = config.get("positivity")
+    return RELATIVE if spec is None else PositivityRule.model_validate(spec)
 
 
 def pd_onset(depths: Sequence[int], positive: Sequence[bool]) -> int | None:
@@ -120,82 +130,204 @@ def pd_onset(depths: Sequence[int], positive: Sequence[bool]) -> int | None:
     return onset
 
 
-def assumption8_rows(rows: Sequence[dict[str, Any]], claim: dict[str, Any],
-                     quick: bool) -> list[Row]:
-    """Rows for Fig. 6 / B7 / B8 from the λ_min table (positive iff λ_min > τ, recomputed here).
+@dataclass
+class _Curve:
+    """λ_min against depth of one (dataset, activation, kernel), with both verdicts."""
 
-    A row may carry ``lambda_min_residual`` (structured mode: λ_min is a Ritz value θ ≥ λ_min with
-    that residual); positive then means θ − residual > τ.
+    depths: list[int]
+    lam_min: list[float]
+    residual: list[float]
+    threshold: list[float]  # the adopted rule's
+    tau_rel: list[float]
+    pos: list[bool]  # adopted rule
+    pos_rel: list[bool]
 
-    Rules: ``ntk_always_pd`` (NTK positive at every depth), ``jntk_pd_from_depth: {act: L}`` (the
-    JNTK Gram is positive from depth L on and not just below it; with a coarse depth grid, not
-    positive at the deepest computed depth < L), ``jntk_pd_eventually`` (positive at the deepest
-    computed depth).
-    """
-    out: list[Row] = []
-    groups: dict[tuple[str, str, str], list[tuple[int, bool, float, float, float, float]]] = {}
+    @property
+    def onset(self) -> int | None:
+        return pd_onset(self.depths, self.pos)
+
+    @property
+    def onset_rel(self) -> int | None:
+        return pd_onset(self.depths, self.pos_rel)
+
+
+def assumption8_curves(rows: Sequence[dict[str, Any]], rule: PositivityRule
+            ) -> dict[tuple[str, str, str], _Curve]:
+    """Rows of an assumption8 table grouped into curves, verdicts recomputed from λ_min, λ_max, n
+    and the Ritz residual (so stores written under any rule are read the same way)."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        pos = (float(r["lambda_min"]) - float(r.get("lambda_min_residual", 0.0))
-               > float(r["tolerance"]))
-        groups.setdefault((str(r["dataset"]), str(r["activation"]), str(r["kernel"])), []).append(
-            (int(r["depth"]), pos, float(r["lambda_min"]), float(r["tolerance"]),
-             float(r.get("lambda_max", math.nan)), float(r.get("lambda_min_residual", 0.0))))
-    small = "; quick run on a subset: λ_min depends on the points" if quick else ""
-    for (dataset, act, kind), vals in groups.items():
-        vals.sort()
-        depths = [v[0] for v in vals]
-        pos = [v[1] for v in vals]
-        onset = pd_onset(depths, pos)
-        lo = min(vals, key=lambda v: v[2])
-        where = f"{dataset}, {act}"
-        if kind == "ntk" and claim.get("ntk_always_pd", False):
-            bad = [d for d, p in zip(depths, pos) if not p]
-            out.append(Row(f"{where}: NTK Gram positive definite at every depth",
-                           f"positive at {len(depths) - len(bad)}/{len(depths)} depths "
-                           f"{depths[0]}–{depths[-1]}; smallest λ_min {lo[2]:.2e} (L={lo[0]})",
-                           "agree" if not bad else "disagree",
-                           "" if not bad else f"λ_min ≤ τ = n·eps·λ_max at L={bad}{small}"))
+        groups.setdefault((str(r["dataset"]), str(r["activation"]), str(r["kernel"])), []).append(r)
+    out = {}
+    for key, rr in groups.items():
+        rr = sorted(rr, key=lambda r: int(r["depth"]))
+        lo = [float(r["lambda_min"]) for r in rr]
+        res = [float(r.get("lambda_min_residual", 0.0)) for r in rr]
+        n = [int(r["n"]) for r in rr]
+        hi = [float(r["lambda_max"]) for r in rr]
+        out[key] = _Curve([int(r["depth"]) for r in rr], lo, res,
+                          [rule.threshold(a, b) for a, b in zip(n, hi)],
+                          [RELATIVE.threshold(a, b) for a, b in zip(n, hi)],
+                          [rule.positive(*v) for v in zip(lo, n, hi, res)],
+                          [RELATIVE.positive(*v) for v in zip(lo, n, hi, res)])
+    return out
+
+
+def _onset_text(c: _Curve, rule: PositivityRule) -> str:
+    def one(onset: int | None) -> str:
+        if onset is None:
+            return "never positive"
+        return f"L={onset}" + (" (the shallowest computed)" if onset == c.depths[0] else "")
+
+    return (f"onset {one(c.onset)} under {rule.rule}, {one(c.onset_rel)} under relative "
+            f"(depths {depth_ranges(c.depths)})")
+
+
+def _around(c: _Curve, depth: int | None) -> str:
+    """λ_min against both thresholds at the onset and just below it."""
+    idx = [i for i, d in enumerate(c.depths) if depth is not None and d in (depth - 1, depth)]
+    idx = idx or [len(c.depths) - 1]
+    return "; ".join(f"L={c.depths[i]}: λ_min {c.lam_min[i]:.2e}"
+                     + (f" ± {c.residual[i]:.0e}" if c.residual[i] else "")
+                     + f" vs threshold {c.threshold[i]:.1e}, τ_rel {c.tau_rel[i]:.1e}"
+                     for i in idx)
+
+
+def _onset_verdict(c: _Curve, target: Any) -> tuple[Verdict, str]:
+    """Verdict of "positive from depth ``target``" (an int, ``first``: positive at every computed
+    depth, or ``after_first``: not positive at the shallowest computed depth, positive from some
+    deeper one on) under the adopted rule."""
+    onset, depths = c.onset, c.depths
+    if target == "first":
+        ok = onset == depths[0]
+        return ("agree" if ok else "disagree",
+                "" if ok else f"not positive at L={depths[0]}" if onset is not None
+                else "never positive")
+    if target == "after_first":
+        ok = onset is not None and onset > depths[0]
+        return ("agree" if ok else "disagree", "" if ok else
+                "never positive" if onset is None else f"already positive at L={depths[0]}")
+    target = int(target)
+    above = [p for d, p in zip(depths, c.pos) if d >= target]
+    below = [p for d, p in zip(depths, c.pos) if d < target]
+    if not above:
+        return "n/a", f"depth {target} not computed (depths {depths})"
+    if all(above) and (not below or not below[-1]):
+        coarse = not (target in depths and (not below or target - 1 in depths))
+        return "agree", f"consistent on the computed depths {depths} (coarse grid)" if coarse else ""
+    if onset is None:
+        return "disagree", "never positive"
+    return "disagree", f"positive from L={onset}, not {target}"
+
+
+def _rule_ntk_always_pd(spec: ClaimSpec, curves: dict[tuple[str, str, str], _Curve],
+                        rule: PositivityRule) -> list[Row]:
+    use = RELATIVE if spec.params.get("positivity", "adopted") == "relative" else rule
+    out = []
+    for (dataset, act, kind), c in curves.items():
+        if kind != "ntk":
+            continue
+        pos = c.pos_rel if use is RELATIVE else c.pos
+        bad = [d for d, p in zip(c.depths, pos) if not p]
+        i = min(range(len(c.depths)), key=lambda k: c.lam_min[k])
+        ours = (f"positive at {sum(c.pos)}/{len(c.depths)} depths under {rule.rule}, "
+                f"{sum(c.pos_rel)}/{len(c.depths)} under relative; smallest λ_min "
+                f"{c.lam_min[i]:.2e} (L={c.depths[i]}; threshold {c.threshold[i]:.1e}, τ_rel "
+                f"{c.tau_rel[i]:.1e})")
+        out.append(Row(spec.claim, ours, "agree" if not bad else "disagree",
+                       "" if not bad else f"not positive under {use.rule} at L={bad}",
+                       f"ntk_always_pd: NTK λ_min positive under the {use.rule} rule at every "
+                       "depth", f"{dataset}, {act}"))
+    return out
+
+
+def _rule_jntk_below_ntk(spec: ClaimSpec, curves: dict[tuple[str, str, str], _Curve],
+                         rule: PositivityRule) -> list[Row]:
+    out = []
+    for (dataset, act, kind), c in curves.items():
+        ntk = curves.get((dataset, act, "ntk"))
+        if kind != "jntk" or ntk is None:
+            continue
+        ratio = {d: ntk.lam_min[ntk.depths.index(d)] / lo for d, lo in zip(c.depths, c.lam_min)
+                 if d in ntk.depths and lo != 0}
+        bad = [d for d, v in ratio.items() if not v > float(spec.params.get("factor", 1.0))]
+        ours = (f"NTK λ_min / JNTK λ_min from {fmt(min(ratio.values()))} to "
+                f"{fmt(max(ratio.values()))} over L={depth_ranges(sorted(ratio))}" if ratio else
+                "no depth with both kernels")
+        verdict: Verdict = "n/a" if not ratio else "agree" if not bad else "disagree"
+        out.append(Row(spec.claim, ours, verdict, "" if not bad else f"not smaller at L={bad}",
+                       f"jntk_below_ntk: JNTK λ_min < NTK λ_min / {spec.params.get('factor', 1.0)}"
+                       " at every depth", f"{dataset}, {act}"))
+    return out
+
+
+def _rule_jntk_onset(spec: ClaimSpec, curves: dict[tuple[str, str, str], _Curve],
+                     rule: PositivityRule) -> list[Row]:
+    targets = spec.params.get("onset", {})
+    out = []
+    for (dataset, act, kind), c in curves.items():
+        if kind != "jntk" or act not in targets:
+            continue
+        verdict, why = _onset_verdict(c, targets[act])
+        if verdict == "disagree" and c.onset_rel != c.onset:
+            why += f" (under the relative rule: L={c.onset_rel})"
+        target = targets[act]
+        said = {"first": "positive at every depth", "after_first":
+                "not positive at the shallowest depth, positive from some deeper one on"
+                }.get(target, f"positive from L={target}, not at L={target}−1")
+        out.append(Row(spec.claim, f"{_onset_text(c, rule)}; {_around(c, c.onset)}", verdict,
+                       why, f"jntk_onset: JNTK {said} under the {rule.rule} rule",
+                       f"{dataset}, {act}"))
+    return out
+
+
+ASSUMPTION8_RULES: dict[str, Callable[..., list[Row]]] = {
+    "ntk_always_pd": _rule_ntk_always_pd, "jntk_below_ntk": _rule_jntk_below_ntk,
+    "jntk_onset": _rule_jntk_onset}
+
+
+def assumption8_rows(rows: Sequence[dict[str, Any]], claim: dict[str, Any],
+                     rule: PositivityRule, quick: bool = False) -> list[Row]:
+    """Rows for Fig. 6 / B7 / B8 from the λ_min table, positive under ``rule`` (the config's) and
+    under the relative rule; a row may carry ``lambda_min_residual`` (a Ritz value θ ≥ λ_min: the
+    verdicts use θ − residual). Rules: ``ntk_always_pd`` (``positivity: adopted | relative``),
+    ``jntk_below_ntk`` (``factor``), ``jntk_onset`` (``onset: {activation: L | first |
+    after_first}``)."""
+    curves = assumption8_curves(rows, rule)
+    out: list[Row] = []
+    for spec in claim_specs(claim, list(ASSUMPTION8_RULES)):
+        out += ASSUMPTION8_RULES[spec.rule](spec, curves, rule)
+    if quick:
+        for r in out:
+            r.why = (r.why + "; " if r.why else "") + "quick run on a subset: λ_min depends on " \
+                "the points"
+    return out
+
+
+def assumption8_depth_table(rows: Sequence[dict[str, Any]], rule: PositivityRule) -> str:
+    """λ_min per depth, NTK and JNTK, with the adopted rule's and the relative verdicts (Markdown,
+    one table per dataset and activation): the reason the two onsets differ, depth by depth."""
+    curves = assumption8_curves(rows, rule)
+    yes = {True: "✓", False: "·"}
+    out = []
+    for (dataset, act, kind), j in curves.items():
         if kind != "jntk":
             continue
-        if onset is None:
-            state = "not positive at any computed depth"
-        elif onset == depths[0] and depths[0] > 1:
-            state = f"positive at every computed depth (onset ≤ L={onset}, the shallowest computed)"
-        else:
-            state = f"positive from L={onset}"
-        cond = "" if not math.isfinite(vals[-1][4]) else f", λ_min/λ_max={vals[-1][2] / vals[-1][4]:.1e}"
-        res = f" ± {vals[-1][5]:.1e}" if vals[-1][5] > 0 else ""  # a Ritz value's residual
-        ours = (f"{state} (depths {depths}; at L={depths[-1]}: λ_min={vals[-1][2]:.2e}{res}, "
-                f"τ={vals[-1][3]:.1e}{cond})")
-        target = claim.get("jntk_pd_from_depth", {}).get(act)
-        if target is not None:
-            target = int(target)
-            above = [p for d, p in zip(depths, pos) if d >= target]
-            below = [p for d, p in zip(depths, pos) if d < target]
-            if not above:
-                verdict, why = "n/a", f"depth {target} not computed (depths {depths})"
-            elif all(above) and (not below or not below[-1]):
-                verdict = "agree"
-                why = "" if target in depths and (not below or target - 1 in depths) else \
-                    f"consistent on the computed depths {depths} (coarse grid)"
-            else:
-                verdict = "disagree"
-                if onset is None:
-                    why = "never positive on these points"
-                elif onset < target:
-                    why = (f"already positive at L={onset} (< {target}) on these points; the paper's "
-                           "positivity criterion is not published (ours: λ_min > n·eps·λ_max)")
-                else:
-                    why = f"positive only from L={onset} (> {target}) on these points"
-                why += small
-            out.append(Row(f"{where}: JNTK Gram positive definite from depth {target}", ours,
-                           verdict, why))
-        elif claim.get("jntk_pd_eventually", False):
-            ok = pos[-1]
-            out.append(Row(f"{where}: JNTK Gram positive definite for deep enough networks", ours,
-                           "agree" if ok else "disagree",
-                           "" if ok else f"λ_min ≤ τ at the deepest computed L={depths[-1]}" + small))
-    return out
+        ntk = curves.get((dataset, act, "ntk"))
+        ntk_tau = "" if ntk is None else f" (NTK: {ntk.threshold[0]:.2e})"
+        out += [f"**{dataset}, {act}** — adopted rule {rule.describe()}{ntk_tau}; "
+                f"{RELATIVE.describe()} (✓ positive, · not)", "",
+                "| L | NTK λ_min | NTK adopted | NTK relative | JNTK λ_min | adopted threshold | "
+                "JNTK adopted | τ_rel | JNTK relative |", "|---:|---:|:-:|:-:|---:|---:|:-:|---:|:-:|"]
+        for i, d in enumerate(j.depths):
+            k = ntk.depths.index(d) if ntk is not None and d in ntk.depths else None
+            n_cells = ("— | — | —" if k is None or ntk is None else
+                       f"{ntk.lam_min[k]:.3e} | {yes[ntk.pos[k]]} | {yes[ntk.pos_rel[k]]}")
+            res = f" ± {j.residual[i]:.0e}" if j.residual[i] else ""
+            out.append(f"| {d} | {n_cells} | {j.lam_min[i]:.3e}{res} | {j.threshold[i]:.2e} | "
+                       f"{yes[j.pos[i]]} | {j.tau_rel[i]:.1e} | {yes[j.pos_rel[i]]} |")
+        out.append("")
+    return "\n".join(out)
 
 
 def merge_assumption8_rows(tables: Sequence[Sequence[dict[str, Any]]]
@@ -231,68 +363,3 @@ def depth_ranges(depths: Sequence[int]) -> str:
         if d is not None:
             start = prev = d
     return ", ".join(parts)
-
-
-def eigenfeatures_rows(settings: dict[str, dict[str, Any]], claim: dict[str, Any],
-                       quick: bool) -> list[Row]:
-    """Rows for Figs. 4/5 / B9–B13 from per-setting eigenvalues and accuracies.
-
-    ``settings[name]`` holds ``eigenvalues``, ``tolerance``, ``test_accuracy``,
-    ``perturbed_accuracy`` ({step: array}) and the predictor's ``predictor_test_accuracy`` and
-    ``predictor_accuracy_step`` ({step: float}). Rules: ``robust_large_eigenvalues`` (Spearman
-    ρ(log λ_i, accuracy after the ``step`` perturbation) > 0 over the eigenpairs above τ, one-sided
-    p < ``significance``, default 0.05);
-    ``attack_hurts_standard`` (the perturbation lowers the standard predictor's accuracy).
-    """
-    from scipy.stats import spearmanr
-
-    out: list[Row] = []
-    step = float(claim.get("step", 0.1))
-    alpha = float(claim.get("significance", 0.05))
-    note = "; quick run on a small subset" if quick else ""
-    for name, s in settings.items():
-        label = "standard NTK" if name == "standard" else name.replace("lam_", "λ=")
-        w = np.asarray(s["eigenvalues"], dtype=float)
-        keep = w > float(s["tolerance"])
-        if claim.get("robust_large_eigenvalues"):
-            acc = np.asarray(s["perturbed_accuracy"][step], dtype=float)[keep]
-            if keep.sum() < 3 or np.ptp(acc) == 0:
-                out.append(Row(f"{label}: eigenfeatures with larger eigenvalues keep more accuracy "
-                               f"under the step-{step:g} perturbation",
-                               f"{int(keep.sum())} eigenpairs above τ", "n/a",
-                               "too few eigenpairs above τ, or constant accuracy"))
-            else:
-                res = spearmanr(np.log(w[keep]), acc, alternative="greater")
-                rho, p = float(res.statistic), float(res.pvalue)
-                top = acc[np.argsort(w[keep])[::-1][:5]]
-                ok = rho > 0 and p < alpha
-                out.append(Row(f"{label}: eigenfeatures with larger eigenvalues keep more accuracy "
-                               f"under the step-{step:g} perturbation",
-                               f"Spearman ρ(log λ_i, accuracy) = {rho:+.2f} (one-sided p = "
-                               f"{p:.2g}) over {int(keep.sum())} eigenpairs above τ; top-5 "
-                               f"features' accuracy {np.round(top, 2).tolist()}",
-                               "agree" if ok else "disagree",
-                               "" if ok else f"no significant positive rank correlation "
-                               f"(p ≥ {alpha:g}){note}"))
-    std = settings.get("standard")
-    if claim.get("attack_hurts_standard") and std is not None:
-        clean = float(std["predictor_test_accuracy"])
-        pert = {k: float(v) for k, v in std["predictor_accuracy_step"].items()}
-        worst = pert[max(pert)]
-        ok = worst < clean
-        out.append(Row("standard NTK predictor: the one-step PGD perturbation lowers its test "
-                       "accuracy (the attack of Figs. 4/5 works)",
-                       f"clean {clean:.3f}; " + ", ".join(f"step {k:g}: {v:.3f}"
-                                                          for k, v in sorted(pert.items())),
-                       "agree" if ok else "disagree", "" if ok else "accuracy not lowered" + note))
-    if claim.get("report_predictor_accuracy", True):
-        for name, s in settings.items():
-            if name == "standard":
-                continue
-            pert = ", ".join(f"step {k:g}: {float(v):.3f}"
-                             for k, v in sorted(s["predictor_accuracy_step"].items()))
-            out.append(Row(f"{name.replace('lam_', 'λ=')}: f_ntk accuracy, clean and perturbed "
-                           "(recorded, no claim)",
-                           f"clean {float(s['predictor_test_accuracy']):.3f}; {pert}", "n/a",
-                           "no numeric claim to compare"))
-    return out

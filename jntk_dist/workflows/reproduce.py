@@ -12,11 +12,16 @@ Paper config format (``configs/paper/<name>.yaml``)::
     title: ...                 # one line
     figures: [Fig. 6]
     job: assumption8           # drift | assumption8 | eigenfeatures
-    claim: {text: ..., <rule keys of the job, see jntk_dist.report.verdicts>}
+    claim:                     # the paper's claim in its words, and the rules that check it
+      text: ...
+      rules:                   # one row per curve/setting each, see jntk_dist.report.verdicts
+        - {rule: jntk_onset, where: "§5.3, Fig. 6 (l.240)", quote: "…", onset: {gelu: 11}}
+        - {rule: rate, ours: true, text: "…", slope: -0.5}   # a claim of ours, marked so
     config: {...}              # the job's config, paper scale
     quick: {grid.widths: [16, 32], ...}   # overrides for --quick
     quick_points: 48           # eigenfeatures only: stratified random subset in --quick
     cluster: ...               # how the full run is meant to be run (free text)
+    not_run: ...               # what the report says while the experiment has no run
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import time
 import traceback
@@ -65,11 +71,17 @@ class PaperConfig(BaseModel):
     quick: dict[str, Any] = Field(default_factory=dict)
     quick_points: int | None = Field(default=None, ge=8)
     cluster: str = ""
+    not_run: str = ""  # what the report says while there is no run (e.g. the GPU command)
 
     def model_post_init(self, _: Any) -> None:
         if not isinstance(self.claim.get("text"), str):
             raise ValueError(f"paper config {self.name!r}: claim.text (the paper's claim, in words) "
                              "is required")
+        rules = self.claim.get("rules")
+        if not isinstance(rules, list) or not rules or not all(
+                isinstance(r, dict) and isinstance(r.get("rule"), str) for r in rules):
+            raise ValueError(f"paper config {self.name!r}: claim.rules must list the rules that "
+                             "check the claim, each a mapping with its 'rule' name")
         if self.quick_points is not None and self.job != "eigenfeatures":
             raise ValueError(f"paper config {self.name!r}: quick_points applies to eigenfeatures "
                              "jobs only (the others have max_points in their config)")
@@ -100,8 +112,13 @@ def paper_configs(directory: str | Path = PAPER_CONFIGS,
                   only: Sequence[str] | None = None) -> list[PaperConfig]:
     """All paper configs in ``directory`` (sorted by name), or those named in ``only``."""
     directory = Path(directory)
-    # the paper's order: main-text figures first (fig1, fig2, …), then the appendix ones
-    paths = sorted(directory.glob("*.yaml"), key=lambda p: (not p.stem.startswith("fig"), p.stem))
+    # the paper's order: main-text figures first (fig1, fig1_gpu, fig2, …), then the appendix
+    # ones (b7, b8, b9, b10, …: numbers compared as numbers)
+    def order(p: Path) -> tuple[bool, list[Any]]:
+        return (not p.stem.startswith("fig"),
+                [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.stem)])
+
+    paths = sorted(directory.glob("*.yaml"), key=order)
     names = [p.stem for p in paths]
     if only:
         unknown = [n for n in only if n not in names]

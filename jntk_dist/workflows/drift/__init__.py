@@ -29,9 +29,10 @@ or plain tasks), :mod:`.store` (the result store), :mod:`.plots` (slopes, figure
 
 from .config import DriftConfig
 from .job import CONFIG, DriftResult, describe, execute, run_drift
-from .plots import drift_figures, fit_slopes, plot_drift
-from .runs import RunData, RunSpec, execute_run, grid_runs, load_run_data
+from .plots import drift_figures, fit_slopes, loglog_slope, plot_drift
+from .runs import RunData, RunSpec, execute_run, grid_runs, load_run_data, run_device
 from .store import open_drift
 
 __all__ = ["CONFIG", "DriftConfig", "execute", "DriftResult", "RunData", "RunSpec", "describe",
-           "drift_figures", "execute_run", "fit_slopes", "grid_runs", "load_run_data", "open_drift", "plot_drift", "run_drift"]
+           "drift_figures", "execute_run", "fit_slopes", "grid_runs", "load_run_data",
+           "loglog_slope", "open_drift", "plot_drift", "run_device", "run_drift"]

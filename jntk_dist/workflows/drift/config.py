@@ -125,6 +125,11 @@ class DriftConfig(OutputJobConfig):
     monte_carlo: MonteCarloSpec = Field(default_factory=MonteCarloSpec)
     components: list[tuple[int, int]] = Field(default_factory=lambda: list(PAPER_COMPONENTS))
     dtype: Literal["float64", "float32"] = "float64"
+    # where each run's networks run: auto = CUDA when ray.use_gpu and a GPU is visible to the run
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # float32 matmuls on CUDA: highest = IEEE float32, high = TF32 tensor cores (about 8× the
+    # throughput on an H100, ~1e-3 relative rounding per product)
+    matmul_precision: Literal["highest", "high"] = "highest"
     output: StoreOutput  # a local path or an fsspec URL
     plots: StoreOutput | None = None  # default: <output stem>_plots next to the store
     checkpoints: OutputPath | None = None  # default: <output stem>_checkpoints next to a local

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,15 @@ import numpy as np
 
 from ...networks.training import component_label
 from ...store.locations import child_location, open_file
+
+
+def loglog_slope(widths: Any, values: Any) -> float:
+    """Least-squares slope of log2(values) against log2(widths) over the finite positive values
+    (NaN with fewer than two)."""
+    lw = np.log2(np.asarray(widths, dtype=float))
+    v = np.asarray(values, dtype=float)
+    ok = np.isfinite(v) & (v > 0)
+    return float(np.polyfit(lw[ok], np.log2(v[ok]), 1)[0]) if ok.sum() >= 2 else math.nan
 
 
 def fit_slopes(ds: Any) -> Any:
@@ -20,16 +30,13 @@ def fit_slopes(ds: Any) -> Any:
     import xarray as xr
 
     mean = ds["distance"].mean("seed")
-    lw = np.log2(ds["width"].values.astype(float))
+    widths = ds["width"].values
     out = np.full((ds.sizes["depth"], ds.sizes["step"], ds.sizes["component"]), np.nan)
     vals = mean.transpose("width", "depth", "step", "component").values
     for j in range(out.shape[0]):
         for t in range(out.shape[1]):
             for c in range(out.shape[2]):
-                v = vals[:, j, t, c]
-                ok = np.isfinite(v) & (v > 0)
-                if ok.sum() >= 2:
-                    out[j, t, c] = np.polyfit(lw[ok], np.log2(v[ok]), 1)[0]
+                out[j, t, c] = loglog_slope(widths, vals[:, j, t, c])
     return xr.DataArray(out, dims=("depth", "step", "component"),
                         coords={"depth": ds["depth"].values, "step": ds["step"].values})
 

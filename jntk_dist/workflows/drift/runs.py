@@ -12,12 +12,12 @@ import numpy as np
 import torch
 
 from ... import kernels
-from ...networks.finite import FiniteMLP, mc_jacobian_nngp
+from ...networks.finite import FiniteMLP, MonteCarloKernel, mc_distance, mc_jacobian_nngp
 from ...networks.training import RobustTrainer
 from ...solvers.checkpoint import Checkpointer
 from .config import DriftConfig
 
-__all__ = ["RunSpec", "RunData", "grid_runs", "load_run_data", "execute_run"]
+__all__ = ["RunSpec", "RunData", "grid_runs", "load_run_data", "execute_run", "run_device"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class RunData:
 
 def load_run_data(config: DriftConfig) -> RunData:
     """Load the dataset, split it and keep the first ``max_points`` training rows."""
-    from ...data import Dataset, train_test_split
+    from ...data import split_xy
 
     loaded = config.dataset.load()
     X, y = loaded.X, loaded.y
@@ -64,16 +64,25 @@ def load_run_data(config: DriftConfig) -> RunData:
                          f"of dataset {loaded.name!r}")
     x_test = y_test = None
     if config.test_fraction is not None:
-        ds = Dataset(X=X, y=y, labels=y.copy(), name=loaded.name,
-                     feature_names=tuple(f"x{i}" for i in range(X.shape[1])), report="",
-                     source_index=np.arange(X.shape[0]))
-        train, test = train_test_split(ds, config.test_fraction, seed=config.split_seed)
-        X, y, x_test, y_test = train.X, train.y, test.X, test.y
+        X, y, x_test, y_test = split_xy(X, y, config.test_fraction, config.split_seed)
     if config.max_points is not None:
         X, y = X[:config.max_points], y[:config.max_points]
     return RunData(np.ascontiguousarray(X), np.ascontiguousarray(y),
                    None if x_test is None else np.ascontiguousarray(x_test),
                    None if y_test is None else np.ascontiguousarray(y_test))
+
+
+def run_device(config: DriftConfig) -> torch.device:
+    """The device of a run's networks: ``device: cpu | cuda``, or ``auto`` = CUDA when the run
+    asked Ray for a GPU (``ray.use_gpu``) and one is visible, else the CPU. ``cuda`` without a
+    visible GPU is an error (not a silent CPU run)."""
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda, but torch sees no CUDA device on this worker")
+    use = config.device == "cuda" or (config.device == "auto" and config.ray.use_gpu
+                                      and torch.cuda.is_available())
+    if use:
+        torch.backends.cuda.matmul.allow_tf32 = config.matmul_precision == "high"
+    return torch.device("cuda" if use else "cpu")
 
 
 def execute_run(config: DriftConfig, spec: RunSpec, data: RunData,
@@ -88,7 +97,7 @@ def execute_run(config: DriftConfig, spec: RunSpec, data: RunData,
     if cpus is not None:
         torch.set_num_threads(max(1, int(cpus)))
     dtype = getattr(torch, config.dtype)
-    device = torch.device("cuda" if config.ray.use_gpu and torch.cuda.is_available() else "cpu")
+    device = run_device(config)
     state = checkpointer.load() if checkpointer is not None else None
     if state is not None and "result" in state:  # finished before; its driver never wrote it
         return state["result"]
@@ -96,16 +105,13 @@ def execute_run(config: DriftConfig, spec: RunSpec, data: RunData,
     attempts = 1 if state is None else int(state["attempts"]) + 1
     resumed_from = -1 if state is None else int(state["position"])
     x = torch.tensor(data.x, dtype=dtype, device=device)  # a copy: Ray hands out read-only arrays
-    n_steps = len(config.training.record_steps)
-    n_comp = len(config.components)
-
+    n_steps, n_comp = len(config.training.record_steps), len(config.components)
     if config.experiment == "nngp":
-        distance = _nngp_run(config, spec, x, state, checkpointer, attempts, started)
+        distance, floor = _nngp_run(config, spec, x, state, checkpointer, attempts, started)
         nan = [math.nan] * n_steps
-        result = {"distance": [distance], "drift": [[math.nan] * n_comp], "loss": nan,
-                  "train_accuracy": nan, "test_accuracy": nan, "attempts": attempts,
-                  "resumed_from_step": resumed_from, "started": started,
-                  "finished": time.time()}
+        result = {"distance": [distance], "mc_floor": [floor], "drift": [[math.nan] * n_comp],
+                  "loss": nan, "train_accuracy": nan, "test_accuracy": nan, "attempts": attempts,
+                  "resumed_from_step": resumed_from, "started": started, "finished": time.time()}
         if checkpointer is not None:
             checkpointer.save({"result": result}, {"run": spec.run_id, "done": True})
         return result
@@ -132,17 +138,19 @@ def execute_run(config: DriftConfig, spec: RunSpec, data: RunData,
 
     h = trainer.run(t.record_steps, on_record=on_record)
     result = {"distance": h.distance, "drift": h.drift, "loss": h.loss,
-              "train_accuracy": h.train_accuracy, "test_accuracy": h.test_accuracy,
-              "attempts": attempts, "resumed_from_step": resumed_from, "started": started,
-              "finished": time.time()}
+              "mc_floor": [[math.nan] * n_comp] * n_steps, "train_accuracy": h.train_accuracy,
+              "test_accuracy": h.test_accuracy, "attempts": attempts,
+              "resumed_from_step": resumed_from, "started": started, "finished": time.time()}
     if checkpointer is not None:
         checkpointer.save({"result": result}, {"run": spec.run_id, "done": True})
     return result
 
 
 def _nngp_run(config: DriftConfig, spec: RunSpec, x: torch.Tensor, state: dict[str, Any] | None,
-              checkpointer: Checkpointer | None, attempts: int, started: float) -> list[float]:
-    """Monte-Carlo Σ̂ over the run's ensemble (in checkpointed segments) → Δ per component."""
+              checkpointer: Checkpointer | None, attempts: int, started: float
+              ) -> tuple[list[float], list[float]]:
+    """Monte-Carlo Σ̂ over the run's ensemble (in checkpointed segments) → Δ per component and
+    its Monte-Carlo floor (:func:`jntk_dist.networks.finite.mc_distance`)."""
     mc = config.monte_carlo
     idx = sorted({i for c in config.components for i in c})
     sizes = [len(part) for part in np.array_split(np.arange(mc.n_networks), mc.segments)]
@@ -163,9 +171,9 @@ def _nngp_run(config: DriftConfig, spec: RunSpec, x: torch.Tensor, state: dict[s
                                "started": started},
                               {"run": spec.run_id, "step": k + 1, "attempts": attempts})
     assert sums is not None
-    mean = sums[0] / sums[2]
+    n = sums[2]
+    mean = sums[0] / n
+    var = (sums[1] / n - mean * mean) * n / (n - 1)
+    mc = MonteCarloKernel(mean=mean, stderr=torch.sqrt(var.clamp(min=0) / n), n_networks=n)
     sigma = kernels.jacobian_nngp(x, depth=spec.depth, activation=config.network.activation)
-    sigma = sigma[:, :, idx][:, :, :, idx]
-    pos = {c: k for k, c in enumerate(idx)}
-    diff = (mean - sigma).abs()
-    return [float(diff[:, :, pos[a], pos[b]].max()) for a, b in config.components]
+    return mc_distance(mc, sigma[:, :, idx][:, :, :, idx], config.components, idx)

@@ -16,7 +16,7 @@ from .config import DriftConfig
 from .runs import RunData, RunSpec
 
 RUN_FIELDS_STEP = ("loss", "train_accuracy", "test_accuracy")
-RUN_FIELDS_COMPONENT = ("distance", "drift")
+RUN_FIELDS_COMPONENT = ("distance", "drift", "mc_floor")  # mc_floor: Fig. 1 (NaN otherwise)
 
 
 def create_store(path: Path | str, config: DriftConfig, data: RunData) -> None:
@@ -54,6 +54,7 @@ def create_store(path: Path | str, config: DriftConfig, data: RunData) -> None:
         "components": [component_label(a, b) for a, b in config.components],
         "distance": "max_{i,j} |K_finite(x_i,x_j)_{ab} - K_analytic(x_i,x_j)_{ab}|",
         "drift": "max_{i,j} |Theta_{d,theta_t} - Theta_{d,theta_0}|_{ab}",
+        "mc_floor": "E max_{i,j} |se_ij Z_ij|, Z standard normal: Delta from Monte-Carlo error alone",
     })
 
 
@@ -74,6 +75,8 @@ def write_run(path: Path | str, spec: RunSpec, result: dict[str, Any],
     root = open_group(path, "r+", storage_options)
     i, j, k = spec.position
     for name in RUN_FIELDS_COMPONENT + RUN_FIELDS_STEP:
+        if name not in root:  # a store written before the field existed (mc_floor)
+            continue
         values = np.asarray(result[name], dtype=np.float64)
         expected = root[name].shape[3:]
         if values.shape != expected:
@@ -87,8 +90,39 @@ def write_run(path: Path | str, spec: RunSpec, result: dict[str, Any],
 
 def open_drift(path: str | Path, storage_options: dict[str, Any] | None = None) -> Any:
     """The result store (a local path or an fsspec URL, ``storage_options`` for fsspec) as an
-    ``xarray.Dataset`` (dims width, depth, seed, step, component)."""
+    ``xarray.Dataset`` (dims width, depth, seed, step, component). A local ``.json`` file is
+    read as the grid of ``benchmarks/run_fig1_fig3_gpu.py`` (the same arrays)."""
     import xarray as xr
 
+    if str(path).endswith(".json"):
+        return _open_json(Path(path))
     ds = xr.open_zarr(zarr_target(path, storage_options, read_only=True), consolidated=False)
     return ds.set_coords([c for c in ("alpha", "beta") if c in ds.variables])
+
+
+def _open_json(path: Path) -> Any:
+    """The JSON grid of ``benchmarks/run_fig1_fig3_gpu.py`` as the Dataset :func:`open_drift`
+    gives for a Zarr store (every run of it complete)."""
+    import json
+
+    import xarray as xr
+
+    data = json.loads(path.read_text())
+    if data.get("kind") != "jntk_dist.drift.json":
+        raise ValueError(f"{path} is not a drift grid written by run_fig1_fig3_gpu.py")
+    dims = ["width", "depth", "seed", "step", "component"]
+    shape = tuple(len(data[d]) for d in dims[:4])
+
+    def arr(name: str) -> Any:
+        return np.array(data[name], dtype=np.float64)
+
+    ds = xr.Dataset(
+        {**{f: (dims, arr(f)) for f in RUN_FIELDS_COMPONENT},
+         **{f: (dims[:4], arr(f)) for f in RUN_FIELDS_STEP},
+         "complete": (dims[:3], np.ones(shape[:3], dtype=np.int64)),
+         "run_seconds": (dims[:3], arr("run_seconds"))},
+        coords={**{d: np.asarray(data[d], dtype=np.int64) for d in dims[:4]},
+                "alpha": ("component", np.asarray(data["alpha"], dtype=np.int64)),
+                "beta": ("component", np.asarray(data["beta"], dtype=np.int64))},
+        attrs={k: data[k] for k in ("kind", "experiment", "n_points", "d0")})
+    return ds
