@@ -216,3 +216,16 @@ def test_ray_train_grid_concurrent_zarr_and_killed_worker_resumes(tmp_path: Path
     other = small_config(tmp_path, **{"network.kappa": 0.2})
     with pytest.raises(ValueError, match="network.kappa"):
         run_drift(other)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_runs_on_an_embedded_ray_without_a_gpu_are_refused(tmp_path: Path) -> None:
+    """Ray would queue GPU runs forever on a CPU-only local Ray: the job says so instead."""
+    cfg = small_config(tmp_path, **{"ray.use_gpu": True})
+    with pytest.raises(ValueError, match="has no GPU.*ray.use_gpu=false"):
+        run_drift(cfg)
+    complete = open_drift(cfg.output)["complete"]
+    assert not bool(complete.any())  # the store exists, empty and resumable on a CPU run
+    done = run_drift(cfg.model_copy(update={"ray": cfg.ray.model_copy(update={
+        "use_gpu": False, "backend": "tasks"})}))
+    assert sorted(done.runs_computed) == ["w16_d1_s0", "w16_d1_s1", "w32_d1_s0", "w32_d1_s1"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,21 @@ class DriftResult:
     plots: list[Path | str] = field(default_factory=list)
     slopes: dict[str, float] = field(default_factory=dict)
     storage_options: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_gpu_request(config: DriftConfig) -> None:
+    """Refuse ``ray.use_gpu`` on an embedded Ray without a GPU (its runs would wait forever);
+    on a cluster, say that the runs wait for GPU nodes (an autoscaler may add them)."""
+    import ray
+
+    if not config.ray.use_gpu or ray.cluster_resources().get("GPU", 0) > 0:
+        return
+    if config.ray.address is None and not os.environ.get("RAY_ADDRESS"):
+        raise ValueError("ray.use_gpu is true, but this machine's Ray has no GPU, so the runs "
+                         "would wait for one forever; on CPUs: --set ray.use_gpu=false --set "
+                         "ray.backend=tasks, or submit to a GPU cluster (ray job submit)")
+    log.warning("ray.use_gpu is true and the cluster has no GPU now: the runs wait until GPU "
+                "nodes join (an autoscaler's GPU group) — stop with Ctrl-C if none will")
 
 
 def _max_concurrent(config: DriftConfig, n_runs: int) -> int:
@@ -102,6 +118,7 @@ def _dispatch(config: DriftConfig, todo: list[RunSpec], data: RunData, storage: 
 
     config_dict = config.to_dict()
     data_dict = {"x": data.x, "y": data.y, "x_test": data.x_test, "y_test": data.y_test}
+    _check_gpu_request(config)
     data_ref = ray.put(data_dict)
     limit = _max_concurrent(config, len(todo))
     backend = config.ray.backend
