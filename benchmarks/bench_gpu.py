@@ -10,7 +10,7 @@ says so):
   2. the dense JNTK Gram (N = 4096, d0 = 11, L = 11; eager and compiled) as a fraction of it;
   3. the matrix-free product at N = 8192 / 20 000 / 60 000, d0 = 784 (fields recomputed per row
      tile; the compiled recursion; float64);
-  4. PCG to 1e-6 at N = 20 000 (preconditioner ``--precond``, default the PCA coarse space),
+  4. PCG to 1e-6 at N = 20 000 (preconditioner ``--precond``, default auto: the PCA coarse space where it fits),
      iterations, set-up, wall time, true residual;
   5. the full N = 60 000 solve (47.1M unknowns), when the remaining budget allows.
 Inputs are MNIST images when ``--mnist`` names a folder with the IDX files, else synthetic
@@ -194,8 +194,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    "(the solve job's ridge: auto)")
     p.add_argument("--tol", type=float, default=1e-6)
     p.add_argument("--maxiter", type=int, default=2000)
-    p.add_argument("--precond", default="pca", help="pca (its PCA rank fitted to the free "
-                   "memory; k = 0 at N = 20 000 on 80 GB), two_level, kron or nystrom")
+    p.add_argument("--precond", default="auto", help="auto (pca where it fits the free memory: "
+                   "k = 0 at N = 20 000 on 80 GB; nystrom at N = 60 000), pca, two_level, kron, "
+                   "nystrom")
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run on any device)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default=None, help="JSON file for the results")

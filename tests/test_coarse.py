@@ -101,3 +101,18 @@ def test_ridge_auto_is_a_hundredth_of_the_mean_diagonal(digits, tmp_path):
         update={"enabled": True, "preconditioner": "pca", "tol": 1e-8})}), progress=False)
     assert s["ridge"] == pytest.approx(mu) and s["config"]["ridge"] == "auto"
     assert s["pcg_converged"]
+
+
+def test_auto_preconditioner_is_pca_where_it_fits_else_nystrom(digits):
+    from jntk_dist.solvers.coarse import coarse_budget
+    from jntk_dist.solvers.preconditioners import auto_preconditioner
+
+    cpu = torch.device("cpu")
+    assert auto_preconditioner(60, cpu) == "pca"
+    huge = 10 ** 6  # its 8 N² fields alone are 64 TB
+    assert coarse_budget(cpu, huge) == 0 and auto_preconditioner(huge, cpu) == "nystrom"
+    X, y = digits
+    op = structured_operator(X[:40], **KW)
+    res = structured_solve(op, y[:40], ridge=MU, tol=1e-8, preconditioner="auto",
+                           progress=False)
+    assert res.preconditioner == "pca" and res.converged

@@ -55,16 +55,34 @@ def choose_pca_rank(X: Tensor, energy: float = 0.85, k_max: int = 16) -> int:
     return int(min(k_max, int((share < energy).sum()) + 1))
 
 
-def coarse_budget(device: torch.device, n: int, fraction: float = 0.8) -> int:
-    """The largest coarse dimension N(k+2) whose set-up fits beside the 8 N×N field matrices
-    and the Kronecker factor: its float64 matrix and inverse (2·(N(k+2))²·8 bytes) in
-    ``fraction`` of what is left of the free GPU memory, or of the available RAM."""
+def coarse_budget(device: torch.device, n: int, reserve_bytes: float = 0.0,
+                  fraction: float = 0.8) -> int:
+    """The largest coarse dimension N(k+2) whose set-up fits: beside the 12 N×N matrices of the
+    set-up (the 8 fields, Γ, Ω, λK_b + μI and its factor) and ``reserve_bytes`` (the product's
+    row tiles), the float64 coarse matrix and its factor or inverse (2·(N(k+2))²·8 bytes) in
+    ``fraction`` of the free GPU memory (after emptying PyTorch's cache), or of the free RAM."""
     if device.type == "cuda":
+        torch.cuda.empty_cache()
         free = torch.cuda.mem_get_info(device)[0]
     else:
         free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    left = free - 9 * n * n * 8
+    left = free - 12 * n * n * 8 - reserve_bytes
     return int(math.sqrt(fraction * left / 16)) if left > 0 else 0
+
+
+def tile_reserve(op: object) -> float:
+    """Bytes to keep free for a product's row tiles beside a preconditioner: the operator's
+    tile budget, at most 4 GiB (:func:`PcaCoarsePreconditioner` shrinks larger ones after)."""
+    return min(float(getattr(op, "memory_mb", 0.0)), 4096.0) * 2**20
+
+
+def _fit_tiles_to_what_is_left(op: object) -> None:
+    """On a GPU, shrink the operator's row-tile budget to half of the memory the set-up left
+    (``memory_mb: auto`` took half of what was free before it)."""
+    x = getattr(op, "x1", None)
+    if x is not None and x.device.type == "cuda" and hasattr(op, "memory_mb"):
+        torch.cuda.empty_cache()
+        op.memory_mb = min(op.memory_mb, 0.5 * torch.cuda.mem_get_info(x.device)[0] / 2**20)
 
 
 class PcaCoarsePreconditioner(Preconditioner):
@@ -85,7 +103,7 @@ class PcaCoarsePreconditioner(Preconditioner):
         self.mu, self.lam = float(ridge), (1.0 if op.lam is None else float(op.lam))
         self.rl = math.sqrt(self.lam)
         self.k = int(min(choose_pca_rank(X, energy) if k is None else k, self.d0))
-        budget = coarse_budget(X.device, self.n)
+        budget = coarse_budget(X.device, self.n, tile_reserve(op))
         if k is None:
             self.k = max(0, min(self.k, budget // self.n - 2))
         if self.n * (self.k + 2) > budget:
@@ -103,20 +121,22 @@ class PcaCoarsePreconditioner(Preconditioner):
         self.F = op.field_matrices(list(FIELD_NAMES))
         self.Gam, self.Om = self.Qr @ X.T, self.Qr @ self.Qr.T
         self.RQ = torch.cat([R, self.Qr], 0).contiguous()
-        self.Cinv = self._inverse(self._coarse_matrix(tile), "the coarse matrix Tᵀ(A+μI)T")
-        eye = torch.eye(self.n, dtype=X.dtype, device=X.device)
-        Lb, info = torch.linalg.cholesky_ex(self.lam * self.F["k_b"] + self.mu * eye)
-        if int(info) != 0:
-            raise ValueError("λK_b + μI is not positive definite: use a ridge μ > 0")
-        self.Lb = Lb.to(factor_dtype)
-        self.Cinv = self.Cinv.to(factor_dtype)
+        L = self._factor(self._coarse_matrix(tile), "the coarse matrix Tᵀ(A+μI)T")
+        self.Cinv = torch.cholesky_inverse(L).to(factor_dtype)  # one product per coarse solve
+        del L
+        kb = self.lam * self.F["k_b"]
+        kb.diagonal().add_(self.mu)
+        self.Lb = self._factor(kb, "λK_b + μI").to(factor_dtype)
+        del kb
+        _fit_tiles_to_what_is_left(op)
 
     @staticmethod
-    def _inverse(C: Tensor, what: str) -> Tensor:
-        L, info = torch.linalg.cholesky_ex(C)
+    def _factor(A: Tensor, what: str) -> Tensor:
+        """The Cholesky factor of A (its lower triangle is read), or a message naming it."""
+        L, info = torch.linalg.cholesky_ex(A)
         if int(info) != 0:
             raise ValueError(f"{what} is not positive definite: use a ridge μ > 0")
-        return torch.cholesky_inverse(L)  # one matrix-vector product per coarse solve
+        return L
 
     # ---- set-up ------------------------------------------------------------------------------
     def _coarse_matrix(self, tile: int) -> Tensor:
@@ -128,8 +148,7 @@ class PcaCoarsePreconditioner(Preconditioner):
             rows = slice(s, min(s + tile, n))
             self._coarse_rows(C, rows, d)
         C = C.reshape(n * p, n * p)
-        C = 0.5 * (C + C.T)
-        C.diagonal().add_(self.mu)
+        C.diagonal().add_(self.mu)  # symmetric by the formula; the Cholesky reads one triangle
         dead = (~self.mask).nonzero().flatten() * p + (k + 1)  # x_i ∈ span V: no q-coordinate
         if dead.numel():
             C[dead, :] = 0.0

@@ -33,9 +33,10 @@ Tensor = torch.Tensor
 
 __all__ = ["PRECONDITIONERS", "Preconditioner", "IdentityPreconditioner",
            "BlockJacobiPreconditioner", "KroneckerPreconditioner", "TwoLevelPreconditioner",
-           "NystromPreconditioner", "pivoted_cholesky", "make_preconditioner"]
+           "NystromPreconditioner", "pivoted_cholesky", "make_preconditioner",
+           "auto_preconditioner"]
 
-PRECONDITIONERS = ("none", "jacobi", "kron", "two_level", "nystrom", "pca")
+PRECONDITIONERS = ("none", "jacobi", "kron", "two_level", "nystrom", "pca", "auto")
 
 
 # ---- preconditioners --------------------------------------------------------------------
@@ -282,15 +283,30 @@ class NystromPreconditioner(TwoLevelPreconditioner):
         self.ranks = (Lq.shape[1], self.fjac[1][0].shape[1] if self.fjac[0] == "lowrank" else 0)
 
 
+def auto_preconditioner(n: int, device: torch.device, reserve_bytes: float = 0.0) -> str:
+    """'pca' where its smallest coarse space (2n, k = 0) and the fields fit the device's free
+    memory beside ``reserve_bytes`` (:func:`.coarse.coarse_budget`), else 'nystrom' (3n·r
+    numbers; no N² factor)."""
+    from .coarse import coarse_budget
+
+    choice = "pca" if 2 * n <= coarse_budget(device, n, reserve_bytes) else "nystrom"
+    log.info("preconditioner: auto → %s (N = %d on %s)", choice, n, device)
+    return choice
+
+
 def make_preconditioner(op: StructuredParts, kind: str | Preconditioner | None = "kron",
                         ridge: float = 0.0) -> Preconditioner:
     """A preconditioner for (op + ridge·I) by name: 'none', 'jacobi', 'kron', 'two_level',
     'nystrom' (low-rank + diagonal, rank from a 256 MB budget; build
     :class:`NystromPreconditioner` yourself for another rank or budget) or 'pca' (the PCA
-    coarse space of :mod:`.coarse`, for real images)."""
+    coarse space of :mod:`.coarse`, for real images) or 'auto' (:func:`auto_preconditioner`)."""
     if isinstance(kind, Preconditioner):
         return kind
     kind = "none" if kind is None else kind
+    if kind == "auto":
+        from .coarse import tile_reserve
+
+        kind = auto_preconditioner(op.n1, op.x1.device, tile_reserve(op))
     if kind == "none":
         return IdentityPreconditioner()
     if kind == "jacobi":

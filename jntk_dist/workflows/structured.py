@@ -24,7 +24,7 @@ __all__ = ["StructuredSpec", "structured_off", "StoreFieldsView", "structured_tr
 
 log = logging.getLogger(__name__)
 
-PreconditionerName = Literal["none", "jacobi", "kron", "two_level", "nystrom", "pca"]
+PreconditionerName = Literal["none", "jacobi", "kron", "two_level", "nystrom", "pca", "auto"]
 
 
 class StructuredSpec(BaseModel):
