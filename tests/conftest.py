@@ -123,3 +123,15 @@ def s3_server() -> Iterator[dict[str, Any]]:
                  ).create_bucket(Bucket="jntk")
     yield options
     server.stop()
+
+
+def kill_processes(procs: list[Any]) -> None:
+    """SIGKILL each psutil process (those already gone are skipped) and wait for them."""
+    import psutil
+
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)

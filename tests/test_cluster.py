@@ -37,6 +37,7 @@ import psutil
 import pytest
 import yaml
 
+from conftest import kill_processes
 from jntk_dist.workflows.config import ConfigError, JobConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -228,12 +229,7 @@ def _stop_head(head: Head) -> list[int]:
     head.proc.wait(timeout=30)
     strays = [p for p in psutil.process_iter() if p.pid != os.getpid()
               and _ours(p, head.temp_dir, head.token)]
-    for p in strays:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(strays, timeout=10)
+    kill_processes(strays)
     return [p.pid for p in alive + strays]
 
 

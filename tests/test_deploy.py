@@ -40,6 +40,7 @@ import pytest
 import ray
 import yaml
 
+from conftest import kill_processes
 from jntk_dist.workflows.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -650,12 +651,7 @@ def test_the_shipped_ray_environment_turns_the_metrics_exporter_off(tmp_path: Pa
                     strays.append(p)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 pass
-        for p in strays:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(strays, timeout=10)
+        kill_processes(strays)
         import shutil
 
         shutil.rmtree(temp_dir, ignore_errors=True)
