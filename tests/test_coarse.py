@@ -53,7 +53,7 @@ def test_coarse_matrix_is_the_galerkin_projection(digits):
     P = PcaCoarsePreconditioner(op, ridge=MU, k=3, factor_dtype=torch.float64)
     G, _ = _dense_system(X, np.zeros(12))
     T = _basis(P)
-    np.testing.assert_allclose(P._coarse_matrix(5).numpy(), T.T @ G @ T, rtol=1e-10,
+    np.testing.assert_allclose(P._coarse_matrix().numpy(), T.T @ G @ T, rtol=1e-10,
                                atol=1e-12 * np.abs(G).max())
 
 
@@ -116,3 +116,23 @@ def test_auto_preconditioner_is_pca_where_it_fits_else_nystrom(digits):
     res = structured_solve(op, y[:40], ridge=MU, tol=1e-8, preconditioner="auto",
                            progress=False)
     assert res.preconditioner == "pca" and res.converged
+
+
+def test_streamed_fields_give_the_held_preconditioner(digits):
+    """hold_fields=False recomputes the fields by row tiles (what N = 60 000 needs): the same
+    coarse matrix, the same application, the same PCG iterations as holding them."""
+    X, y = digits
+    op = structured_operator(X[:30], mode="recompute", memory_mb=0.05, **KW)  # many row tiles
+    held = PcaCoarsePreconditioner(op, ridge=MU, k=3, hold_fields=True)
+    streamed = PcaCoarsePreconditioner(op, ridge=MU, k=3, hold_fields=False,
+                                       factor_dtype=torch.float64)
+    assert held.F is not None and streamed.F is None and len(streamed._row_tiles(1e5)) > 1
+    assert PcaCoarsePreconditioner(op, ridge=MU, k=3, hold_fields=False).Lb.dtype == torch.float32
+    np.testing.assert_allclose(streamed._coarse_matrix().numpy(), held._coarse_matrix().numpy(),
+                               rtol=1e-13, atol=1e-13)
+    R = torch.randn(op.shape[0], 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    np.testing.assert_allclose(streamed.apply(R).numpy(), held.apply(R).numpy(), rtol=1e-10,
+                               atol=1e-12 * float(held.apply(R).abs().max()))
+    runs = [structured_solve(op, y[:30], ridge=MU, tol=1e-9, preconditioner=P, progress=False)
+            for P in (held, streamed)]
+    assert runs[0].converged and runs[0].iterations == runs[1].iterations

@@ -187,6 +187,11 @@ class StructuredKernel(OperatorBase):
             "rank1": lam * (2 * D["k_ab"] + 4 * D["k_ac"] + D["k_bb"] + 2 * D["k_bc"]),
         }
 
+    def field_rows(self, rows: slice) -> Tensor:
+        """The 8 fields of ``rows`` × all columns, (8, r, n2) in FIELD_NAMES order (held:
+        a view; recomputed or remote: computed now)."""
+        return self.source.tile(rows)
+
     def field_matrices(self, names: Sequence[str]) -> dict[str, Tensor]:
         """Full n1×n2 matrices of the named fields, assembled tile by tile."""
         idx = [FIELD_INDEX[n] for n in names]

@@ -20,10 +20,12 @@ d_j = E_jᵀx_j = (z_j, ρ_j), γ_ij = ⟨q_i, x_j⟩, ω_ij = ⟨q_i, q_j⟩:
 Application (A-DEF2 form, one coarse solve): z_R = P_R (λK_b + μI)⁻¹ P_R r_J on the complement
 of T (exact where x ∈ span V: there A = λK_b ⊗ I), z_V = C⁻¹(Tᵀr − Tᵀ A z_R), z = T z_V + z_R.
 PCG starts from x₀ = T C⁻¹ Tᵀ b (:meth:`PcaCoarsePreconditioner.coarse_start`), so Tᵀ r_k = 0
-and the iterates equal the symmetric balancing ones. Set-up: the 8 N² fields, an O((N(k+2))³)
-dense factor, kept in float64 (float32 storage halves the memory and costs 4 % more iterations
-on digits at μ = 0.01·mean diag, but stalls PCG at μ = 1e-3 on smooth synthetic images —
-the A-DEF2 form needs an exact coarse solve): up to N ≈ 10⁴.
+and the iterates equal the symmetric balancing ones. Set-up: the 8 N² fields (held, or
+recomputed by row tiles when they do not fit: every term of C's rows and of Tᵀ A [0; W] sums over
+j within a row i), the Kronecker factor (float32 storage is safe: 974 against 960 iterations on
+synthetic images, N = 256, μ = 1e-3) and the dense coarse factor, O((N(k+2))³), factored in place
+and kept in float64 — a float32 coarse factor stalled PCG there (not converged in 1500): the
+A-DEF2 form needs an exact coarse solve.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from ..kernels import FIELD_NAMES
 from ..operators.base import StructuredParts
 from .preconditioners import Preconditioner
 
-__all__ = ["PcaCoarsePreconditioner", "pca_basis", "choose_pca_rank", "coarse_budget"]
+__all__ = ["PcaCoarsePreconditioner", "pca_basis", "choose_pca_rank", "coarse_budget",
+           "tile_reserve"]
 
 Tensor = torch.Tensor
 
@@ -56,18 +59,19 @@ def choose_pca_rank(X: Tensor, energy: float = 0.85, k_max: int = 16) -> int:
 
 
 def coarse_budget(device: torch.device, n: int, reserve_bytes: float = 0.0,
-                  fraction: float = 0.8) -> int:
-    """The largest coarse dimension N(k+2) whose set-up fits: beside the 12 N×N matrices of the
-    set-up (the 8 fields, Γ, Ω, λK_b + μI and its factor) and ``reserve_bytes`` (the product's
-    row tiles), the float64 coarse matrix and its factor or inverse (2·(N(k+2))²·8 bytes) in
-    ``fraction`` of the free GPU memory (after emptying PyTorch's cache), or of the free RAM."""
+                  held: float = 9.0, fraction: float = 0.9) -> int:
+    """The largest coarse dimension N(k+2) whose set-up fits: the float64 coarse matrix (factored
+    in place, (N(k+2))²·8 bytes) in ``fraction`` of the free GPU memory (after emptying
+    PyTorch's cache) or of the free RAM, beside ``held`` float64 N×N matrices (9 with the fields
+    held: the 8 fields and the Kronecker factor; 0.5 when they are streamed and the Kronecker
+    factor is float32) and ``reserve_bytes`` (the product's row tiles)."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
         free = torch.cuda.mem_get_info(device)[0]
     else:
         free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    left = free - 12 * n * n * 8 - reserve_bytes
-    return int(math.sqrt(fraction * left / 16)) if left > 0 else 0
+    left = fraction * (free - reserve_bytes) - held * n * n * 8
+    return int(math.sqrt(left / 8)) if left > 0 else 0
 
 
 def tile_reserve(op: object) -> float:
@@ -85,67 +89,106 @@ def _fit_tiles_to_what_is_left(op: object) -> None:
         op.memory_mb = min(op.memory_mb, 0.5 * torch.cuda.mem_get_info(x.device)[0] / 2**20)
 
 
+def _factor_in_place(A: Tensor, what: str) -> Tensor:
+    """A overwritten by its lower Cholesky factor (its lower triangle is read), or a message."""
+    info = torch.empty((), dtype=torch.int32, device=A.device)
+    torch.linalg.cholesky_ex(A, out=(A, info))
+    if int(info) != 0:
+        raise ValueError(f"{what} is not positive definite: use a ridge μ > 0")
+    return A
+
+
 class PcaCoarsePreconditioner(Preconditioner):
     """Approximates (Θ_λ + μI)⁻¹ by an exact solve on a per-point PCA coarse space and the
     Kronecker factor on its complement (module docstring). ``k``: principal directions in the
     coarse space (None: :func:`choose_pca_rank`, lowered to fit :func:`coarse_budget`; the
-    coarse dimension N(k+2) must fit even at k = 0); ``factor_dtype``: storage of the factors."""
+    coarse dimension N(k+2) must fit even at k = 0); ``hold_fields``: keep the 8 N×N fields
+    (None: when they fit; else they are recomputed by row tiles in the set-up and in every
+    application, which then costs about one more product); ``factor_dtype``: storage of the
+    Kronecker factor (None: float64 with the fields held, float32 when they are streamed; a
+    smoother, it tolerates float32); the coarse factor stays in the operator's precision (the
+    A-DEF2 form needs an exact coarse solve: a float32 one stalled PCG)."""
 
     name = "pca"
 
     def __init__(self, op: StructuredParts, ridge: float = 0.0, k: int | None = None,
-                 energy: float = 0.85, tile: int = 128,
-                 factor_dtype: torch.dtype = torch.float64) -> None:
+                 energy: float = 0.85, tile: int = 128, hold_fields: bool | None = None,
+                 factor_dtype: torch.dtype | None = None) -> None:
         if not op.is_square:
             raise ValueError("the PCA coarse preconditioner needs the square X–X operator")
-        X = op.x1
-        self.n, self.d0 = X.shape
+        X = self.X = op.x1
+        self.op, self.n, self.d0, self.tile = op, X.shape[0], X.shape[1], tile
         self.mu, self.lam = float(ridge), (1.0 if op.lam is None else float(op.lam))
         self.rl = math.sqrt(self.lam)
-        self.k = int(min(choose_pca_rank(X, energy) if k is None else k, self.d0))
-        budget = coarse_budget(X.device, self.n, tile_reserve(op))
-        if k is None:
-            self.k = max(0, min(self.k, budget // self.n - 2))
-        if self.n * (self.k + 2) > budget:
-            raise ValueError(f"the coarse space of the pca preconditioner, N(k+2) = "
-                             f"{self.n * (self.k + 2)}, does not fit this device's memory "
-                             f"(≤ {budget}); use preconditioner: nystrom or kron at this N")
+        self.k = self._fit_rank(op, choose_pca_rank(X, energy) if k is None else k, k is None,
+                                hold_fields, factor_dtype)
         self.V, _ = pca_basis(X, self.k)
         self.Z = X @ self.V
-        R = X - self.Z @ self.V.T  # each x_i outside span V
-        rho = torch.linalg.vector_norm(R, dim=1)
+        self.R = X - self.Z @ self.V.T  # each x_i outside span V
+        rho = torch.linalg.vector_norm(self.R, dim=1)
         self.mask = rho > 1e-7 * torch.linalg.vector_norm(X, dim=1)
         self.rho = torch.where(self.mask, rho, torch.zeros_like(rho))
-        self.Qr = torch.where(self.mask[:, None], R / rho.clamp_min(1e-300)[:, None],
-                              torch.zeros_like(R))
-        self.F = op.field_matrices(list(FIELD_NAMES))
-        self.Gam, self.Om = self.Qr @ X.T, self.Qr @ self.Qr.T
-        self.RQ = torch.cat([R, self.Qr], 0).contiguous()
-        L = self._factor(self._coarse_matrix(tile), "the coarse matrix Tᵀ(A+μI)T")
-        self.Cinv = torch.cholesky_inverse(L).to(factor_dtype)  # one product per coarse solve
-        del L
-        kb = self.lam * self.F["k_b"]
-        kb.diagonal().add_(self.mu)
-        self.Lb = self._factor(kb, "λK_b + μI").to(factor_dtype)
+        self.Qr = torch.where(self.mask[:, None], self.R / rho.clamp_min(1e-300)[:, None],
+                              torch.zeros_like(self.R))
+        self.F = op.field_matrices(list(FIELD_NAMES)) if self.hold_fields else None
+        kb = self._field_matrix("k_b").mul_(self.lam)  # the Kronecker factor first: its
+        kb.diagonal().add_(self.mu)  # float64 build is freed before C is made
+        self.Lb = _factor_in_place(kb, "λK_b + μI").to(self.factor_dtype)
         del kb
+        self.Lc = _factor_in_place(self._coarse_matrix(), "the coarse matrix Tᵀ(A+μI)T")
         _fit_tiles_to_what_is_left(op)
 
-    @staticmethod
-    def _factor(A: Tensor, what: str) -> Tensor:
-        """The Cholesky factor of A (its lower triangle is read), or a message naming it."""
-        L, info = torch.linalg.cholesky_ex(A)
-        if int(info) != 0:
-            raise ValueError(f"{what} is not positive definite: use a ridge μ > 0")
-        return L
+    def _fit_rank(self, op: StructuredParts, k: int, lower: bool, hold: bool | None,
+                  factor_dtype: torch.dtype | None) -> int:
+        """k capped at d0 and, when ``lower``, lowered until N(k+2) fits the memory; decides
+        ``hold_fields`` and the Kronecker factor's dtype; refuses a coarse space that does not
+        fit."""
+        device, n, reserve = op.x1.device, self.n, tile_reserve(op)
+        if hold is None:
+            hold = 2 * n <= coarse_budget(device, n, reserve, held=9.0)
+        self.hold_fields = bool(hold)
+        self.factor_dtype = factor_dtype or (torch.float64 if hold else torch.float32)
+        kron = 1.0 if self.factor_dtype == torch.float64 else 0.5
+        budget = coarse_budget(device, n, reserve, held=(8.0 if hold else 0.0) + kron)
+        k = int(min(k, self.d0))
+        if lower:
+            k = max(0, min(k, budget // n - 2))
+        if n * (k + 2) > budget:
+            raise ValueError(f"the coarse space of the pca preconditioner, N(k+2) = "
+                             f"{n * (k + 2)}, does not fit this device's memory (≤ {budget}); "
+                             f"use preconditioner: nystrom or kron at this N")
+        return k
+
+    # ---- fields by row tiles (held, or recomputed) ---------------------------------------------
+    def _row_tiles(self, per_row_bytes: float) -> list[slice]:
+        budget = min(float(getattr(self.op, "memory_mb", 512.0)), 4096.0) * 2**20
+        step = max(1, min(self.n, int(budget // max(per_row_bytes, 1.0))))
+        return [slice(s, min(s + step, self.n)) for s in range(0, self.n, step)]
+
+    def _fields_of(self, rows: slice) -> dict[str, Tensor]:
+        """The 8 fields of rows × all points: slices of the held ones, or recomputed."""
+        if self.F is not None:
+            return {name: self.F[name][rows] for name in FIELD_NAMES}
+        F = self.op.field_rows(rows)
+        return {name: F[i] for i, name in enumerate(FIELD_NAMES)}
+
+    def _field_matrix(self, name: str) -> Tensor:
+        """A fresh N×N copy of one field."""
+        if self.F is not None:
+            return self.F[name].clone()
+        out = torch.empty((self.n, self.n), dtype=self.X.dtype, device=self.X.device)
+        for rows in self._row_tiles(10 * self.n * 8):
+            out[rows] = self._fields_of(rows)[name]
+        return out
 
     # ---- set-up ------------------------------------------------------------------------------
-    def _coarse_matrix(self, tile: int) -> Tensor:
+    def _coarse_matrix(self) -> Tensor:
         n, k, p = self.n, self.k, self.k + 2
         Z = self.Z
         C = torch.empty((n, p, n, p), dtype=Z.dtype, device=Z.device)
         d = torch.cat([Z, self.rho[:, None]], 1)  # d_j = E_jᵀx_j
-        for s in range(0, n, tile):
-            rows = slice(s, min(s + tile, n))
+        for s in range(0, n, self.tile):
+            rows = slice(s, min(s + self.tile, n))
             self._coarse_rows(C, rows, d)
         C = C.reshape(n * p, n * p)
         C.diagonal().add_(self.mu)  # symmetric by the formula; the Cholesky reads one triangle
@@ -160,10 +203,11 @@ class PcaCoarsePreconditioner(Preconditioner):
         """Rows ``rows`` (points) of C from the fields, by the block formula above."""
         n, k, rl, Z = self.n, self.k, self.rl, self.Z
         t = rows.stop - rows.start
-        f = {name: self.F[name][rows] for name in FIELD_NAMES}
+        f = self._fields_of(rows)
         a = d[rows]
-        b = torch.cat([Z[None, :, :].expand(t, n, k), self.Gam[rows][:, :, None]], 2)
-        c = torch.cat([Z[rows][:, None, :].expand(t, n, k), self.Gam[:, rows].T[:, :, None]], 2)
+        gam_rows, gam_cols = self.Qr[rows] @ self.X.T, self.X[rows] @ self.Qr.T  # γ_ij, γ_ji
+        b = torch.cat([Z[None, :, :].expand(t, n, k), gam_rows[:, :, None]], 2)
+        c = torch.cat([Z[rows][:, None, :].expand(t, n, k), gam_cols[:, :, None]], 2)
         C[rows, 0, :, 0] = f["k"]
         C[rows, 0, :, 1:] = rl * (f["k_b"][:, :, None] * c + 2 * f["k_c"][:, :, None] * d[None])
         C[rows, 1:, :, 0] = (rl * (2 * f["k_a"][:, :, None] * a[:, None, :]
@@ -174,7 +218,7 @@ class PcaCoarsePreconditioner(Preconditioner):
              + 2 * f["k_bc"][:, :, None, None] * b[:, :, :, None] * d[None, :, None, :])
         idx = torch.arange(k, device=Z.device)
         J[:, :, idx, idx] += f["k_b"][:, :, None]
-        J[:, :, k, k] += f["k_b"] * self.Om[rows]
+        J[:, :, k, k] += f["k_b"] * (self.Qr[rows] @ self.Qr.T)  # ω_ij
         C[rows, 1:, :, 1:] = (self.lam * J).permute(0, 2, 1, 3)
 
     # ---- the pieces of an application ----------------------------------------------------------
@@ -190,9 +234,11 @@ class PcaCoarsePreconditioner(Preconditioner):
         return W - self.Qr[:, :, None] * torch.einsum("ndm,nd->nm", W, self.Qr)[:, None, :]
 
     def _coarse_solve(self, b: Tensor) -> Tensor:
+        """C⁻¹ b by two triangular solves with the in-place factor (as fast as a product with
+        C⁻¹ and no second (N(k+2))² matrix; ``cholesky_solve`` was 20× slower on the CPU)."""
         n, p, m = b.shape
-        out = self.Cinv @ b.reshape(n * p, m).to(self.Cinv.dtype)
-        return out.to(b.dtype).reshape(n, p, m)
+        z = torch.linalg.solve_triangular(self.Lc, b.reshape(n * p, m), upper=False)
+        return torch.linalg.solve_triangular(self.Lc.mT, z, upper=True).reshape(n, p, m)
 
     def _kron_solve(self, W: Tensor) -> Tensor:
         n, d0, m = W.shape
@@ -200,18 +246,22 @@ class PcaCoarsePreconditioner(Preconditioner):
         return out.to(W.dtype).reshape(n, d0, m)
 
     def _coarse_of_A_perp(self, W: Tensor) -> Tensor:
-        """Tᵀ A [0; W] for Jacobian rows W ⊥ span{V, q_i} (N, d0, m) → (N, k+2, m)."""
-        F, rl, k, n = self.F, self.rl, self.k, self.n
-        out = torch.empty((n, k + 2, W.shape[2]), dtype=W.dtype, device=W.device)
-        for col in range(W.shape[2]):
-            GQ = self.RQ @ (rl * W[:, :, col]).T  # [<x_i, W'_j>; <q_i, W'_j>]
-            G, QW = GQ[:n], GQ[n:]
-            BG = F["k_bb"] * G
-            out[:, 0, col] = (F["k_b"] * G).sum(1)
-            coef = 2 * (F["k_ab"] * G).sum(1)
-            out[:, 1:k + 1, col] = rl * (self.Z * coef[:, None] + BG @ self.Z)
-            out[:, k + 1, col] = rl * (self.rho * coef + (F["k_b"] * QW).sum(1)
-                                       + (BG * self.Gam).sum(1))
+        """Tᵀ A [0; W] for Jacobian rows W ⊥ span{V, q_i} (N, d0, m) → (N, k+2, m), by row tiles
+        i (every term sums over j): G_ij = ⟨x_i, W'_j⟩ = ⟨r_i, W'_j⟩, QW_ij = ⟨q_i, W'_j⟩."""
+        rl, k, n, m = self.rl, self.k, self.n, W.shape[2]
+        out = torch.empty((n, k + 2, m), dtype=W.dtype, device=W.device)
+        Wt = [(rl * W[:, :, col]).T for col in range(m)]
+        for rows in self._row_tiles((12 + 2 * m) * n * 8):
+            f = self._fields_of(rows)
+            gam = self.Qr[rows] @ self.X.T
+            for col in range(m):
+                G, QW = self.R[rows] @ Wt[col], self.Qr[rows] @ Wt[col]
+                BG = f["k_bb"] * G
+                coef = 2 * (f["k_ab"] * G).sum(1)
+                out[rows, 0, col] = (f["k_b"] * G).sum(1)
+                out[rows, 1:k + 1, col] = rl * (self.Z[rows] * coef[:, None] + BG @ self.Z)
+                out[rows, k + 1, col] = rl * (self.rho[rows] * coef + (f["k_b"] * QW).sum(1)
+                                              + (BG * gam).sum(1))
         return out
 
     def _prolong(self, y: Tensor, zR: Tensor) -> Tensor:

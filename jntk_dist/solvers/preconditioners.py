@@ -284,12 +284,12 @@ class NystromPreconditioner(TwoLevelPreconditioner):
 
 
 def auto_preconditioner(n: int, device: torch.device, reserve_bytes: float = 0.0) -> str:
-    """'pca' where its smallest coarse space (2n, k = 0) and the fields fit the device's free
-    memory beside ``reserve_bytes`` (:func:`.coarse.coarse_budget`), else 'nystrom' (3n·r
-    numbers; no N² factor)."""
+    """'pca' where its smallest coarse space (2n, k = 0) fits the device's free memory beside
+    ``reserve_bytes``, with the fields recomputed by row tiles if need be
+    (:func:`.coarse.coarse_budget`), else 'nystrom' (3n·r numbers; no N² factor)."""
     from .coarse import coarse_budget
 
-    choice = "pca" if 2 * n <= coarse_budget(device, n, reserve_bytes) else "nystrom"
+    choice = "pca" if 2 * n <= coarse_budget(device, n, reserve_bytes, held=0.5) else "nystrom"
     log.info("preconditioner: auto → %s (N = %d on %s)", choice, n, device)
     return choice
 
