@@ -195,8 +195,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tol", type=float, default=1e-6)
     p.add_argument("--maxiter", type=int, default=2000)
     p.add_argument("--precond", default="auto", help="auto (pca where it fits the free memory: "
-                   "k = 0 at N = 20 000 on 80 GB; nystrom at N = 60 000), pca, two_level, kron, "
-                   "nystrom")
+                   "at N = 60 000 with streamed fields on a 141 GB H200 only, else nystrom), pca, "
+                   "two_level, kron, nystrom")
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run on any device)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default=None, help="JSON file for the results")
