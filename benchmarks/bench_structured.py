@@ -136,11 +136,18 @@ def bench_large(args: argparse.Namespace) -> None:
     op = structured_operator(X, depth=args.depth, activation=args.activation, lam=args.lam,
                              mode=args.mode)
     t_fields = time.perf_counter() - t0
-    r = structured_solve(op, y, ridge=args.ridge, tol=args.tol, preconditioner=args.precond,
+    precond, setup = args.precond, None
+    if args.precond == "pca" and args.pca_fields != "auto":  # built here: held or streamed
+        from jntk_dist.solvers.coarse import PcaCoarsePreconditioner
+
+        precond = PcaCoarsePreconditioner(op, args.ridge, hold_fields=args.pca_fields == "held")
+        setup = time.perf_counter() - t0 - t_fields
+    r = structured_solve(op, y, ridge=args.ridge, tol=args.tol, preconditioner=precond,
                          maxiter=args.maxiter, checkpoint=args.checkpoint, progress=True,
                          checkpoint_every=60.0)
     total = time.perf_counter() - t0
-    print(f"fields {t_fields:.1f} s, preconditioner set-up {r.setup_s:.1f} s, "
+    setup = r.setup_s if setup is None else setup
+    print(f"fields {t_fields:.1f} s, preconditioner set-up {setup:.1f} s, "
           f"{r.iterations} PCG iterations ({r.preconditioner}) in {r.wall_s:.1f} s "
           f"({r.wall_s / max(r.iterations, 1):.2f} s/iteration), converged={r.converged}, "
           f"true relative residual {r.residual:.2e}, total wall {total:.1f} s, "
@@ -272,6 +279,8 @@ def main() -> None:
     large.add_argument("--precond", default="kron",
                        choices=["none", "jacobi", "kron", "two_level", "nystrom", "pca"])
     large.add_argument("--checkpoint", default=None, help=".npz path: resume after a kill")
+    large.add_argument("--pca-fields", default="auto", choices=["auto", "held", "streamed"],
+                       help="pca: hold the 8 N² fields or recompute them by row tiles")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (1 is steadier on a shared, oversubscribed machine)")
     args = parser.parse_args()
