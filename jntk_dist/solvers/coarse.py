@@ -37,6 +37,7 @@ import torch
 
 from ..kernels import FIELD_NAMES
 from ..operators.base import StructuredParts
+from ..operators.structured import auto_memory_mb
 from .preconditioners import Preconditioner
 
 __all__ = ["PcaCoarsePreconditioner", "pca_basis", "choose_pca_rank", "coarse_budget",
@@ -86,7 +87,7 @@ def _fit_tiles_to_what_is_left(op: object) -> None:
     x = getattr(op, "x1", None)
     if x is not None and x.device.type == "cuda" and hasattr(op, "memory_mb"):
         torch.cuda.empty_cache()
-        op.memory_mb = min(op.memory_mb, 0.5 * torch.cuda.mem_get_info(x.device)[0] / 2**20)
+        op.memory_mb = min(op.memory_mb, auto_memory_mb(x.device))
 
 
 def _factor_in_place(A: Tensor, what: str) -> Tensor:
@@ -161,7 +162,7 @@ class PcaCoarsePreconditioner(Preconditioner):
 
     # ---- fields by row tiles (held, or recomputed) ---------------------------------------------
     def _row_tiles(self, per_row_bytes: float) -> list[slice]:
-        budget = min(float(getattr(self.op, "memory_mb", 512.0)), 4096.0) * 2**20
+        budget = tile_reserve(self.op) or 512.0 * 2**20
         step = max(1, min(self.n, int(budget // max(per_row_bytes, 1.0))))
         return [slice(s, min(s + step, self.n)) for s in range(0, self.n, step)]
 
