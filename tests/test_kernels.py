@@ -383,6 +383,67 @@ def test_lambda_in_the_expansion_equals_scaling_stored_blocks_bit_for_bit():
         torch.testing.assert_close(direct, Lam @ plain @ Lam, rtol=1e-15, atol=0)
 
 
+def test_block_record_compression_and_coincident_blocks_equal_the_dense_blocks():
+    """The block record's contractions against Λ·(autodiff of the scalar kernel)·Λ, Λ built by
+    hand: Block.compress onto arbitrary per-point bases E_i (d0 × q) is the E_i-contracted
+    blocks; Block.coincident is the blocks of a point with itself."""
+    x1, x2 = unit_rows(5, 4, seed=60), unit_rows(6, 4, seed=61)
+    x1[::2] *= 1.7  # off the sphere too
+    g = torch.Generator().manual_seed(62)
+    E1, E2 = torch.randn(5, 4, 3, generator=g), torch.randn(6, 4, 3, generator=g)
+    f = kernels.fields(x1, x2, depth=2, activation="gelu")
+    gelu = get_activation("gelu")
+    for lam in (None, 0.3):
+        Lam = torch.diag(torch.tensor([1.0] + [1.0 if lam is None else math.sqrt(lam)] * 4))
+        dense = Lam @ autodiff_blocks(x1, x2, 2, gelu, "jntk") @ Lam
+        block = kernels.Block(f.stack(), kernels.LambdaWeights.of(lam))
+        Px = torch.einsum("idq,id->iq", E1, x1)[:, None, :]
+        Pxp = torch.einsum("idq,jd->ijq", E1, x2)
+        Qx = torch.einsum("jdq,id->ijq", E2, x1)
+        Qxp = torch.einsum("jdq,jd->jq", E2, x2)[None]
+        overlap = torch.einsum("idq,jdr->ijqr", E1, E2)
+
+        def add_overlap(J, iso):
+            J += iso[:, :, None, None] * overlap
+
+        c00, c0b, ca0, cab = block.compress(Px, Pxp, Qx, Qxp, add_overlap)
+        close = dict(rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(c00, dense[:, :, 0, 0], **close)
+        torch.testing.assert_close(c0b, torch.einsum("ijb,jbr->ijr", dense[:, :, 0, 1:], E2), **close)
+        torch.testing.assert_close(ca0, torch.einsum("iaq,ija->ijq", E1, dense[:, :, 1:, 0]), **close)
+        torch.testing.assert_close(
+            cab, torch.einsum("iaq,ijab,jbr->ijqr", E1, dense[:, :, 1:, 1:], E2), **close)
+        # a point against itself
+        same = (Lam @ autodiff_blocks(x1, x1, 2, gelu, "jntk") @ Lam)[range(5), range(5)]
+        diag = kernels.fields(x1, depth=2, activation="gelu").stack()[:, range(5), range(5)]
+        p = kernels.Block(diag, kernels.LambdaWeights.of(lam)).coincident()
+        B = torch.zeros(5, 5, 5)
+        B[:, 0, 0] = p["k"]
+        B[:, 0, 1:] = p["c_row"][:, None] * x1
+        B[:, 1:, 0] = p["c_col"][:, None] * x1
+        B[:, 1:, 1:] = (p["iso"][:, None, None] * torch.eye(4)
+                        + p["rank1"][:, None, None] * x1[:, :, None] * x1[:, None, :])
+        torch.testing.assert_close(B, same, **close)
+
+
+def test_lambda_weights_and_the_right_hand_side():
+    """Λ's weights ("λ None means 1", the one λ check) and the point-major (y, 0…0)."""
+    assert kernels.LambdaWeights.of(None) == kernels.LambdaWeights(None, 1.0, 1.0)
+    assert kernels.LambdaWeights.of(0.25) == kernels.LambdaWeights(0.25, 0.5, 0.25)
+    np.testing.assert_array_equal(kernels.LambdaWeights.of(0.25).point(3), [1.0, 0.5, 0.5])
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="lam"):
+            kernels.LambdaWeights.of(bad)
+    y = np.array([1.0, -2.0, 3.0])
+    np.testing.assert_array_equal(kernels.point_major_targets(y, 3),
+                                  [1, 0, 0, -2, 0, 0, 3, 0, 0])
+    Y = np.stack([y, 2 * y], 1)
+    out = kernels.point_major_targets(Y, 2)
+    assert out.shape == (6, 2)
+    np.testing.assert_array_equal(out[::2], Y)
+    np.testing.assert_array_equal(out[1::2], 0.0)
+
+
 @pytest.mark.slow
 def test_fused_compiled_expansion_matches_eager_and_blocks():
     """The torch.compile'd one-pass expansion (full 32-row chunks; the ragged rest eager) writes

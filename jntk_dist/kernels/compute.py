@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from .activations import Activation, get_activation
-from .blocks import EXPANSION_CHUNK, expand_rows, lambda_factors
+from .blocks import EXPANSION_CHUNK, expand_rows
 from .compile import (FUSED_EXPANSION_ROWS, block_side, compile_enabled, compiled_expansion,
                       compiled_layer)
 from .inputs import (KernelKind, as_output, check_depth, check_kind, prepare)
-from .record import FIELD_NAMES, MIRROR_ORDER, Diagonal, Jet, KernelFields
+from .record import FIELD_NAMES, MIRROR_ORDER, Diagonal, Jet, KernelFields, lambda_factors
 from .recursion import (chain_slice, diagonal_chain, inner_products, jet_recursion,
                         value_recursion)
 
