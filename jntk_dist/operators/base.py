@@ -15,6 +15,8 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
+from ..kernels import LambdaWeights
+
 __all__ = ["KernelOperator", "StructuredParts", "OperatorBase", "AddedDiag"]
 
 Tensor = torch.Tensor
@@ -46,6 +48,7 @@ class StructuredParts(Protocol):
     n1: int
     d0: int
     lam: float | None
+    weights: LambdaWeights  # Λ of ``lam`` (the block record's)
     x1: Tensor
     is_square: bool
 

@@ -1,18 +1,12 @@
 """Matrix-free structured Gram operators for Θ_λ(X1, X2) and Σ^(L)(X1, X2).
 
 Every (d0+1)×(d0+1) block of the Jacobian kernels is a scaled identity plus outer products of
-x and x', built from the 8 scalar fields of :mod:`jntk_dist.kernels` (docs/design.md §1.5).  With the
-point-major vector v = (u_j, w_j) (u_j = v_j0, w_j = v_jβ) the product K v needs only
-
-    G = X1 Wᵀ  (G_ij = <x_i, w_j>),      s_j = <x'_j, w_j>,
-
-    (Kv)_i0 = (κ u)_i + Σ_j κ_b,ij G_ij + 2 (κ_c s)_i
-    (Kv)_iα = x_iα [2 (κ_a u)_i + 2 Σ_j κ_ab,ij G_ij + 4 (κ_ac s)_i]
-              + (κ_b (W + u∘X2))_iα + 2 (κ_bc (s∘X2))_iα + ((κ_bb ∘ G) X2)_iα
-
-four N×N×d0 matrix products, O(N² d0) flops per column instead of the O(N² d0²) of the dense
-Gram, and never more than one row tile of fields in memory.  Θ_λ = ΛΘΛ scales the Jacobian parts
-by √λ on the way in and out.
+x and x', built from the 8 scalar fields of :mod:`jntk_dist.kernels` (docs/design.md §1.5). The
+block, Λ and their contractions are the block record's (:class:`jntk_dist.kernels.Block`): the
+product K v row tile by row tile (:meth:`~jntk_dist.kernels.Block.product_rows`, O(N² d0) flops
+per column instead of the O(N² d0²) of the dense Gram, never more than one row tile of fields in
+memory), the diagonal blocks (:meth:`~jntk_dist.kernels.Block.coincident`); this operator drives
+them and compresses the blocks onto span{e_0, x̂_i} for the preconditioners.
 
 The fields come from a *field source* (:mod:`.field_sources`): the 8 arrays in memory, a fields
 store, or :func:`jntk_dist.kernels.fields` recomputed tile by tile (bounded memory, any N).
@@ -33,43 +27,6 @@ from .field_sources import AccessorFields, ArrayFields, FieldSource, InMemoryFie
 __all__ = ["StructuredKernel", "structured_operator", "structured_predict", "auto_memory_mb"]
 
 Tensor = torch.Tensor
-_K, _KA, _KB, _KC, _KAB, _KAC, _KBB, _KBC = (FIELD_INDEX[n] for n in FIELD_NAMES)
-
-
-# ---- the row-tile product (the one place the structured formula lives) ------------------
-
-
-def _rows_matmat(F: Tensor, x_rows: Tensor, x2: Tensor, u: Tensor, W: Tensor, s: Tensor,
-                 Zb: Tensor, sX: Tensor) -> tuple[Tensor, Tensor]:
-    """Rows of K V for one tile of fields F (8, r, n2); V given as u (n2, m), W (n2, d0, m).
-
-    Zb = W + u∘X2 and sX = s∘X2 are (n2, d0·m) and shared across tiles.
-    Returns the output (r, m) and Jacobian (r, d0, m) parts (before Λ scaling).
-    """
-    r, d0 = x_rows.shape
-    n2, m = u.shape
-    G = (x_rows @ W.permute(1, 0, 2).reshape(d0, n2 * m)).reshape(r, n2, m)
-    t_b = torch.einsum("ij,ijm->im", F[_KB], G)
-    t_ab = torch.einsum("ij,ijm->im", F[_KAB], G)
-    G.mul_(F[_KBB][:, :, None])  # G is now κ_bb ∘ G
-    jac = torch.matmul(G.permute(2, 0, 1), x2).permute(1, 2, 0)  # (r, d0, m)
-    jac = jac + (F[_KB] @ Zb + 2.0 * (F[_KBC] @ sX)).reshape(r, d0, m)
-    out0 = F[_K] @ u + t_b + 2.0 * (F[_KC] @ s)
-    coef = 2.0 * (F[_KA] @ u) + 2.0 * t_ab + 4.0 * (F[_KAC] @ s)
-    jac.addcmul_(x_rows[:, :, None], coef[:, None, :])
-    return out0, jac
-
-
-def _block_inputs(x2: Tensor, V: Tensor, root_lam: float) -> tuple[Tensor, ...]:
-    n2, d0 = x2.shape
-    m = V.shape[1]
-    Vb = V.reshape(n2, d0 + 1, m)
-    u = Vb[:, 0, :].contiguous()
-    W = Vb[:, 1:, :] * root_lam if root_lam != 1.0 else Vb[:, 1:, :].contiguous()
-    s = torch.einsum("jd,jdm->jm", x2, W)
-    Zb = (W + u[:, None, :] * x2[:, :, None]).reshape(n2, d0 * m)
-    sX = (s[:, None, :] * x2[:, :, None]).reshape(n2, d0 * m)
-    return u, W, s, Zb, sX
 
 
 # ---- the operator -----------------------------------------------------------------------
@@ -95,8 +52,8 @@ class StructuredKernel(OperatorBase):
         if tuple(source.shape) != (self.n1, self.n2):
             raise ValueError(f"field source of shape {tuple(source.shape)} does not match inputs "
                              f"({self.n1}, {self.n2})")
-        self.root_lam, lam_w = kernels.lambda_weights(lam)  # (√λ, λ); (1, 1) without λ
-        self.lam = None if lam is None else lam_w
+        self.weights = kernels.LambdaWeights.of(lam)  # Λ: (1, √λ, λ); all 1 without λ
+        self.lam = self.weights.lam
         self.tile_rows = tile_rows
         self.memory_mb = float(memory_mb)
         self.description = dict(description or {})
@@ -137,17 +94,17 @@ class StructuredKernel(OperatorBase):
         """Rows start:stop (points) of K V, computed here tile by tile from ``source``."""
         m = V.shape[1]
         with torch.no_grad():
-            u, W, s, Zb, sX = _block_inputs(self.x2, V, self.root_lam)
+            operand = kernels.product_operand(self.x2, V, self.weights)
             out = torch.empty((stop - start, self.d0 + 1, m), dtype=self.dtype,
                               device=self.device)
             step = self._rows_per_tile(m)
             for r0 in range(start, stop, step):
                 rows = slice(r0, min(r0 + step, stop))
-                F = self.source.tile(rows)
-                out0, jac = _rows_matmat(F, self.x1[rows], self.x2, u, W, s, Zb, sX)
+                block = kernels.Block(self.source.tile(rows))
+                out0, jac = block.product_rows(self.x1[rows], self.x2, operand)
                 local = slice(rows.start - start, rows.stop - start)
                 out[local, 0, :] = out0
-                out[local, 1:, :] = jac * self.root_lam if self.root_lam != 1.0 else jac
+                out[local, 1:, :] = self.weights.on_jacobian(jac)
         return out.reshape((stop - start) * (self.d0 + 1), m)
 
     def diagonal(self) -> Tensor:
@@ -177,15 +134,7 @@ class StructuredKernel(OperatorBase):
         ``iso`` (κ_b, the identity coefficient) and ``rank1`` (e) of length n.
         """
         self._require_square("the block diagonal")
-        D = {name: t for name, t in zip(FIELD_NAMES, self.source.diagonal())}
-        root, lam = self.root_lam, (1.0 if self.lam is None else self.lam)
-        return {
-            "k": D["k"],
-            "c_col": root * (2 * D["k_a"] + D["k_b"]),
-            "c_row": root * (D["k_b"] + 2 * D["k_c"]),
-            "iso": lam * D["k_b"],
-            "rank1": lam * (2 * D["k_ab"] + 4 * D["k_ac"] + D["k_bb"] + 2 * D["k_bc"]),
-        }
+        return kernels.Block(self.source.diagonal(), self.weights).coincident()
 
     def field_rows(self, rows: slice) -> Tensor:
         """The 8 fields of ``rows`` × all columns, (8, r, n2) in FIELD_NAMES order (held:
@@ -221,9 +170,7 @@ class StructuredKernel(OperatorBase):
         self._require_square("the compression")
         cols = [int(j) for j in points]
         tiles = [self.source.tile(slice(0, self.n1), slice(j, j + 1)) for j in cols]
-        T = torch.cat(tiles, dim=2)
-        F = {name: T[i] for i, name in enumerate(FIELD_NAMES)}
-        C = self._compressed(F, self.x1, self.x2[cols])
+        C = self._compressed(torch.cat(tiles, dim=2), self.x1, self.x2[cols])
         m = len(cols)
         return torch.cat([C[:, :m], C[:, m:]], 1)
 
@@ -233,17 +180,19 @@ class StructuredKernel(OperatorBase):
         sq = torch.linalg.vector_norm(self.x1, dim=1) ** 2
         return torch.cat([p["k"], p["iso"] + p["rank1"] * sq])
 
-    def _compressed(self, F: dict[str, Tensor], x_rows: Tensor, x_cols: Tensor) -> Tensor:
+    def _compressed(self, F: Any, x_rows: Tensor, x_cols: Tensor) -> Tensor:
+        """The blocks of fields F (by name, or stacked) contracted with x̂_i and x̂_j."""
         ni = torch.linalg.vector_norm(x_rows, dim=1)[:, None]
         nj = torch.linalg.vector_norm(x_cols, dim=1)[None, :]
         B = x_rows @ x_cols.T
-        lam = 1.0 if self.lam is None else self.lam
-        c00 = F["k"]
-        c0x = self.root_lam * (F["k_b"] * B / nj + 2 * F["k_c"] * nj)
-        cx0 = self.root_lam * (2 * F["k_a"] * ni + F["k_b"] * B / ni)
-        cxx = lam * (F["k_b"] * B / (ni * nj) + 2 * F["k_ab"] * ni * B / nj
-                     + 4 * F["k_ac"] * ni * nj + F["k_bb"] * B * B / (ni * nj)
-                     + 2 * F["k_bc"] * B * nj / ni)
+        w, t = self.weights, kernels.Block(F).term
+        # terms on ⟨x̂_i, x_i⟩ = |x_i|, ⟨x̂_i, x_j⟩ = B_ij/|x_i|, ⟨x̂_i, x̂_j⟩ = B_ij/(|x_i| |x_j|)
+        c00 = t("value")
+        c0x = w.root * (t("row_x") * B / nj + t("row_xp") * nj)
+        cx0 = w.root * (t("col_x") * ni + t("col_xp") * B / ni)
+        cxx = w.jac * (t("iso") * B / (ni * nj) + t("xx") * ni * B / nj
+                       + t("xxp") * ni * nj + t("xpx") * B * B / (ni * nj)
+                       + t("xpxp") * B * nj / ni)
         return torch.cat([torch.cat([c00, c0x], 1), torch.cat([cx0, cxx], 1)], 0)
 
     def field_columns(self, name: str, points: Sequence[int]) -> Tensor:

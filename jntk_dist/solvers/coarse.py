@@ -35,7 +35,7 @@ import os
 
 import torch
 
-from ..kernels import FIELD_NAMES
+from ..kernels import FIELD_NAMES, Block
 from ..operators.base import StructuredParts
 from ..operators.structured import auto_memory_mb
 from .preconditioners import Preconditioner
@@ -119,8 +119,8 @@ class PcaCoarsePreconditioner(Preconditioner):
             raise ValueError("the PCA coarse preconditioner needs the square X–X operator")
         X = self.X = op.x1
         self.op, self.n, self.d0, self.tile = op, X.shape[0], X.shape[1], tile
-        self.mu, self.lam = float(ridge), (1.0 if op.lam is None else float(op.lam))
-        self.rl = math.sqrt(self.lam)
+        self.mu, self.weights = float(ridge), op.weights
+        self.lam, self.rl = self.weights.jac, self.weights.root
         self.k = self._fit_rank(op, choose_pca_rank(X, energy) if k is None else k, k is None,
                                 hold_fields, factor_dtype)
         self.V, _ = pca_basis(X, self.k)
@@ -202,25 +202,22 @@ class PcaCoarsePreconditioner(Preconditioner):
 
     def _coarse_rows(self, C: Tensor, rows: slice, d: Tensor) -> None:
         """Rows ``rows`` (points) of C from the fields, by the block formula above."""
-        n, k, rl, Z = self.n, self.k, self.rl, self.Z
+        n, k, Z = self.n, self.k, self.Z
         t = rows.stop - rows.start
-        f = self._fields_of(rows)
         a = d[rows]
         gam_rows, gam_cols = self.Qr[rows] @ self.X.T, self.X[rows] @ self.Qr.T  # γ_ij, γ_ji
         b = torch.cat([Z[None, :, :].expand(t, n, k), gam_rows[:, :, None]], 2)
         c = torch.cat([Z[rows][:, None, :].expand(t, n, k), gam_cols[:, :, None]], 2)
-        C[rows, 0, :, 0] = f["k"]
-        C[rows, 0, :, 1:] = rl * (f["k_b"][:, :, None] * c + 2 * f["k_c"][:, :, None] * d[None])
-        C[rows, 1:, :, 0] = (rl * (2 * f["k_a"][:, :, None] * a[:, None, :]
-                                   + f["k_b"][:, :, None] * b)).permute(0, 2, 1)
-        J = (2 * f["k_ab"][:, :, None, None] * a[:, None, :, None] * c[:, :, None, :]
-             + 4 * f["k_ac"][:, :, None, None] * a[:, None, :, None] * d[None, :, None, :]
-             + f["k_bb"][:, :, None, None] * b[:, :, :, None] * c[:, :, None, :]
-             + 2 * f["k_bc"][:, :, None, None] * b[:, :, :, None] * d[None, :, None, :])
         idx = torch.arange(k, device=Z.device)
-        J[:, :, idx, idx] += f["k_b"][:, :, None]
-        J[:, :, k, k] += f["k_b"] * (self.Qr[rows] @ self.Qr.T)  # ω_ij
-        C[rows, 1:, :, 1:] = (self.lam * J).permute(0, 2, 1, 3)
+
+        def add_overlap(J: Tensor, iso: Tensor) -> None:  # iso·E_iᵀE_j = iso·blockdiag(I_k, ω_ij)
+            J[:, :, idx, idx] += iso[:, :, None]
+            J[:, :, k, k] += iso * (self.Qr[rows] @ self.Qr.T)
+
+        block = Block(self._fields_of(rows), self.weights)
+        c00, c0b, ca0, cab = block.compress(a[:, None, :], b, c, d[None], add_overlap)
+        C[rows, 0, :, 0], C[rows, 0, :, 1:] = c00, c0b
+        C[rows, 1:, :, 0], C[rows, 1:, :, 1:] = ca0.permute(0, 2, 1), cab.permute(0, 2, 1, 3)
 
     # ---- the pieces of an application ----------------------------------------------------------
     def _restrict(self, rJ: Tensor, r0: Tensor) -> Tensor:
@@ -253,16 +250,16 @@ class PcaCoarsePreconditioner(Preconditioner):
         out = torch.empty((n, k + 2, m), dtype=W.dtype, device=W.device)
         Wt = [(rl * W[:, :, col]).T for col in range(m)]
         for rows in self._row_tiles((12 + 2 * m) * n * 8):
-            f = self._fields_of(rows)
+            block = Block(self._fields_of(rows))  # W' ⊥ x_j: the row_xp, xxp, xpxp terms vanish
             gam = self.Qr[rows] @ self.X.T
             for col in range(m):
                 G, QW = self.R[rows] @ Wt[col], self.Qr[rows] @ Wt[col]
-                BG = f["k_bb"] * G
-                coef = 2 * (f["k_ab"] * G).sum(1)
-                out[rows, 0, col] = (f["k_b"] * G).sum(1)
+                BG = block.term("xpx") * G
+                coef = block.scaled("xx", (block.raw("xx") * G).sum(1))
+                out[rows, 0, col] = (block.term("row_x") * G).sum(1)
                 out[rows, 1:k + 1, col] = rl * (self.Z[rows] * coef[:, None] + BG @ self.Z)
-                out[rows, k + 1, col] = rl * (self.rho[rows] * coef + (f["k_b"] * QW).sum(1)
-                                              + (BG * gam).sum(1))
+                iso_q = (block.term("iso") * QW).sum(1)
+                out[rows, k + 1, col] = rl * (self.rho[rows] * coef + iso_q + (BG * gam).sum(1))
         return out
 
     def _prolong(self, y: Tensor, zR: Tensor) -> Tensor:

@@ -149,7 +149,7 @@ class KroneckerPreconditioner(Preconditioner):
         if not op.is_square:
             raise ValueError("the Kronecker preconditioner needs the square X–X operator")
         mats = op.field_matrices(["k", "k_b"])
-        lam = 1.0 if op.lam is None else op.lam
+        lam = op.weights.jac
         self.n, self.d0 = op.n1, op.d0
         self.f00 = _psd_factor(mats["k"], ridge, "K")
         self.fjac = _jacobian_factor(mats["k_b"], lam, ridge)
@@ -178,7 +178,7 @@ class TwoLevelPreconditioner(Preconditioner):
         if not op.is_square:
             raise ValueError("the two-level preconditioner needs the square X–X operator")
         F = op.field_matrices(FIELD_NAMES)
-        lam = 1.0 if op.lam is None else op.lam
+        lam = op.weights.jac
         self.n, self.d0 = op.n1, op.d0
         self.xhat = op.x1 / torch.linalg.vector_norm(op.x1, dim=1)[:, None]
         C = op.compressed_on_inputs(F)
@@ -252,7 +252,7 @@ class NystromPreconditioner(TwoLevelPreconditioner):
         if rank is None:
             rank = int(memory_mb * 2**20 / (8 * 3 * n))
         self.rank = max(1, min(int(rank), 2 * n))
-        lam = 1.0 if op.lam is None else op.lam
+        lam = op.weights.jac
         self.n, self.d0 = n, op.d0
         self.xhat = op.x1 / torch.linalg.vector_norm(op.x1, dim=1)[:, None]
         cdiag = op.compressed_diagonal()
