@@ -180,6 +180,9 @@ def test_bad_inputs_are_named(data):
         m.decision_function(Xt[:, :3])
     with pytest.raises(ValueError, match="shape"):
         KernelRegressor(depth=1, lam=1.0).fit(X, y, gram=np.eye(5))
+    for lam in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="must be ≥ 0"):
+            KernelRegressor(depth=1, lam=lam).fit(X, y)
 
 
 def test_results_open_with_xarray(tmp_path):

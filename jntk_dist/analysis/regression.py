@@ -13,7 +13,6 @@ All blocks come from :func:`jntk_dist.kernels.jntk`.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -49,9 +48,7 @@ def training_targets(y: np.ndarray, q: int) -> np.ndarray:
         raise ValueError(f"targets must be (n,) or (n, c), got shape {y.shape}")
     if not np.isfinite(y).all():
         raise ValueError("targets contain NaN/inf")
-    out = np.zeros((y.shape[0], q) + y.shape[1:], dtype=np.float64)
-    out[:, 0] = y
-    return out.reshape((y.shape[0] * q,) + y.shape[1:])
+    return kernels.point_major_targets(y, q)
 
 
 def accuracy(f: np.ndarray, y: np.ndarray) -> float | np.ndarray:
@@ -89,9 +86,8 @@ class KernelRegressor:
         return self.X_train_.shape[1] + 1 if self.lam > 0 else 1
 
     def _scale(self) -> np.ndarray:
-        s = np.full(self.q_, math.sqrt(self.lam))
-        s[0] = 1.0
-        return s
+        """Λ's diagonal for one training point, (1, √λ, …) of length q."""
+        return kernels.LambdaWeights.of(self.lam).point(self.q_)
 
     def train_gram(self, X: np.ndarray) -> np.ndarray:
         """The dense training Gram this regressor solves with (small N; stores are used otherwise)."""
@@ -107,9 +103,7 @@ class KernelRegressor:
     def fit(self, X: Any, y: Any, gram: Any = None) -> "KernelRegressor":
         """Solve (Θ_λ(X,X) + μI) coef = Y. ``gram`` (numpy, dask, Zarr array or path) is the
         training Gram for this λ (Θ_λ, point-major; Θ_00 for λ = 0) if already computed."""
-        lam = float(self.lam)
-        if not math.isfinite(lam) or lam < 0:
-            raise ValueError(f"lam (λ) must be ≥ 0, got {self.lam}")
+        kernels.check_lam(self.lam)
         self.X_train_ = _as_inputs(X, "X (train)")
         y = np.asarray(y, dtype=np.float64)
         if y.shape[0] != self.X_train_.shape[0]:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..kernels import point_major_targets
 from ..operators.base import AddedDiag, KernelOperator
 from ..progress import Progress
 from .checkpoint import IterativeCheckpoint, fingerprint
@@ -35,9 +36,7 @@ def labels_to_rhs(y: Any, n: int, d0: int) -> np.ndarray:
     if y.shape[0] == n * (d0 + 1):
         out = y
     elif y.shape[0] == n:
-        out = np.zeros((n, d0 + 1))
-        out[:, 0] = y
-        out = out.reshape(-1)
+        out = point_major_targets(y, d0 + 1)
     else:
         raise ValueError(f"y has length {y.shape[0]}; expected n={n} labels or the full "
                          f"n(d0+1)={n * (d0 + 1)} right-hand side")
