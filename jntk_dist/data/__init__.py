@@ -18,8 +18,8 @@ paper reports 224.
 from .catalog import DATASET_NAMES, IMAGE_DATASET_NAMES, dataset_options, load_dataset
 from .dataset import CITATIONS, Dataset
 from .preprocessing import (binary_labels, constant_columns, normalize_rows, one_vs_rest_targets,
-                            remove_near_parallel, near_parallel_pairs, scale_columns, split_xy,
-                            train_test_split)
+                            remove_near_parallel, near_parallel_pairs, scale_columns)
+from .splits import split_xy, train_test_split
 from .synthetic import fibonacci_sphere
 
 __all__ = [
