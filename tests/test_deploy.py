@@ -113,12 +113,9 @@ def test_the_shipped_ray_environment_turns_the_metrics_exporter_off(tmp_path: Pa
     """A real head with the image's RAY_* environment: its dashboard agent starts no Prometheus
     exporter (on a node whose IP is not loopback it would listen on 0.0.0.0 without a token; here
     the head is on 127.0.0.1, the agent's own record of its exporter port says whether it is on)."""
-    import signal
     import socket
     import time
     import uuid
-
-    import psutil
 
     image_env = {k: v for k, v in dockerfile_env(dockerfile()[1]).items() if k.startswith("RAY_")}
     assert image_env["RAY_enable_metrics_collection"] == "0"
@@ -158,25 +155,33 @@ def test_the_shipped_ray_environment_turns_the_metrics_exporter_off(tmp_path: Pa
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", metrics), timeout=2).close()
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=30)
-        strays = []
-        for p in psutil.process_iter():
-            try:
-                if p.pid != os.getpid() and (any(str(temp_dir) in a for a in p.cmdline())
-                                             or p.environ().get("RAY_AUTH_TOKEN") == token):
-                    strays.append(p)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                pass
-        kill_processes(strays)
-        import shutil
+        _stop_ray_head(proc, temp_dir, token)
 
-        shutil.rmtree(temp_dir, ignore_errors=True)
+
+def _stop_ray_head(proc: subprocess.Popen, temp_dir: Path, token: str) -> None:
+    """End the head started by the test and every process of its temp dir or token."""
+    import shutil
+    import signal
+
+    import psutil
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+    strays = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and (any(str(temp_dir) in a for a in p.cmdline())
+                                         or p.environ().get("RAY_AUTH_TOKEN") == token):
+                strays.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    kill_processes(strays)
+    shutil.rmtree(temp_dir, ignore_errors=True)

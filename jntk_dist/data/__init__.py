@@ -17,6 +17,7 @@ paper reports 224.
 
 from .catalog import DATASET_NAMES, IMAGE_DATASET_NAMES, dataset_options, load_dataset
 from .dataset import CITATIONS, Dataset
+from .files import read_xy_file
 from .preprocessing import (binary_labels, constant_columns, normalize_rows, one_vs_rest_targets,
                             remove_near_parallel, near_parallel_pairs, scale_columns)
 from .splits import split_xy, train_test_split
@@ -34,6 +35,7 @@ __all__ = [
     "load_dataset",
     "normalize_rows",
     "one_vs_rest_targets",
+    "read_xy_file",
     "remove_near_parallel",
     "near_parallel_pairs",
     "scale_columns",
