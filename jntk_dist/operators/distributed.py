@@ -18,6 +18,7 @@ import torch
 
 from .. import kernels
 from ..kernels import FIELD_NAMES, KernelFields
+from ..kernels.devices import choose_device
 from .field_sources import ArrayFields, FieldSource, InMemoryFields, RecomputedFields
 from .structured import StructuredKernel, structured_operator
 
@@ -53,7 +54,7 @@ def _make_row_worker_class() -> Any:
                      memory_mb: float, use_gpu: bool = False) -> None:
             torch.set_num_threads(1)
             lo, hi = rows
-            device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+            device = choose_device(use_gpu=use_gpu)
             self.op = structured_operator(x1[lo:hi], x2, depth=depth, activation=activation,
                                           kind=kind, lam=lam, mode=mode, memory_mb=memory_mb,
                                           device=device)

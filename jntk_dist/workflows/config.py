@@ -266,12 +266,6 @@ class KernelSpec(BaseModel):
         act.require_smooth()  # Jacobian kernels need φ'' Lipschitz
         return act.name
 
-    @property
-    def torch_dtype(self) -> Any:
-        import torch
-
-        return getattr(torch, self.dtype)
-
 
 # ---- loading ----------------------------------------------------------------------------
 

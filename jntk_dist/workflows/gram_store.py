@@ -15,9 +15,9 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from ..data import near_parallel_pairs
-from ..store import (StoreError, StoreLayout, array_sha256, clear_tiles, create_store,
-                     location_name, open_gram, rewrite_inputs, rewrite_labels, store_state,
-                     verify_store)
+from ..store import StoreError, StoreLayout, create_store, location_name, open_gram, verify_store
+from ..store.attributes import array_sha256
+from ..store.writer import clear_tiles, rewrite_inputs, rewrite_labels, store_state
 from .config import JobError, KernelSpec, config_diff, config_hash
 
 __all__ = ["IDENTITY_KEYS", "identity_of", "near_parallel_note", "prepare_store",
