@@ -10,7 +10,9 @@ preprocessing (every column scaled to [-1, 1] by its min/max, then every row to 
 Datasets: ``forest_fires``, ``banknote`` and ``sonar`` (UCI files shipped in
 ``jntk_dist/datasets/``, CC BY 4.0; :mod:`.uci`), ``digits`` (scikit-learn's bundled copy, no
 download) and ``fibonacci`` (a deterministic near-uniform point set on the sphere S^{d-1};
-:mod:`.synthetic`). MNIST and CIFAR-10 from files the user has: :mod:`.images`.
+:mod:`.synthetic`). MNIST and CIFAR-10 from files the user has: :mod:`.images`. A dataset given
+as an ``.npz`` / ``.npy`` / ``.csv`` file: :func:`read_xy_file` (:mod:`.files`). Train / test
+splits: :mod:`.splits`.
 docs/datasets.md explains every choice, including why the forest-fire set has 243 rows where the
 paper reports 224.
 """
