@@ -39,7 +39,7 @@ import zarr
 
 from jntk_dist.workflows.config import load_config
 from jntk_dist.workflows.gram import GramJobConfig, run_gram
-from jntk_dist.store import zarr_compressors
+from jntk_dist.store.layout import zarr_compressors
 from jntk_dist.store.tiling import tile_range, upper_tiles
 
 

@@ -26,7 +26,7 @@ import torch
 
 from jntk_dist import kernels
 from jntk_dist.solvers import structured_eigs, structured_solve
-from jntk_dist.structured import structured_operator
+from jntk_dist.operators import structured_operator
 
 
 def _sphere(n: int, d0: int, seed: int = 0) -> np.ndarray:

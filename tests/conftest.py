@@ -10,6 +10,15 @@ import pytest
 import torch
 
 
+def sphere(n: int, d0: int, seed: int) -> "np.ndarray":
+    """n points on the unit sphere of R^d0: standard normal rows of ``default_rng(seed)``, each
+    divided by its norm."""
+    import numpy as np
+
+    x = np.random.default_rng(seed).standard_normal((n, d0))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def write_sphere_dataset(folder: Path, n: int, d0: int, seed: int) -> Path:
     """An .npz dataset of n unit vectors in R^d0 (labels: sign of the first coordinate)."""
     import numpy as np
@@ -52,6 +61,7 @@ def write_format1_store(path: Path, X: Any, y: Any, *, P: int, attrs: dict[str, 
     import zarr
 
     from jntk_dist import kernels, store
+    from jntk_dist.store.layout import LAYOUT_DESCRIPTION
 
     n, d0 = X.shape
     layout = store.StoreLayout(mode="dense", n_points=n, d0=d0, tile_points=P, dtype="float64")
@@ -69,7 +79,7 @@ def write_format1_store(path: Path, X: Any, y: Any, *, P: int, attrs: dict[str, 
     group.create_array("done", shape=(layout.n_tiles,) * 2, chunks=(1, 1), dtype="uint8",
                        fill_value=0, compressors=None, dimension_names=("tile_i", "tile_j"))
     group.attrs.update({"format": "jntk-gram", "format_version": 1, "package_version": "0.1.0",
-                        "layout": asdict(layout), "layout_description": store.LAYOUT_DESCRIPTION,
+                        "layout": asdict(layout), "layout_description": LAYOUT_DESCRIPTION,
                         "field_names": list(kernels.FIELD_NAMES), "complete": False,
                         "tiles_total": layout.total_tiles, "tiles_done": 0,
                         "completed_tiles": "", **attrs})

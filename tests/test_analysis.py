@@ -12,11 +12,7 @@ from jntk_dist import analysis, kernels, solvers
 from jntk_dist.analysis import KernelRegressor
 
 from conftest import write_gram_store
-
-
-def _sphere(n: int, d: int, seed: int) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, d))
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+from conftest import sphere as _sphere
 
 
 @pytest.fixture(scope="module")

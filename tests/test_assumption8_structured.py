@@ -5,15 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import sphere as _sphere
 from jntk_dist import analysis, kernels
 from jntk_dist.workflows.structured import StructuredSpec
 from jntk_dist.workflows.config import ConfigError, load_config
 from jntk_dist.solvers import positivity_tolerance
-
-
-def _sphere(n: int, d: int, seed: int) -> np.ndarray:
-    X = np.random.default_rng(seed).standard_normal((n, d))
-    return X / np.linalg.norm(X, axis=1, keepdims=True)
 
 
 def test_structured_extremes_match_dense_eigvalsh(one_torch_thread) -> None:

@@ -22,8 +22,9 @@ from jntk_dist import kernels
 from jntk_dist.cli import main
 from jntk_dist.workflows.config import load_config
 from jntk_dist.workflows.gram import GramJobConfig, run_gram
-from jntk_dist.store import (DONE_PATH, StoreLockedError, open_gram, store_state,
-                             verify_store)
+from jntk_dist.store import StoreLockedError, open_gram, verify_store
+from jntk_dist.store.layout import DONE_PATH
+from jntk_dist.store.writer import store_state
 
 REPO = Path(__file__).resolve().parents[1]
 DEPTH, ACT = 2, "erf"

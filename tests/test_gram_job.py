@@ -14,8 +14,9 @@ import pytest
 from jntk_dist import kernels
 from jntk_dist.workflows.config import load_config
 from jntk_dist.workflows.gram import GramJobConfig, describe, run_gram
-from jntk_dist.store import (DONE_PATH, StoreError, StoreLock, StoreLockedError, open_gram,
-                             verify_store)
+from jntk_dist.store import StoreError, StoreLockedError, open_gram, verify_store
+from jntk_dist.store.layout import DONE_PATH
+from jntk_dist.store.locks import StoreLock
 from jntk_dist.workflows.gram_store import identity_of
 
 from conftest import write_format1_store, write_sphere_dataset

@@ -10,13 +10,9 @@ import pytest
 import scipy.linalg
 import zarr
 
+from conftest import sphere as _sphere
 from jntk_dist import kernels, solvers
 from jntk_dist.operators import dask_arrays
-
-
-def _sphere(n: int, d: int, seed: int) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, d))
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 @pytest.fixture(scope="module")

@@ -22,19 +22,11 @@ import zarr
 from jntk_dist import kernels
 from jntk_dist.workflows.config import ConfigError, load_config
 from jntk_dist.workflows.gram import GramJobConfig, describe, run_gram
-from jntk_dist.store import (
-    DONE_PATH,
-    ObjectStoreLock,
-    StoreCorruptError,
-    StoreError,
-    StoreLock,
-    StoreLockedError,
-    lock_path,
-    open_gram,
-    store_lock,
-    verify_store,
-    zarr_target,
-)
+from jntk_dist.store import (StoreCorruptError, StoreError, StoreLockedError, open_gram,
+                             store_lock, verify_store)
+from jntk_dist.store.layout import DONE_PATH
+from jntk_dist.store.locations import zarr_target
+from jntk_dist.store.locks import ObjectStoreLock, StoreLock, lock_path
 
 from conftest import write_sphere_dataset
 

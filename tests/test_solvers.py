@@ -11,18 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import sphere as _sphere
 from jntk_dist import kernels
 from jntk_dist.solvers import (BlockJacobiPreconditioner, KroneckerPreconditioner, labels_to_rhs,
                                structured_eigs, structured_solve)
-from jntk_dist.structured import structured_operator, structured_predict
+from jntk_dist.operators import structured_operator, structured_predict
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _sphere(n: int, d0: int, seed: int) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, d0))
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def _dense(x1, x2=None, *, depth, activation, lam):
@@ -106,7 +102,7 @@ def test_two_level_compression_is_qt_gram_q():
 _KILLED_SOLVE = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
-    from jntk_dist.structured import structured_operator
+    from jntk_dist.operators import structured_operator
     from jntk_dist.solvers import structured_solve
     x = np.load(sys.argv[1]); y = np.load(sys.argv[2])
     op = structured_operator(x, depth=6, activation="erf", lam=0.1)

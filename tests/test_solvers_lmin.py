@@ -6,19 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import sphere as _sphere
 from jntk_dist import kernels
 from jntk_dist.solvers import positivity_tolerance
 from jntk_dist.solvers import (NystromPreconditioner, TwoLevelPreconditioner, labels_to_rhs,
                                pivoted_cholesky, shift_invert_eigs, structured_solve)
 from jntk_dist.operators import AddedDiag
-from jntk_dist.structured import structured_operator
+from jntk_dist.operators import structured_operator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _sphere(n: int, d0: int, seed: int) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, d0))
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def _dense(x, *, depth, activation, lam):

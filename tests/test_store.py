@@ -22,13 +22,12 @@ from jntk_dist.store import (
     GramStore,
     StoreError,
     StoreLayout,
-    StoreLock,
     StoreLockedError,
     TileWriter,
     create_store,
-    lock_path,
     open_gram,
 )
+from jntk_dist.store.locks import StoreLock, lock_path
 from jntk_dist.store.tiling import auto_tile_points, n_tiles, tile_range, upper_tiles
 
 DEPTH, ACT = 2, "erf"

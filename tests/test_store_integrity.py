@@ -20,9 +20,10 @@ import zarr
 
 from jntk_dist import kernels
 from jntk_dist.cli import main
-from jntk_dist.store import (StoreCorruptError, StoreError, StoreLock, StoreLockedError,
-                             lock_path, open_gram, store_lock, store_state, verify_store)
-from jntk_dist.store.locks import _pid_start
+from jntk_dist.store import (StoreCorruptError, StoreError, StoreLockedError, open_gram,
+                             store_lock, verify_store)
+from jntk_dist.store.locks import StoreLock, _pid_start, lock_path
+from jntk_dist.store.writer import store_state
 
 from conftest import write_format1_store, write_gram_store
 
@@ -159,10 +160,13 @@ def test_a_store_killed_while_it_is_created_is_recognised(tmp_path: Path,
         "'activation': 'erf'})\n")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
     root = path / "zarr.json"
+    # X's metadata is written once `point`'s 10 000 chunks are: the ~40 000 chunk writes of X, y,
+    # norms, point_i and point_j are still ahead when the kill lands
+    inside = path / "X" / "zarr.json"
     deadline = time.monotonic() + 120
-    while not root.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not inside.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
-    time.sleep(0.2)  # well inside the arrays' ~60 000 chunk writes
+    assert inside.exists() and proc.poll() is None, "the creation ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL

@@ -11,17 +11,13 @@ import pytest
 import torch
 import zarr
 
+from conftest import sphere as _sphere
 from jntk_dist import kernels
 from jntk_dist.data.images import image_dataset, load_cifar10, load_mnist, read_idx
-from jntk_dist.structured import structured_operator, structured_predict
+from jntk_dist.operators import structured_operator, structured_predict
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _sphere(n: int, d0: int, seed: int) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, d0))
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def _dense(x1, x2, *, depth, activation, kind, lam):
@@ -135,7 +131,7 @@ def test_predict_matches_dense_cross_kernel():
 
 def test_ray_row_blocks_equal_dense():
     ray = pytest.importorskip("ray")
-    from jntk_dist.structured import RayStructuredKernel
+    from jntk_dist.operators import RayStructuredKernel
 
     x = _sphere(9, 4, 5)
     dense = _dense(x, None, depth=2, activation="erf", kind="jntk", lam=0.2)

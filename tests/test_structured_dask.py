@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import zarr
 
+from conftest import write_gram_store
 from jntk_dist import kernels
-from jntk_dist.structured import DaskStructuredKernel, structured_operator
+from jntk_dist.operators import DaskStructuredKernel, structured_operator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -24,10 +24,9 @@ def case(tmp_path_factory):
     x = np.random.default_rng(7).standard_normal((N, D0))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     F = kernels.fields(x, **KW).stack().numpy()
-    path = str(tmp_path_factory.mktemp("fields") / "f.zarr")
-    root = zarr.open_group(path, mode="w")
-    arr = root.create_array("fields", shape=F.shape, chunks=(8, 4, 5), dtype="float64")
-    arr[...] = F  # several chunks per row block: the tasks read across chunk borders
+    path = tmp_path_factory.mktemp("fields") / "f.zarr"
+    # a fields store of 4-point tiles: several chunks per row block, read across chunk borders
+    write_gram_store(path, x, np.sign(x[:, 0]), mode="fields", tile_points=4, **KW)
     V = np.random.default_rng(8).standard_normal((N * (D0 + 1), 3))
     ref = structured_operator(x, fields=F, lam=0.2).matmat(V)
     return x, F, path, V, ref
@@ -44,10 +43,11 @@ def client():
     cluster.close()
 
 
-@pytest.mark.parametrize("source", ["fields", "store", "recompute"])
+@pytest.mark.parametrize("source", ["fields", "store", "store-url", "recompute"])
 def test_dask_threads_matvec_equals_local(case, source):
     x, F, path, V, ref = case
-    kw = {"fields": dict(fields=F), "store": dict(store=(path, "fields")),
+    kw = {"fields": dict(fields=F), "store": dict(store=path),
+          "store-url": dict(store=path.as_uri(), storage_options={"auto_mkdir": False}),
           "recompute": KW}[source]
     op = DaskStructuredKernel(x, lam=0.2, n_blocks=3, scheduler="threads", **kw)
     assert len(op.row_blocks) == 3
@@ -60,8 +60,7 @@ def test_dask_threads_matvec_equals_local(case, source):
 @pytest.mark.parametrize("source", ["fields", "store", "recompute"])
 def test_dask_distributed_matvec_equals_local(case, client, source):
     x, F, path, V, ref = case
-    kw = {"fields": dict(fields=F), "store": dict(store=(path, "fields")),
-          "recompute": KW}[source]
+    kw = {"fields": dict(fields=F), "store": dict(store=path), "recompute": KW}[source]
     from distributed import get_task_stream
 
     op = DaskStructuredKernel(x, lam=0.2, n_blocks=4, **kw)  # the active client is the default
@@ -80,10 +79,32 @@ def test_dask_bad_input(case, tmp_path):
     x, F, path, V, _ = case
     with pytest.raises(ValueError, match="exactly one field source"):
         DaskStructuredKernel(x, fields=F, depth=3, scheduler="threads")
-    with pytest.raises(ValueError, match="shape"):
-        DaskStructuredKernel(x[:5], store=(path, "fields"), scheduler="threads")
+    with pytest.raises(ValueError, match="fields of other points"):
+        DaskStructuredKernel(x[:5], store=path, scheduler="threads")
+    with pytest.raises(ValueError, match="fields of other points"):
+        DaskStructuredKernel(-x, store=path, scheduler="threads")
+    dense = write_gram_store(tmp_path / "dense.zarr", x, np.sign(x[:, 0]), **KW)
+    with pytest.raises(ValueError, match="'dense' store"):
+        DaskStructuredKernel(x, store=dense, scheduler="threads")
     with pytest.raises(ValueError, match="NaN"):
         DaskStructuredKernel(x, fields=np.where(F > 0.5, np.nan, F), scheduler="threads")
     op = DaskStructuredKernel(x, fields=F, scheduler="threads")
     with pytest.raises(ValueError, match="does not match"):
         op.matmat(np.ones(7))
+
+
+def test_dask_store_tasks_name_a_bad_chunk(case, tmp_path):
+    import shutil
+
+    from jntk_dist.store import StoreCorruptError
+
+    x, F, path, V, ref = case
+    bad = tmp_path / "bad.zarr"
+    shutil.copytree(path, bad)
+    chunk = bad / "fields" / "c" / "0" / "1" / "2"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 1
+    chunk.write_bytes(bytes(data))
+    op = DaskStructuredKernel(x, store=bad, lam=0.2, n_blocks=3, scheduler="threads")
+    with pytest.raises(StoreCorruptError, match=r"chunk fields/c/0/1/2 \(tile \(1, 2\)\)"):
+        op.matmat(V)

@@ -13,14 +13,10 @@ from jntk_dist.workflows.solve import SolveJobConfig, run_solve
 from jntk_dist.workflows.config import InexactResultError, load_config
 
 from conftest import write_gram_store
+from conftest import sphere as _sphere
 
 DEPTH, ACT, LAM = 2, "erf", 0.5
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny operators: no thread-pool stalls
-
-
-def _sphere(n: int, d: int, seed: int) -> np.ndarray:
-    X = np.random.default_rng(seed).standard_normal((n, d))
-    return X / np.linalg.norm(X, axis=1, keepdims=True)
 
 
 @pytest.fixture(scope="module")

@@ -80,10 +80,6 @@ class History:
     distance: list[list[float]] = field(default_factory=list)
     drift: list[list[float]] = field(default_factory=list)
 
-    def as_arrays(self) -> dict[str, np.ndarray]:
-        return {k: np.asarray(v, dtype=np.int64 if k == "step" else np.float64)
-                for k, v in self.__dict__.items()}
-
 
 class RobustTrainer:
     """Full-batch GD on eq. (1) for a :class:`FiniteMLP`, recording the finite-JNTK drift.

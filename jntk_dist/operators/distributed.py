@@ -10,6 +10,7 @@ that structure) recomputes fields, or reads the fields array, as the remote bloc
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 
 from .. import kernels
 from ..kernels import FIELD_NAMES, KernelFields
+from ..kernels.devices import choose_device
 from .field_sources import ArrayFields, FieldSource, InMemoryFields, RecomputedFields
 from .structured import StructuredKernel, structured_operator
 
@@ -52,7 +54,7 @@ def _make_row_worker_class() -> Any:
                      memory_mb: float, use_gpu: bool = False) -> None:
             torch.set_num_threads(1)
             lo, hi = rows
-            device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+            device = choose_device(use_gpu=use_gpu)
             self.op = structured_operator(x1[lo:hi], x2, depth=depth, activation=activation,
                                           kind=kind, lam=lam, mode=mode, memory_mb=memory_mb,
                                           device=device)
@@ -113,31 +115,36 @@ class RayStructuredKernel(StructuredKernel):
 # ---- Dask tasks ---------------------------------------------------------------------------
 
 
-class _RowWindow:
-    """Rows [lo, hi) of an (8, n1, n2) array-like, sliced lazily (only what a tile asks for)."""
+class _StoreRows:
+    """Rows [lo, hi) of a fields store's (8, N, N) fields as an array-like, read through the
+    store's reader (paths and URLs, storage_options, a bad chunk named), only what a tile asks for."""
 
-    def __init__(self, array: Any, lo: int, hi: int) -> None:
-        self.array, self.lo = array, lo
-        self.shape = (int(array.shape[0]), hi - lo, int(array.shape[2]))
+    def __init__(self, gram: Any, lo: int, hi: int) -> None:
+        self.gram, self.lo = gram, lo
+        self.shape = (len(FIELD_NAMES), hi - lo, gram.layout.n_points)
 
     def __getitem__(self, key: tuple[Any, slice, slice]) -> Any:
         first, rows, cols = key
         start, stop, _ = rows.indices(self.shape[1])
-        return self.array[first, self.lo + start:self.lo + stop, cols]
+        return self.gram.read_fields(slice(self.lo + start, self.lo + stop), cols)[first]
 
 
-def _open_fields_array(store: tuple[str, str]) -> Any:
-    import zarr
+def _open_fields_store(location: str, storage_options: dict[str, Any] | None) -> Any:
+    """A ``fields`` Gram store opened for reading (:func:`jntk_dist.store.open_gram`)."""
+    from ..store import open_gram
 
-    path, name = store
-    return zarr.open_array(store=path, path=name, mode="r")
+    gram = open_gram(location, storage_options)
+    if gram.layout.mode != "fields":
+        raise ValueError(f"store {location} is a {gram.layout.mode!r} store (Gram entries only); "
+                         "the structured operator reads the 8 fields of a `store: fields` store")
+    return gram
 
 
 def _dask_row_block(X: np.ndarray, rows: tuple[int, int], V: np.ndarray, lam: float | None,
-                    fields: Any, store: tuple[str, str] | None, recompute: dict[str, Any] | None,
-                    memory_mb: float) -> np.ndarray:
+                    fields: Any, store: tuple[str, dict[str, Any] | None] | None,
+                    recompute: dict[str, Any] | None, memory_mb: float) -> np.ndarray:
     """One Dask task: rows [lo, hi) of K V, with the row block's fields in memory, read from a
-    Zarr fields array inside the task, or recomputed by ``kernels.fields``."""
+    fields store inside the task, or recomputed by ``kernels.fields``."""
     lo, hi = rows
     x1 = torch.as_tensor(X[lo:hi])
     x2 = torch.as_tensor(X)
@@ -145,7 +152,7 @@ def _dask_row_block(X: np.ndarray, rows: tuple[int, int], V: np.ndarray, lam: fl
     if fields is not None:
         source = InMemoryFields(fields)
     elif store is not None:
-        source = ArrayFields(_RowWindow(_open_fields_array(store), lo, hi))
+        source = ArrayFields(_StoreRows(_open_fields_store(*store), lo, hi))
     else:
         assert recompute is not None
         source = RecomputedFields(x1, x2, **recompute)
@@ -166,25 +173,25 @@ class DaskStructuredKernel(StructuredKernel):
     """Θ_λ(X, X) as one Dask task per row block, for clusters run by Dask.
 
     Field source (one of): ``fields`` — an (8, N, N) array held by the driver (each block's rows are
-    scattered to the cluster once when a ``distributed`` client is active); ``store`` — the path of
-    a Zarr fields array (``(path, array_name)``, e.g. a fields-mode Gram store and ``"fields"``)
-    opened *inside* each task, so every worker reads only its rows (this also works where
-    ``da.from_zarr`` on Zarr 3 does not, e.g. Ray's Dask scheduler); or ``depth`` (+ activation,
-    kind) — each task recomputes its rows with ``kernels.fields``.  ``scheduler``: any Dask
-    scheduler name or client (``None``: Dask's default, a ``distributed`` client when one is
-    active).
+    scattered to the cluster once when a ``distributed`` client is active); ``store`` — the
+    location (path or fsspec URL, with ``storage_options``) of a ``fields`` Gram store, opened
+    with :func:`jntk_dist.store.open_gram` *inside* each task, so every worker reads only its rows
+    and a bad chunk is named (this also works where ``da.from_zarr`` on Zarr 3 does not, e.g.
+    Ray's Dask scheduler); or ``depth`` (+ activation, kind) — each task recomputes its rows with
+    ``kernels.fields``.  ``scheduler``: any Dask scheduler name or client (``None``: Dask's
+    default, a ``distributed`` client when one is active).
     """
 
-    def __init__(self, x: Any, *, fields: Any = None, store: tuple[str, str] | str | None = None,
-                 depth: int | None = None, activation: str = "gelu", kind: str = "jntk",
-                 lam: float | None = None, n_blocks: int = 2, scheduler: Any = None,
-                 memory_mb: float = 256.0) -> None:
+    def __init__(self, x: Any, *, fields: Any = None, store: str | Path | None = None,
+                 storage_options: dict[str, Any] | None = None, depth: int | None = None,
+                 activation: str = "gelu", kind: str = "jntk", lam: float | None = None,
+                 n_blocks: int = 2, scheduler: Any = None, memory_mb: float = 256.0) -> None:
         X = _validated(x)
         n = X.shape[0]
         if sum(v is not None for v in (fields, store, depth)) != 1:
             raise ValueError("give exactly one field source: fields (an (8, N, N) array), store "
-                             "(a Zarr fields array path) or depth (recompute the fields)")
-        self.store = (store, "fields") if isinstance(store, str) else store
+                             "(a fields Gram store) or depth (recompute the fields)")
+        self.store = None if store is None else (str(store), storage_options)
         self.recompute = None if depth is None else {"depth": depth, "activation": activation,
                                                      "kind": kind}
         F = None if fields is None else _checked_fields(fields, n)
@@ -193,11 +200,12 @@ class DaskStructuredKernel(StructuredKernel):
         if F is not None:
             source = InMemoryFields(F)
         elif self.store is not None:
-            source = ArrayFields(_open_fields_array(self.store))
-            if source.shape != (n, n):
-                raise ValueError(f"fields array {self.store[1]!r} in {self.store[0]} has shape "
-                                 f"(8, {source.shape[0]}, {source.shape[1]}), expected "
-                                 f"(8, {n}, {n}) for these inputs")
+            gram = _open_fields_store(*self.store)
+            source = ArrayFields(_StoreRows(gram, 0, gram.layout.n_points))
+            if source.shape != (n, n) or not np.array_equal(gram.X, X):
+                raise ValueError(f"store {store} holds the fields of other points (shape "
+                                 f"(8, {source.shape[0]}, {source.shape[1]}); expected the "
+                                 f"(8, {n}, {n}) fields of these inputs)")
         else:
             source = RecomputedFields(t, None, **self.recompute)  # type: ignore[arg-type]
         super().__init__(t, t, source, lam=lam, memory_mb=memory_mb,

@@ -21,6 +21,7 @@ import torch
 
 from .. import kernels
 from ..kernels import FIELD_INDEX, FIELD_NAMES, KernelFields
+from ..kernels.devices import choose_device
 from .base import OperatorBase
 from .field_sources import AccessorFields, ArrayFields, FieldSource, InMemoryFields, RecomputedFields
 
@@ -112,10 +113,6 @@ class StructuredKernel(OperatorBase):
         p = self.block_diagonal_parts()
         diag = p["iso"][:, None] + p["rank1"][:, None] * self.x1 ** 2
         return torch.cat([p["k"][:, None], diag], dim=1).reshape(-1)
-
-    def to_dense(self) -> Tensor:
-        """The dense Gram (small problems only; for checks)."""
-        return self._matmat(torch.eye(self.shape[1], dtype=self.dtype, device=self.device))
 
     # -- structure used by preconditioners -----------------------------------------------------
     def _require_square(self, what: str) -> None:
@@ -281,7 +278,7 @@ def structured_operator(x1: Any, x2: Any | None = None, *, fields: Any = None,
     recomputed fields in this precision (e.g. float32) while products stay in ``dtype``.
     """
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = choose_device()
     if memory_mb == "auto":
         memory_mb = auto_memory_mb(device)
     t1 = _inputs(x1, "x1", dtype, device)

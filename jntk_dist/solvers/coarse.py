@@ -38,7 +38,7 @@ import torch
 from ..kernels import FIELD_NAMES, Block
 from ..operators.base import StructuredParts
 from ..operators.structured import auto_memory_mb
-from .preconditioners import Preconditioner
+from .preconditioner_base import Preconditioner
 
 __all__ = ["PcaCoarsePreconditioner", "pca_basis", "choose_pca_rank", "coarse_budget",
            "tile_reserve"]

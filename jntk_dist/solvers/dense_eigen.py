@@ -22,7 +22,7 @@ import scipy.sparse.linalg
 from ..operators.dask_arrays import DEFAULT_BLOCK, MatrixLike, SchedulerName, as_dask, check_square
 from ..operators.base import AddedDiag
 from ..operators.dense import DenseOperator
-from .cholesky import CholeskyInverseOperator, NotPositiveDefiniteError
+from .dask_cholesky import CholeskyInverseOperator, NotPositiveDefiniteError
 from .results import EPS, EigenResult, positivity_tolerance
 
 __all__ = ["EPS", "EigenResult", "positivity_tolerance", "eigh_dense", "top_eigenpairs",

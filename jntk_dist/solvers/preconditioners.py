@@ -22,11 +22,11 @@ import logging
 import math
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from ..kernels import FIELD_NAMES
 from ..operators.base import StructuredParts
+from .preconditioner_base import Preconditioner
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -40,23 +40,6 @@ PRECONDITIONERS = ("none", "jacobi", "kron", "two_level", "nystrom", "pca", "aut
 
 
 # ---- preconditioners --------------------------------------------------------------------
-
-
-class Preconditioner:
-    """Approximates (A + μI)⁻¹; ``apply`` maps (n(d0+1), m) → (n(d0+1), m)."""
-
-    name = "none"
-
-    def apply(self, R: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def __call__(self, R: Any) -> Any:
-        is_numpy = not isinstance(R, torch.Tensor)
-        Rt = torch.as_tensor(np.asarray(R)) if is_numpy else R
-        squeeze = Rt.ndim == 1
-        out = self.apply(Rt[:, None] if squeeze else Rt)
-        out = out[:, 0] if squeeze else out
-        return out.cpu().numpy() if is_numpy else out
 
 
 class IdentityPreconditioner(Preconditioner):

@@ -35,25 +35,17 @@ finalise, repair), :mod:`.reader` (:func:`open_gram`), :mod:`.views` (xarray),
 :mod:`.verify` (:func:`verify_store`).
 """
 
-from .attributes import array_sha256, decode_attrs, encode_attrs, provenance
-from .layout import (DONE_PATH, FORMAT, FORMAT_VERSION, LAYOUT_DESCRIPTION, MODES,
-                     StoreCorruptError, StoreError, StoreLayout, StoreLockedError, done_path,
-                     zarr_compressors)
-from .locations import (beside, canonical_location, child_location, is_url, local_beside,
-                        location_name, open_file, open_group, remove_location, store_exists,
-                        url_filesystem, zarr_target)
-from .locks import ObjectStoreLock, StoreLock, lock_path, store_lock
+from .layout import StoreCorruptError, StoreError, StoreLayout, StoreLockedError
+from .locations import beside, is_url, local_beside, location_name, open_file
+from .locks import store_lock
 from .reader import STORE_LAM, GramStore, open_gram
 from .verify import BadChunk, VerifyReport, verify_store
-from .writer import (TileWriter, clear_tiles, create_store, done_bitmap_hex, finalize_store,
-                     is_store, record_progress, rewrite_inputs, rewrite_labels, store_state)
+from .writer import TileWriter, create_store, finalize_store, record_progress
 
-__all__ = ["DONE_PATH", "FORMAT", "FORMAT_VERSION", "LAYOUT_DESCRIPTION", "MODES", "STORE_LAM",
-           "BadChunk", "GramStore", "ObjectStoreLock", "StoreCorruptError", "StoreError",
-           "StoreLayout", "StoreLock", "StoreLockedError", "TileWriter", "VerifyReport",
-           "array_sha256", "beside", "canonical_location", "child_location", "clear_tiles",
-           "create_store", "decode_attrs", "done_bitmap_hex", "done_path", "encode_attrs",
-           "finalize_store", "is_store", "is_url", "local_beside", "location_name", "lock_path",
-           "open_file", "open_gram", "open_group", "provenance", "record_progress",
-           "remove_location", "rewrite_inputs", "rewrite_labels", "store_exists", "store_lock",
-           "store_state", "url_filesystem", "verify_store", "zarr_compressors", "zarr_target"]
+# the public face: read, write, lock and verify a store, its errors, and where results go beside
+# it; the rest (format constants, attributes, chunk names, lock classes, repair steps) is
+# imported from its module
+__all__ = ["STORE_LAM", "BadChunk", "GramStore", "StoreCorruptError", "StoreError", "StoreLayout",
+           "StoreLockedError", "TileWriter", "VerifyReport", "beside", "create_store",
+           "finalize_store", "is_url", "local_beside", "location_name", "open_file", "open_gram",
+           "record_progress", "store_lock", "verify_store"]

@@ -3,22 +3,40 @@ addressable as (point, component), with λ applied as every reader applies it.""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from .attributes import array_attrs, encode_attrs
-
-if TYPE_CHECKING:
-    from .reader import GramStore
+from .layout import StoreLayout
 
 __all__ = ["to_xarray"]
+
+
+class ReadableStore(Protocol):
+    """What the view reads of a store (:class:`.reader.GramStore` has it)."""
+
+    layout: StoreLayout
+    attrs: dict[str, Any]
+
+    @property
+    def X(self) -> np.ndarray: ...
+
+    @property
+    def y(self) -> np.ndarray: ...
+
+    @property
+    def norms(self) -> np.ndarray: ...
+
+    def resolve_lam(self, lam: Any) -> float | None: ...
+
+    def dask_array(self, lam: Any, allow_incomplete: bool) -> Any: ...
 
 # bookkeeping a reader of the view has no use for (the done marks' summary, creation state)
 INTERNAL_ATTRS = ("completed_tiles", "creation_complete")
 
 
-def to_xarray(store: "GramStore", lam: Any = "store", multiindex: bool = False,
+def to_xarray(store: ReadableStore, lam: Any = "store", multiindex: bool = False,
               allow_incomplete: bool = False) -> Any:
     """An ``xarray.Dataset`` of the store: ``gram`` (Θ_λ, lazy, one Dask chunk per tile; λ as
     :meth:`GramStore.read` takes it: the store's by default, ``None`` for the unscaled Θ),

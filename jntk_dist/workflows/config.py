@@ -12,7 +12,6 @@ Shared pieces: :class:`DatasetSpec` (a named dataset of :mod:`jntk_dist.data` or
 
 from __future__ import annotations
 
-import csv
 import difflib
 import hashlib
 import json
@@ -234,39 +233,10 @@ class DatasetSpec(BaseModel):
                               np.asarray(ds.y, dtype=np.float64), self.name)
         path = self.path
         assert path is not None
-        if not path.exists():
-            raise FileNotFoundError(f"dataset file {path} does not exist")
-        suffix = path.suffix.lower()
-        if suffix == ".npz":
-            with np.load(path) as z:
-                missing = {"X", "y"} - set(z.files)
-                if missing:
-                    raise ValueError(f"{path}: missing array(s) {sorted(missing)}; found {z.files}")
-                X, y = z["X"], z["y"]
-        else:
-            table = np.load(path) if suffix == ".npy" else _read_csv(path)
-            if table.ndim != 2 or table.shape[1] < 2:
-                raise ValueError(f"{path}: expected an (n, d0+1) table with y last, "
-                                 f"got shape {table.shape}")
-            X, y = table[:, :-1], table[:, -1]
-        X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64).reshape(-1)
-        if X.ndim != 2 or X.shape[0] != y.shape[0]:
-            raise ValueError(f"{path}: X of shape {X.shape} and y of shape {y.shape} do not match")
+        from ..data import read_xy_file
+
+        X, y = read_xy_file(path)
         return LoadedData(X, y, path.stem)
-
-
-def _read_csv(path: Path) -> np.ndarray:
-    with open(path, newline="") as fh:
-        rows = [r for r in csv.reader(fh) if r]
-    if rows:
-        try:
-            [float(v) for v in rows[0]]
-        except ValueError:
-            rows = rows[1:]  # header line
-    try:
-        return np.array([[float(v) for v in r] for r in rows], dtype=np.float64)
-    except ValueError as err:
-        raise ValueError(f"{path}: non-numeric value ({err})") from None
 
 
 # ---- kernel -----------------------------------------------------------------------------
@@ -295,12 +265,6 @@ class KernelSpec(BaseModel):
         act = get_activation(value)  # raises ValueError naming the accepted names
         act.require_smooth()  # Jacobian kernels need φ'' Lipschitz
         return act.name
-
-    @property
-    def torch_dtype(self) -> Any:
-        import torch
-
-        return getattr(torch, self.dtype)
 
 
 # ---- loading ----------------------------------------------------------------------------

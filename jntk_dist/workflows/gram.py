@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import kernels
+from ..kernels.devices import choose_device
 from ..progress import progress
 from ..store import (StoreLayout, TileWriter, finalize_store, location_name, open_gram,
                      record_progress, store_lock)
@@ -29,7 +30,7 @@ from ..store.tiling import DEFAULT_TILE_BYTES, auto_tile_points
 from .config import DatasetSpec, JobError, KernelSpec, OutputJobConfig, StoreOutput
 from .gram_store import (identity_of, is_storage_error, near_parallel_note, os_error_message,
                          prepare_store, raise_for_worker_error)
-from .ray_session import start_ray
+from .resources import RayResources
 
 __all__ = ["CompressionSpec", "RaySpec", "GramJobConfig", "GramRunResult", "TileWorker",
            "run_gram", "validate_dataset"]
@@ -50,13 +51,9 @@ class CompressionSpec(BaseModel):
     checksum: bool = True
 
 
-class RaySpec(BaseModel):
-    """Where and how wide to run. No ``address``: an embedded Ray on this machine."""
+class RaySpec(RayResources):
+    """Where (:class:`.resources.RayResources`) and how wide to run: the tile workers."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    address: str | None = None
-    num_cpus: int | None = Field(default=None, ge=1)  # embedded Ray only
     num_actors: int | None = Field(default=None, ge=1)  # default: sized from the cluster
     cpus_per_actor: float = Field(default=1.0, gt=0)
     gpus_per_actor: float | None = Field(default=None, ge=0)  # default: 1 when GPUs exist
@@ -125,7 +122,7 @@ class TileWorker:
         self.kind, self.depth, self.activation = kind, depth, activation
         self.compile = compile
         self.dtype = getattr(torch, dtype)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = choose_device()
         if compile:  # pay the compile (or cache load) while the pool starts, not on a tile
             lay = self.writer.layout
             kernels.compile_warm_up(  # type: ignore[arg-type]
@@ -165,7 +162,7 @@ def validate_dataset(X: np.ndarray, y: np.ndarray, name: str) -> None:
 
 def _start_ray(spec: RaySpec) -> bool:
     """Connect to (or embed) Ray unless already connected; True if this call started it."""
-    return start_ray(spec.address, spec.num_cpus)
+    return spec.start()
 
 
 def _pool_plan(spec: RaySpec, n_tasks: int, wait_s: float = 30.0) -> tuple[int, float, float]:

@@ -10,18 +10,15 @@ from __future__ import annotations
 import errno
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from ..data import near_parallel_pairs
-from ..store import (StoreError, StoreLayout, array_sha256, clear_tiles, create_store,
-                     location_name, open_gram, rewrite_inputs, rewrite_labels, store_state,
-                     verify_store)
-from .config import JobError, config_diff, config_hash
-
-if TYPE_CHECKING:
-    from .gram import GramJobConfig
+from ..store import StoreError, StoreLayout, create_store, location_name, open_gram, verify_store
+from ..store.attributes import array_sha256
+from ..store.writer import clear_tiles, rewrite_inputs, rewrite_labels, store_state
+from .config import JobError, KernelSpec, config_diff, config_hash
 
 __all__ = ["IDENTITY_KEYS", "identity_of", "near_parallel_note", "prepare_store",
            "os_error_message"]
@@ -31,6 +28,20 @@ log = logging.getLogger(__name__)
 # Config keys that define what a store contains; a rerun must agree on all of them.
 IDENTITY_KEYS = ("dataset", "kernel", "store", "compression")
 REPAIR_SAMPLES = 16  # random entries a --repair recomputes from the kernels (besides every chunk)
+
+
+class GramStoreConfig(Protocol):
+    """What the store's side reads of the Gram job's config (:class:`.gram.GramJobConfig`)."""
+
+    kernel: KernelSpec
+    store: str
+    tile_points: int | None
+    compression: Any  # a pydantic model: model_dump() gives create_store's compression
+    storage_options: dict[str, Any]
+
+    def identity(self) -> dict[str, Any]: ...
+
+    def recorded(self) -> dict[str, Any]: ...
 
 
 def identity_of(config: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +99,7 @@ def os_error_message(err: OSError, path: Path | str, tile: tuple[int, int] | Non
             "resumes where it stopped")
 
 
-def prepare_store(path: Path | str, config: "GramJobConfig", X: np.ndarray, y: np.ndarray,
+def prepare_store(path: Path | str, config: GramStoreConfig, X: np.ndarray, y: np.ndarray,
                   name: str, overwrite: bool, repair: bool,
                   choose_tile_points: Callable[[int, int], int]
                   ) -> tuple[StoreLayout, list[str], list[tuple[int, int]]]:
@@ -112,7 +123,7 @@ def prepare_store(path: Path | str, config: "GramJobConfig", X: np.ndarray, y: n
     return layout, notes, []
 
 
-def _check_existing(path: Path | str, config: "GramJobConfig", X: np.ndarray, y: np.ndarray
+def _check_existing(path: Path | str, config: GramStoreConfig, X: np.ndarray, y: np.ndarray
                     ) -> tuple[StoreLayout, list[str]]:
     """Refuse a store written by another config or dataset; rewrite changed labels (the Gram
     does not depend on them, with a note); return its layout to resume."""
@@ -146,7 +157,7 @@ def _check_existing(path: Path | str, config: "GramJobConfig", X: np.ndarray, y:
     return lay, [note]
 
 
-def _repair(path: Path | str, config: "GramJobConfig", X: np.ndarray, y: np.ndarray,
+def _repair(path: Path | str, config: GramStoreConfig, X: np.ndarray, y: np.ndarray,
             notes: list[str]) -> list[tuple[int, int]]:
     """Verify every chunk; rewrite bad input chunks from the dataset; clear the bad tiles so
     this run recomputes exactly them."""
@@ -167,7 +178,7 @@ def _repair(path: Path | str, config: "GramJobConfig", X: np.ndarray, y: np.ndar
     return report.bad_tiles
 
 
-def _create(path: Path | str, config: "GramJobConfig", X: np.ndarray, y: np.ndarray, name: str,
+def _create(path: Path | str, config: GramStoreConfig, X: np.ndarray, y: np.ndarray, name: str,
             overwrite: bool, choose_tile_points: Callable[[int, int], int]) -> StoreLayout:
     n, d0 = X.shape
     points = (min(config.tile_points, n) if config.tile_points is not None

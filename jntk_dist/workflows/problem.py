@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..store import open_gram
 from .config import (DatasetSpec, JobError, KernelSpec, OutputJobConfig, StoreLocation,
                      StoreOutput)
-from .ray_session import ray_session
+from .resources import RayResources
 
 __all__ = ["ComputeSpec", "ProblemSpec", "Problem", "split_indices", "load_problem",
            "compute_context", "arpack_errors"]
@@ -37,6 +37,11 @@ class ComputeSpec(BaseModel):
     dask_address: str | None = None
     num_cpus: int | None = Field(default=None, ge=1)  # embedded Ray only
     block_size: int = Field(default=2048, ge=16)  # Cholesky block (rows)
+
+    @property
+    def ray(self) -> RayResources:
+        """The Ray part (``ray_address``, ``num_cpus``) as the one Ray resources spec."""
+        return RayResources(address=self.ray_address, num_cpus=self.num_cpus)
 
 
 class ProblemSpec(OutputJobConfig):
@@ -180,8 +185,7 @@ def compute_context(spec: ComputeSpec) -> Iterator[str]:
     use_ray = spec.scheduler == "ray" or (spec.scheduler == "auto" and address is not None
                                           and spec.dask_address is None)
     if use_ray:
-        with ray_session(address, None if address else (spec.num_cpus or None),
-                         log_to_driver=False):
+        with spec.ray.session(log_to_driver=False):
             yield "ray"
     elif spec.scheduler == "distributed" or spec.dask_address:
         from distributed import Client

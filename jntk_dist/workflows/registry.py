@@ -1,5 +1,7 @@
-"""The one list of jobs. The CLI (``jntk <job>``), ``jobs/<job>.py`` (what ``ray job submit``
-runs) and the paper reproduction (:mod:`.reproduce`) all look jobs up here.
+"""The list of config jobs (those run from a YAML config). The CLI makes one ``jntk <job>`` per
+entry (its other commands, kernel, reproduce, report and verify, it adds itself), and
+``jobs/<job>.py`` (what ``ray job submit`` runs) and the paper reproduction (:mod:`.reproduce`)
+look jobs up here.
 
 A config job's module provides ``CONFIG`` (its typed config, a :class:`.config.JobConfig`) and
 ``execute(config, *, overwrite, progress) -> str`` (runs it, returns what the CLI prints). Modules

@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import kernels
+from ..kernels.devices import choose_device
 from ..operators import DaskStructuredKernel, RayStructuredKernel
 from ..operators.structured import auto_memory_mb, structured_operator
 from .config import OutputPath
@@ -92,12 +93,7 @@ class StoreFieldsView:
 
 def resolve_device(spec: StructuredSpec) -> torch.device:
     """The device of the structured operator: ``auto`` is CUDA when present."""
-    if spec.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("structured.device: cuda, but torch sees no CUDA device here "
-                         "(torch.cuda.is_available() is False); use device: auto or cpu")
-    if spec.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec.device)
+    return choose_device(spec.device, what="structured.device")
 
 
 def _compile_setting(spec: StructuredSpec, device: torch.device,

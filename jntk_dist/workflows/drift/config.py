@@ -11,6 +11,7 @@ from ...kernels import get_activation
 from ...networks.training import PAPER_COMPONENTS, default_record_steps
 from ...store.locations import beside, local_beside
 from ..config import DatasetSpec, OutputJobConfig, OutputPath, StoreOutput
+from ..resources import RayResources
 
 __all__ = ["DriftConfig", "GridSpec", "NetworkSpec", "TrainingSpec", "MonteCarloSpec",
            "DriftRaySpec"]
@@ -84,13 +85,9 @@ class MonteCarloSpec(BaseModel):
     batch_size: int | None = Field(default=None, ge=1)
 
 
-class DriftRaySpec(BaseModel):
-    """Where and how the runs execute."""
+class DriftRaySpec(RayResources):
+    """Where (:class:`jntk_dist.workflows.resources.RayResources`) and how the runs execute."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    address: str | None = None
-    num_cpus: int | None = Field(default=None, ge=1)  # embedded Ray only
     backend: Literal["train", "tasks"] = "train"
     cpus_per_run: float = Field(default=1.0, gt=0)
     use_gpu: bool = False

@@ -14,7 +14,6 @@ from typing import Any, Callable
 from ...networks.training import component_label
 from ...progress import progress as progress_bar
 from ...store.locations import is_url, open_group, remove_location, store_exists
-from ..ray_session import ray_session
 from .backends import launch_task, launch_train, run_resources, spec_dict
 from .config import DriftConfig
 from .plots import fit_slopes, plot_drift
@@ -89,7 +88,7 @@ def run_drift(config: DriftConfig, overwrite: bool = False, progress: bool | Non
     storage = config.checkpoints_dir.resolve()
     storage.mkdir(parents=True, exist_ok=True)
     if todo:
-        with ray_session(config.ray.address, config.ray.num_cpus):
+        with config.ray.session():
             _dispatch(config, todo, data, storage, path, result,
                       progress=config.progress if progress is None else progress,
                       on_submit=on_submit)

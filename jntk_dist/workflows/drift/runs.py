@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ... import kernels
+from ...kernels.devices import choose_device
 from ...networks.finite import FiniteMLP, MonteCarloKernel, mc_distance, mc_jacobian_nngp
 from ...networks.training import RobustTrainer
 from ...solvers.checkpoint import Checkpointer
@@ -76,13 +77,10 @@ def run_device(config: DriftConfig) -> torch.device:
     """The device of a run's networks: ``device: cpu | cuda``, or ``auto`` = CUDA when the run
     asked Ray for a GPU (``ray.use_gpu``) and one is visible, else the CPU. ``cuda`` without a
     visible GPU is an error (not a silent CPU run)."""
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda, but torch sees no CUDA device on this worker")
-    use = config.device == "cuda" or (config.device == "auto" and config.ray.use_gpu
-                                      and torch.cuda.is_available())
-    if use:
+    device = choose_device(config.device, use_gpu=config.ray.use_gpu)
+    if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = config.matmul_precision == "high"
-    return torch.device("cuda" if use else "cpu")
+    return device
 
 
 def execute_run(config: DriftConfig, spec: RunSpec, data: RunData,
