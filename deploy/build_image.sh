@@ -8,10 +8,11 @@
 #   IMAGE            the tag built (default localhost/jntk-dist:0.1.0)
 #   BASE_IMAGE       auto (default) | debootstrap | an image reference
 #   REBUILD_BASE=1   remake localhost/jntk-base:bookworm even when it exists
-#   TORCH_INDEX_URL  torch's index (default the Dockerfile's, https://download.pytorch.org/whl/cpu);
-#                    when that index is unreachable and a directory of pip's find-links holds a
-#                    CPU torch wheel for Python 3.11, the build installs torch from that wheel
-#                    (mounted read-only, PyPI for torch's own dependencies)
+#   TORCH_INDEX_URL  torch's index (default the Dockerfile's, https://download.pytorch.org/whl/cpu;
+#                    .../whl/cu128 for the CUDA image). Where the default is unreachable and a
+#                    directory of pip's find-links holds a CPU torch wheel for Python 3.11, the
+#                    build installs torch from that wheel (mounted read-only; PyPI for torch's
+#                    own dependencies)
 #   BUILD_NETWORK    the build's network (default: podman's own; `host` when it reaches no PyPI)
 #   CONTAINERS_CONF  containers.conf to use (default: one written to $JNTK_IMAGE_DIR, never /etc)
 #   JNTK_IMAGE_DIR   private working directory (default ~/.cache/jntk-image)
@@ -101,6 +102,8 @@ choose_torch_source() {
     if curl -fsS -m 20 -o /dev/null "$index/torch/" 2>/dev/null; then
         TORCH_ARGS=(--build-arg "TORCH_INDEX_URL=$index"); return
     fi
+    # A torch index asked for (a CUDA one, say) that does not answer is an error, not a CPU wheel.
+    [ -z "${TORCH_INDEX_URL:-}" ] || die "torch index $index does not answer (TORCH_INDEX_URL)"
     local dir links
     links="${PIP_FIND_LINKS:-} $(python3 -m pip config get global.find-links 2>/dev/null || true)"
     for dir in $links; do
@@ -151,7 +154,8 @@ t2=$(now)
 RAY_AUTH_TOKEN="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
     podman run --rm --network none --shm-size 1g --env RAY_AUTH_TOKEN "$IMAGE" \
     bash -c 'jntk gram configs/quickstart.yaml && jntk verify runs/quickstart.zarr \
-             && python -c "import torch; assert not torch.version.cuda; print(\"torch\", torch.__version__)"' \
+             && python -c "import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda)"' \
     > "$WORK/run.log" 2>&1 || { tail -n 30 "$WORK/run.log" >&2; die "the quickstart failed in $IMAGE; see $WORK/run.log"; }
 t_run=$(( $(now) - t2 ))
-echo "image $IMAGE built from $BASE_IMAGE and checked (jntk gram configs/quickstart.yaml, jntk verify): ${size_mb} MB; base ${t_base} s, build ${t_build} s, run ${t_run} s"
+echo "image $IMAGE built from $BASE_IMAGE and checked (jntk gram configs/quickstart.yaml, jntk verify;" \
+    "$(tail -n 1 "$WORK/run.log")): ${size_mb} MB; base ${t_base} s, build ${t_build} s, run ${t_run} s"
