@@ -23,8 +23,8 @@ from .. import kernels
 from ..kernels import FIELD_NAMES, KernelFields, mirror_stack
 from .attributes import array_attrs, array_sha256, decode_attrs, encode_attrs, provenance
 from .chunks import chunk_key, with_metadata_errors
-from .layout import (FORMAT, FORMAT_VERSION, LAYOUT_DESCRIPTION, StoreLayout, done_path,
-                     zarr_compressors)
+from .layout import (FORMAT, FORMAT_VERSION, LAYOUT_DESCRIPTION, StoreError, StoreLayout,
+                     done_path, zarr_compressors)
 from .locations import open_group, remove_location, store_exists, zarr_target
 
 __all__ = ["is_store", "store_state", "create_store", "done_bitmap_hex", "TileWriter",
@@ -260,15 +260,24 @@ class TileWriter:
         if lay.mode == "dense":
             with torch.no_grad():
                 tile = kernels.expand_gram(f, xi, xj, compile=compile).cpu().numpy()
-            tile = tile.astype(dtype, copy=False)
+            tile = _finite(tile.astype(dtype, copy=False), i, j)
             p = lay.block
             self.data[a * p:b * p, c * p:d * p] = tile
             if i != j:
                 self.data[c * p:d * p, a * p:b * p] = tile.T
         else:
-            stacked = f.stack().cpu().numpy().astype(dtype, copy=False)
+            stacked = _finite(f.stack().cpu().numpy().astype(dtype, copy=False), i, j)
             self.data[:, a:b, c:d] = stacked
             if i != j:
                 self.data[:, c:d, a:b] = mirror_stack(stacked)
         self.done[i, j] = 1
         return lay.tile_entries(i, j) * (1 if i == j else 2)
+
+
+def _finite(values: np.ndarray, i: int, j: int) -> np.ndarray:
+    """The tile itself, if every entry is finite: a Gram read as NaN then always means a missing
+    chunk (the arrays' fill value, which is what ``xarray.open_zarr`` shows for one)."""
+    if not np.isfinite(values).all():
+        raise StoreError(f"tile ({i}, {j}) is not finite ({int((~np.isfinite(values)).sum())} "
+                         "entries): not written; the kernel overflowed or its inputs are not finite")
+    return values
