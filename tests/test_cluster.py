@@ -42,6 +42,9 @@ from jntk_dist.workflows.config import ConfigError, JobConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 RAY_CLI = str(Path(sys.executable).with_name("ray"))
+# Jobs run the interpreter that runs the tests, never a bare `python` from PATH: with the venv not
+# activated that is whatever `python` the machine has (often one without torch).
+PYTHON = sys.executable
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -107,6 +110,35 @@ def test_paper_configs_validate_as_job_configs(tmp_path: Path) -> None:
 def test_runner_entry_points_answer_help(job: str) -> None:
     rc, text = _run_job_main(job, ["--help"])
     assert rc == 0 and "usage:" in text, text
+
+
+def test_report_defaults_beside_the_runs_and_spares_tracked_files(tmp_path: Path) -> None:
+    """`jntk report` states its defaults, writes <runs>/reproduction.md by default, and refuses
+    a default path that git tracks (it once replaced the committed docs/reproduction.md)."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed: nothing is tracked")
+    rc, text = _run_job_main("report", ["--help"])
+    assert rc == 0 and "(default: runs/paper)" in text and "<runs>/reproduction.md" in text, text
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    committed = runs / "reproduction.md"
+    committed.write_text("the committed report\n")
+    subprocess.run(["git", "-C", str(tmp_path), "add", str(committed)], check=True)
+    rc, text = _run_job_main("report", ["--runs", str(runs), "--only", "b7"])
+    assert rc == 2 and "tracked by git" in text and str(committed) in text, text
+    assert committed.read_text() == "the committed report\n"
+    # Named explicitly, it is written (the hand-written text above the marker is kept).
+    rc, text = _run_job_main("report", ["--runs", str(runs), "--only", "b7",
+                                        "--out", str(committed)])
+    assert rc == 0 and f"report: {committed}" in text, text
+    assert committed.read_text().startswith("the committed report")
+    # Untracked: the default path is written.
+    subprocess.run(["git", "-C", str(tmp_path), "rm", "-qf", "--cached", str(committed)],
+                   check=True)
+    committed.unlink()
+    rc, text = _run_job_main("report", ["--runs", str(runs), "--only", "b7"])
+    assert rc == 0 and committed.exists() and (runs / "figures").is_dir(), text
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -343,9 +375,9 @@ def test_submit_quickstart_poll_logs_status_and_open_store(head: Head, tmp_path:
     job_id = f"quickstart-{uuid.uuid4().hex[:8]}"
     with ThreadPoolExecutor(2) as pool:  # two `ray job submit` processes side by side
         submissions = [
-            pool.submit(_submit, head, typo_id, "python", "jobs/gram.py", "configs/quickstart.yaml",
+            pool.submit(_submit, head, typo_id, PYTHON, "jobs/gram.py", "configs/quickstart.yaml",
                         "--set", "kernel.depht=3", "--set", f"output={tmp_path / 'never.zarr'}"),
-            pool.submit(_submit, head, job_id, "python", "jobs/gram.py", "configs/quickstart.yaml",
+            pool.submit(_submit, head, job_id, PYTHON, "jobs/gram.py", "configs/quickstart.yaml",
                         "--set", f"output={out}", "--no-progress")]
         for done in submissions:
             done.result()
