@@ -42,7 +42,7 @@ import yaml
 
 from conftest import kill_processes
 from jntk_dist.workflows.config import ConfigError, JobConfig, load_config
-from jntk_dist.workflows.local_cluster import LocalCluster
+from jntk_dist.workflows.local_cluster import LocalCluster, cluster_pids, port_free
 
 REPO = Path(__file__).resolve().parents[1]
 RAY_CLI = str(Path(sys.executable).with_name("ray"))
@@ -262,15 +262,6 @@ def _stop_other_ray(proc: subprocess.Popen, temp_dir: Path) -> None:
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _port_taken(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return True
-    return False
-
-
 def _cluster_sh(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     """The documented command, with this interpreter (no install step)."""
     env = {**os.environ, "INSTALL": "0", "VENV": "system", "PYTHON": sys.executable}
@@ -287,7 +278,7 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
     state = tmp_path_factory.mktemp("cluster")
     try:
         deadline = time.monotonic() + 150
-        while not _port_taken(52365):  # the dashboard agent's default port, the one that clashed
+        while port_free(52365):  # the dashboard agent's default port, the one that clashed
             assert other.poll() is None, (other_dir / "other.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the other Ray's agent did not come up"
             time.sleep(1)
@@ -304,7 +295,7 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file))
         yield Head(cluster.address, cluster.ports["dashboard"], env, token, cluster)
         assert other.poll() is None or not other_runs, "the other Ray died while ours ran"
-        pids = set(_our_cluster_pids(cluster))
+        pids = set(cluster_pids(cluster))
         down = _cluster_sh("down", "--dir", str(state))
         assert down.returncode == 0, down.stdout + down.stderr
         alive = [pid for pid in pids if psutil.pid_exists(pid)
@@ -323,12 +314,6 @@ def _is_loopback(addr: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip.is_loopback
-
-
-def _our_cluster_pids(cluster: LocalCluster) -> list[int]:
-    from jntk_dist.workflows.local_cluster import _our_pids
-
-    return _our_pids(cluster)
 
 
 def _ray(head: Head, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -360,7 +345,7 @@ def test_jobs_api_needs_the_token_and_everything_stays_on_loopback(head: Head) -
     assert _get(f"{head.address}/api/jobs/", "not-the-token") in (401, 403)
     status = _cluster_sh("status", "--dir", head.cluster.state_dir)
     assert status.returncode == 0 and "(answers)" in status.stdout, status.stdout
-    pids = set(_our_cluster_pids(head.cluster))
+    pids = set(cluster_pids(head.cluster))
     listeners = [(c.laddr.ip, c.laddr.port, c.pid) for c in psutil.net_connections("tcp")
                  if c.status == psutil.CONN_LISTEN and c.pid in pids]
     ports = {port for _, port, _ in listeners}

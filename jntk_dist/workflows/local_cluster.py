@@ -91,7 +91,8 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Whether ``port`` can be bound on every interface now."""
     with socket.socket() as s:
         try:
             s.bind(("0.0.0.0", port))
@@ -105,7 +106,7 @@ def free_port_range(n: int, tries: int = 50) -> list[int]:
     rng = random.Random()
     for _ in range(tries):
         lo = rng.randrange(WORKER_RANGE[0], WORKER_RANGE[1] - n)
-        if all(_port_free(p) for p in range(lo, lo + n)):
+        if all(port_free(p) for p in range(lo, lo + n)):
             return [lo, lo + n - 1]
     raise RuntimeError(f"no {n} consecutive free ports in {WORKER_RANGE}")
 
@@ -243,7 +244,9 @@ def _ancestors() -> set[int]:
     return pids
 
 
-def _our_pids(cluster: LocalCluster) -> list[int]:
+def cluster_pids(cluster: LocalCluster) -> list[int]:
+    """The processes of ``cluster`` (the head's group and those :func:`_ours` recognises), never
+    this process or its ancestors."""
     spare = _ancestors()  # never this process or what runs it
     pids = []
     for entry in Path("/proc").iterdir():
@@ -272,13 +275,13 @@ def cluster_down(state_dir: Path = STATE_DIR, grace: float = 10) -> list[int]:
     cluster = LocalCluster.load(state_dir)
     if cluster is None:
         return []
-    pids = _our_pids(cluster)
+    pids = cluster_pids(cluster)
     _signal_all(pids, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _our_pids(cluster):
+    while time.monotonic() < deadline and cluster_pids(cluster):
         time.sleep(0.5)
     for _ in range(3):  # a driver may fork while we look; a few rounds catch them
-        left = _our_pids(cluster)
+        left = cluster_pids(cluster)
         if not left:
             break
         _signal_all(left, signal.SIGKILL)
@@ -303,7 +306,7 @@ def cluster_status(state_dir: Path = STATE_DIR) -> tuple[bool, str]:
                        "scripts/cluster.sh down cleans up after it")
     answers = "answers" if _api_ok(cluster) else "does NOT answer"
     return True, (f"running since {cluster.started}: head pid {cluster.pid}, "
-                  f"{len(_our_pids(cluster))} processes; Jobs API {cluster.address} ({answers}); "
+                  f"{len(cluster_pids(cluster))} processes; Jobs API {cluster.address} ({answers}); "
                   f"GCS 127.0.0.1:{cluster.ports['gcs']}; temp dir {cluster.temp_dir}; "
                   f"token {cluster.token_file}")
 
