@@ -242,13 +242,13 @@ def _start_other_ray(temp_dir: Path) -> subprocess.Popen:
 
 def _stop_other_ray(proc: subprocess.Popen, temp_dir: Path) -> None:
     """Kill what _start_other_ray started: its process group and whatever carries its temp dir."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 15)):  # a stand-in: no need to wait
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             pass
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=wait)
         except subprocess.TimeoutExpired:
             pass
     strays = []
