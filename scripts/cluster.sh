@@ -12,4 +12,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
 jntk_bootstrap ""
-exec "$PY" -m jntk_dist.workflows.local_cluster "$@"
+# The module by its file, not `-m jntk_dist.workflows.local_cluster`: it needs only the standard
+# library, and importing the package would import torch first (5-10 s for every status/down).
+exec "$PY" -c '
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("local_cluster", "jntk_dist/workflows/local_cluster.py")
+module = importlib.util.module_from_spec(spec)
+sys.modules["local_cluster"] = module
+spec.loader.exec_module(module)
+sys.exit(module.main(sys.argv[1:]))' "$@"
