@@ -11,12 +11,24 @@
 #                TORCH_INDEX=pypi for pip's configured index (PyPI's Linux x86_64 torch is a CUDA
 #                build, ~2.5 GB more; where pip's find-links hold a local CPU wheel it takes that)
 #   INSTALL      INSTALL=0 skips every pip step and runs with what is there
+#   VENV_ON_PATH VENV_ON_PATH=0 leaves PATH alone; by default the venv's bin/ goes first on PATH
+#                for what the script runs, so a `python` or `ray` called by name is the venv's
+#                whether or not the venv is activated (.ci/run sets 0 to prove the suite needs
+#                no such help)
 #
 # torch goes first and from its own index: the package's `torch` requirement, left to PyPI, would
 # pull the multi-GB CUDA build. A rerun with the same pyproject.toml, extras and torch choice
 # installs nothing (the venv keeps a stamp); an installed torch that meets TORCH_SPEC is kept.
 
 jntk_bootstrap() {
+    _jntk_install "$@" || return 1
+    if [ "${VENV:-.venv}" != system ] && [ "${VENV_ON_PATH:-1}" != 0 ]; then
+        PATH="$(cd "$(dirname "$PY")" && pwd):$PATH"
+        export PATH
+    fi
+}
+
+_jntk_install() {
     local extras="$1"   # "" or "[dev]"
     local venv="${VENV:-.venv}"
     local python="${PYTHON:-python3}"

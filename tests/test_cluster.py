@@ -1,11 +1,13 @@
 """Cluster operation on loopback, and the shipped job configs.
 
-A real Ray head (``ray start --head --block``) on 127.0.0.1 with free ports, its own temp dir and
-its own random auth token; ``ray job submit --working-dir . --runtime-env deploy/runtime_env.yaml``
-of the quickstart; the job is polled to SUCCEEDED; ``ray job logs`` / ``ray job status`` are read;
-the store it wrote is opened with xarray and checked against the kernels computed here. The head
-is stopped by killing exactly the processes it started (never ``ray stop``: that stops every Ray
-on the machine).
+The documented local cluster (``scripts/cluster.sh up``: a Ray head on 127.0.0.1 with free
+ports, its own temp dir and a new token in a 0600 file) started while another Ray holds Ray's
+default ports; every listener of ours on loopback; ``ray job submit --working-dir .
+--runtime-env deploy/runtime_env.yaml`` of the quickstart (the entrypoint is this interpreter,
+never a bare ``python`` from PATH); the job is polled to SUCCEEDED; ``ray job logs`` / ``ray job
+status`` are read; the store it wrote is opened with xarray and checked against the kernels
+computed here. ``scripts/cluster.sh down`` stops exactly our processes (the other Ray lives on;
+never ``ray stop``: that stops every Ray on the machine).
 
 The config half: every YAML in configs/ validates against its job's model, and every job entry
 point in jobs/ turns a typo or a bad value into exit code 2 and a message naming the key.
@@ -14,6 +16,7 @@ point in jobs/ turns a typo or a bad value into exit code 2 and a message naming
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import io
 import os
 import shutil
@@ -39,9 +42,13 @@ import yaml
 
 from conftest import kill_processes
 from jntk_dist.workflows.config import ConfigError, JobConfig, load_config
+from jntk_dist.workflows.local_cluster import LocalCluster, cluster_pids, port_free
 
 REPO = Path(__file__).resolve().parents[1]
 RAY_CLI = str(Path(sys.executable).with_name("ray"))
+# Jobs run the interpreter that runs the tests, never a bare `python` from PATH: with the venv not
+# activated that is whatever `python` the machine has (often one without torch).
+PYTHON = sys.executable
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -109,6 +116,35 @@ def test_runner_entry_points_answer_help(job: str) -> None:
     assert rc == 0 and "usage:" in text, text
 
 
+def test_report_defaults_beside_the_runs_and_spares_tracked_files(tmp_path: Path) -> None:
+    """`jntk report` states its defaults, writes <runs>/reproduction.md by default, and refuses
+    a default path that git tracks (it once replaced the committed docs/reproduction.md)."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed: nothing is tracked")
+    rc, text = _run_job_main("report", ["--help"])
+    assert rc == 0 and "(default: runs/paper)" in text and "<runs>/reproduction.md" in text, text
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    committed = runs / "reproduction.md"
+    committed.write_text("the committed report\n")
+    subprocess.run(["git", "-C", str(tmp_path), "add", str(committed)], check=True)
+    rc, text = _run_job_main("report", ["--runs", str(runs), "--only", "b7"])
+    assert rc == 2 and "tracked by git" in text and str(committed) in text, text
+    assert committed.read_text() == "the committed report\n"
+    # Named explicitly, it is written (the hand-written text above the marker is kept).
+    rc, text = _run_job_main("report", ["--runs", str(runs), "--only", "b7",
+                                        "--out", str(committed)])
+    assert rc == 0 and f"report: {committed}" in text, text
+    assert committed.read_text().startswith("the committed report")
+    # Untracked: the default path is written.
+    subprocess.run(["git", "-C", str(tmp_path), "rm", "-qf", "--cached", str(committed)],
+                   check=True)
+    committed.unlink()
+    rc, text = _run_job_main("report", ["--runs", str(runs), "--only", "b7"])
+    assert rc == 0 and committed.exists() and (runs / "figures").is_dir(), text
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_config_validates(path: Path) -> None:
     model = _job_models()[_job_of_config(path)]
@@ -170,67 +206,16 @@ def test_quickstart_bad_values_name_the_key(override: str, key: str) -> None:
     assert f"  {key}:" in str(err.value)
 
 
-# ---- a head on loopback -----------------------------------------------------------------
-
-
-def _free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
+# ---- a head on loopback, beside another Ray ---------------------------------------------
 
 
 @dataclass
 class Head:
     address: str          # the Jobs API (dashboard), http://127.0.0.1:<port>
     port: int
-    env: dict[str, str]   # RAY_AUTH_MODE=token, RAY_AUTH_TOKEN=<this head's token>
+    env: dict[str, str]   # RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH=<this head's token file>
     token: str
-    temp_dir: Path
-    proc: subprocess.Popen
-
-
-def _ours(p: psutil.Process, temp_dir: Path, token: str) -> bool:
-    try:
-        if any(str(temp_dir) in part for part in p.cmdline()):
-            return True
-        return p.environ().get("RAY_AUTH_TOKEN") == token
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
-
-
-def _stop_head(head: Head) -> list[int]:
-    """Kill what this head started: its process group, then any process carrying its temp dir in
-    the command line or its token in the environment (job drivers run in sessions of their own)."""
-    def group() -> list[psutil.Process]:
-        out = []
-        for p in psutil.process_iter():
-            try:
-                if os.getpgid(p.pid) == head.proc.pid:
-                    out.append(p)
-            except (ProcessLookupError, psutil.NoSuchProcess):
-                pass
-        return out
-
-    try:
-        os.killpg(head.proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    _, alive = psutil.wait_procs(group(), timeout=5)
-    try:
-        os.killpg(head.proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    head.proc.wait(timeout=30)
-    strays = [p for p in psutil.process_iter() if p.pid != os.getpid()
-              and _ours(p, head.temp_dir, head.token)]
-    kill_processes(strays)
-    return [p.pid for p in alive + strays]
+    cluster: LocalCluster
 
 
 def _get(url: str, token: str | None, timeout: float = 5.0) -> int:
@@ -244,51 +229,91 @@ def _get(url: str, token: str | None, timeout: float = 5.0) -> int:
         return err.code
 
 
+def _start_other_ray(temp_dir: Path) -> subprocess.Popen:
+    """Another user's Ray: `ray start --head` on Ray's default ports (GCS 6379, dashboard 8265,
+    agent 52365, client 10001, metrics 44217/44227), its own temp dir and process group."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    log = open(temp_dir / "other.log", "wb")
+    return subprocess.Popen([RAY_CLI, "start", "--head", "--block", "--temp-dir", str(temp_dir),
+                             "--num-cpus", "1", "--disable-usage-stats"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop_other_ray(proc: subprocess.Popen, temp_dir: Path) -> None:
+    """Kill what _start_other_ray started: its process group and whatever carries its temp dir."""
+    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 15)):  # a stand-in: no need to wait
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            pass
+    strays = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and any(str(temp_dir) in a for a in p.cmdline()):
+                strays.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    kill_processes(strays)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _cluster_sh(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """The documented command, with this interpreter (no install step)."""
+    env = {**os.environ, "INSTALL": "0", "VENV": "system", "PYTHON": sys.executable}
+    return subprocess.run(["bash", str(REPO / "scripts" / "cluster.sh"), *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture(scope="module")
-def head() -> Iterator[Head]:
-    temp_dir = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: socket paths are limited
-    token = uuid.uuid4().hex
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH", "RAY_API_SERVER_ADDRESS")}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
-               PYTHONUNBUFFERED="1")
-    (gcs, dash, client, agent_http, agent_grpc, env_agent, metrics, node_mgr, obj_mgr,
-     worker_lo) = _free_ports(10)
-    cmd = [RAY_CLI, "start", "--head", "--block", "--temp-dir", str(temp_dir),
-           "--node-ip-address", "127.0.0.1", "--port", str(gcs),
-           "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-           "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
-           "--dashboard-agent-listen-port", str(agent_http),
-           "--dashboard-agent-grpc-port", str(agent_grpc),
-           "--runtime-env-agent-port", str(env_agent), "--metrics-export-port", str(metrics),
-           "--node-manager-port", str(node_mgr), "--object-manager-port", str(obj_mgr),
-           "--num-cpus", "2", "--object-store-memory", str(200 * 1024 ** 2),
-           "--disable-usage-stats"]
-    log = open(temp_dir / "head.log", "wb")
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    h = Head(f"http://127.0.0.1:{dash}", dash, env, token, temp_dir, proc)
+def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
+    """`scripts/cluster.sh up` while another Ray holds the default ports; `down` at the end must
+    stop every process of ours and none of the other Ray's."""
+    other_dir = Path(tempfile.mkdtemp(prefix="ro", dir="/tmp"))  # short: socket paths are limited
+    other = _start_other_ray(other_dir)
+    state = tmp_path_factory.mktemp("cluster")
     try:
         deadline = time.monotonic() + 150
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError("ray start exited:\n" + (temp_dir / "head.log").read_text())
-            try:
-                if _get(f"{h.address}/api/version", token) == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("dashboard did not come up:\n"
-                                   + (temp_dir / "head.log").read_text()[-3000:])
+        while port_free(52365):  # the dashboard agent's default port, the one that clashed
+            assert other.poll() is None, (other_dir / "other.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the other Ray's agent did not come up"
             time.sleep(1)
-        yield h
+        # Someone else's Ray may hold the defaults already (then ours exits): the clash is there.
+        other_runs = other.poll() is None
+        up = _cluster_sh("up", "--dir", str(state), "--num-cpus", "2")
+        assert up.returncode == 0, up.stdout + up.stderr
+        cluster = LocalCluster.load(state)
+        assert cluster is not None
+        token_file = Path(cluster.token_file)
+        token = token_file.read_text().strip()
+        assert token not in up.stdout + up.stderr and token_file.stat().st_mode & 0o777 == 0o600
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file))
+        yield Head(cluster.address, cluster.ports["dashboard"], env, token, cluster)
+        assert other.poll() is None or not other_runs, "the other Ray died while ours ran"
+        pids = set(cluster_pids(cluster))
+        down = _cluster_sh("down", "--dir", str(state))
+        assert down.returncode == 0, down.stdout + down.stderr
+        alive = [pid for pid in pids if psutil.pid_exists(pid)
+                 and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+        assert not alive, f"processes of the local cluster survived down: {alive}"
+        assert other.poll() is None or not other_runs, "down stopped the other Ray"
+        assert not Path(cluster.temp_dir).exists() and not token_file.exists()
+        assert _cluster_sh("status", "--dir", str(state)).returncode == 1
     finally:
-        _stop_head(h)
-        log.close()
-        leftover = [p.pid for p in psutil.process_iter() if _ours(p, temp_dir, token)]
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        assert not leftover, f"processes of the test cluster survived: {leftover}"
+        _cluster_sh("down", "--dir", str(state))
+        _stop_other_ray(other, other_dir)
+
+
+def _is_loopback(addr: str) -> bool:
+    ip = ipaddress.ip_address(addr)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 def _ray(head: Head, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -314,13 +339,23 @@ def _wait(head: Head, job_id: str, timeout: float = 240) -> str:
                        + client.get_job_logs(job_id)[-3000:])
 
 
-def test_jobs_api_needs_the_token_and_stays_on_loopback(head: Head) -> None:
+def test_jobs_api_needs_the_token_and_everything_stays_on_loopback(head: Head) -> None:
     assert _get(f"{head.address}/api/jobs/", head.token) == 200
     assert _get(f"{head.address}/api/jobs/", None) in (401, 403)
     assert _get(f"{head.address}/api/jobs/", "not-the-token") in (401, 403)
-    listening = {c.laddr.ip for c in psutil.net_connections("tcp")
-                 if c.status == psutil.CONN_LISTEN and c.laddr.port == head.port}
-    assert listening == {"127.0.0.1"}, f"dashboard port {head.port} listens on {listening}"
+    status = _cluster_sh("status", "--dir", head.cluster.state_dir)
+    assert status.returncode == 0 and "(answers)" in status.stdout, status.stdout
+    pids = set(cluster_pids(head.cluster))
+    listeners = [(c.laddr.ip, c.laddr.port, c.pid) for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.pid in pids]
+    ports = {port for _, port, _ in listeners}
+    # Every port it picked that Ray opens is open (the metrics exporter, the Ray Client server
+    # and the object manager may open later or not at all), and nothing listens beyond loopback.
+    picked = head.cluster.ports
+    assert {picked[k] for k in ("gcs", "dashboard", "agent_http", "node_manager")} <= ports, \
+        (picked, listeners)
+    exposed = [entry for entry in listeners if not _is_loopback(entry[0])]
+    assert not exposed, f"listening beyond loopback: {exposed} (all: {listeners})"
 
 
 def _submit(head: Head, job_id: str, *entrypoint: str) -> None:
@@ -343,9 +378,9 @@ def test_submit_quickstart_poll_logs_status_and_open_store(head: Head, tmp_path:
     job_id = f"quickstart-{uuid.uuid4().hex[:8]}"
     with ThreadPoolExecutor(2) as pool:  # two `ray job submit` processes side by side
         submissions = [
-            pool.submit(_submit, head, typo_id, "python", "jobs/gram.py", "configs/quickstart.yaml",
+            pool.submit(_submit, head, typo_id, PYTHON, "jobs/gram.py", "configs/quickstart.yaml",
                         "--set", "kernel.depht=3", "--set", f"output={tmp_path / 'never.zarr'}"),
-            pool.submit(_submit, head, job_id, "python", "jobs/gram.py", "configs/quickstart.yaml",
+            pool.submit(_submit, head, job_id, PYTHON, "jobs/gram.py", "configs/quickstart.yaml",
                         "--set", f"output={out}", "--no-progress")]
         for done in submissions:
             done.result()
