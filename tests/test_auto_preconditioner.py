@@ -69,14 +69,15 @@ def test_tabular_data_converge_with_the_default(tabular):
     op = structured_operator(X, **TABULAR)
     res = structured_solve(op, y, ridge=MU, tol=1e-8, progress=False)  # the default: auto
     assert res.preconditioner == "direct" and res.converged and res.residual <= 1e-8
-    assert res.preconditioner_choice.startswith("auto → direct (N(d0+1) = 1,800 ≤ 16,000")
+    assert res.preconditioner_choice.startswith("auto → direct (N(d0+1) = 1,800 ≤ 8,000")
     assert "needs" in res.preconditioner_choice and "has" in res.preconditioner_choice
     assert _rel(res.x, alpha) <= 1e-8
 
 
 @pytest.mark.parametrize("options,expected", [
-    ({"direct_max": 100}, "pca"),  # rank(X) = 8 ≤ 16: the coarse space spans span(X)
-    ({"direct_max": 100, "budget_bytes": 5e8}, "rpcholesky"),  # that space does not fit
+    ({"direct_max": 1000}, "pca"),  # rank(X) = 8 ≤ 16: the coarse space spans span(X)
+    ({"direct_max": 1000, "budget_bytes": 5e8}, "rpcholesky"),  # that space does not fit
+    ({"direct_max": 100}, "rpcholesky"),  # nor is it cheaper than a direct solve of its size
 ])
 def test_small_d0_branches_equal_the_dense_solve(tabular, options, expected):
     X, y, alpha = tabular
@@ -84,6 +85,17 @@ def test_small_d0_branches_equal_the_dense_solve(tabular, options, expected):
     assert res.preconditioner == expected, res.preconditioner_choice
     assert res.converged and res.residual <= 1e-12 and res.iterations <= 20
     assert _rel(res.x, alpha) <= 1e-8
+
+
+@pytest.mark.parametrize("direct_max,expected", [(1500, "direct"), (1000, "rpcholesky")])
+def test_flat_spectrum_branch_equals_the_dense_solve(direct_max, expected):
+    """100 Gaussian directions in d0 = 24: 85 % of ‖X‖² needs more than 16 of them."""
+    X = _sphere(100, 24, seed=4)
+    y = np.sign(X[:, 0] + 0.2)
+    res = _auto_solve(X, y, TABULAR, direct_max=direct_max)
+    assert res.preconditioner == expected, res.preconditioner_choice
+    assert "a flat spectrum" in res.preconditioner_choice
+    assert res.converged and _rel(res.x, _dense_solution(X, y, TABULAR)) <= 1e-8
 
 
 def test_rpcholesky_below_full_rank_still_solves(tabular):

@@ -118,7 +118,7 @@ def test_auto_preconditioner_is_pca_on_images_where_it_fits_else_nystrom(digits)
     res = structured_solve(op, y[:40], ridge=MU, tol=1e-8, preconditioner="auto",
                            preconditioner_options={"direct_max": 100}, progress=False)
     assert res.preconditioner == "pca" and res.converged
-    assert res.preconditioner_choice.startswith("auto → pca (N(d0+1) = 2,600 > 100; rank(X)")
+    assert res.preconditioner_choice.startswith("auto → pca (N(d0+1) = 2,600 > 100; 85 % of")
 
 
 def test_streamed_fields_give_the_held_preconditioner(digits):
