@@ -235,6 +235,21 @@ def _cg_iterate(A: Callable[[Tensor], Tensor], M: Callable[[Tensor], Tensor], s:
     return converged
 
 
+def _iterate_with_bar(A: Callable[[Tensor], Tensor], M: Preconditioner, state: _CGState,
+                      b_norm: float, tol: float, maxiter: int,
+                      ckpt: IterativeCheckpoint | None, progress: bool,
+                      callback: Callable[[int, float], None] | None,
+                      reliable: _ReliableResidual | None) -> bool:
+    """:func:`_cg_iterate` under a progress bar (closed however the iteration ends)."""
+    bar = Progress(maxiter, f"PCG[{M.name}]", unit="it", initial=state.iteration) \
+        if progress else None
+    try:
+        return _cg_iterate(A, M, state, b_norm, tol, maxiter, ckpt, bar, callback, reliable)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def _checked(ridge: float, tol: float) -> float:
     """μ as a float, or a message for a negative / non-finite μ or a tolerance ≤ 0."""
     ridge = float(ridge)
@@ -293,15 +308,8 @@ def structured_solve(op: KernelOperator, y: Any, ridge: float = 0.0, tol: float 
     state = _cg_start(A_exact, M, b, x0, ckpt)
     reliable = None if exact_op is None else _ReliableResidual(A_exact, b, state.r)
     start_it, t0 = state.iteration, time.perf_counter()
-    bar = None
-    if progress:
-        bar = Progress(maxiter, f"PCG[{M.name}]", unit="it", initial=start_it)
-    try:
-        converged = _cg_iterate(A, M, state, b_norm, tol, maxiter, ckpt, bar, callback,
-                                reliable)
-    finally:
-        if bar is not None:
-            bar.close()
+    converged = _iterate_with_bar(A, M, state, b_norm, tol, maxiter, ckpt, progress, callback,
+                                  reliable)
     if ckpt is not None:
         ckpt.save(state.arrays())
     true_res = float(torch.linalg.vector_norm(b - A_exact(state.x))) / b_norm
