@@ -136,10 +136,3 @@ class RPCholeskyPreconditioner(Preconditioner):
 
     def apply(self, R: Tensor) -> Tensor:
         return factor_solve(self.fac, R.to(torch.float64)).to(R.dtype)
-
-
-def effective_rank_note(rank: int, d_eff: float) -> str:
-    """How the rank was chosen (for the summary)."""
-    return f"rank {rank} ≥ 2 d_eff(μ) ≈ {2 * d_eff:.0f}" if rank >= 2 * d_eff else \
-        f"rank {rank} (memory cap; d_eff(μ) ≈ {d_eff:.0f})"
-

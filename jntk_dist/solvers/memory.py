@@ -14,16 +14,12 @@ has free, with headroom for whatever else runs on the machine.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 __all__ = ["USABLE_FRACTION", "NotEnoughMemoryError", "MemoryPlan", "Budget", "free_bytes",
            "usable_bytes", "budget", "auto_tile_mb", "gb"]
-
-log = logging.getLogger(__name__)
 
 USABLE_FRACTION = 0.6  # of the free memory: the rest is headroom for what else runs
 TILE_SHARE = 0.25  # of the usable memory: a product's row tiles under memory_mb: auto
@@ -126,8 +122,3 @@ def refuse(plans: list[MemoryPlan], alternatives: str) -> NotEnoughMemoryError:
     """The one-line error when no plan fits."""
     tried = "; ".join(p.text() for p in plans)
     return NotEnoughMemoryError(f"no preconditioner fits the memory: {tried}. {alternatives}")
-
-
-def log_plan(plan: MemoryPlan, level: int = logging.INFO, **_: Any) -> None:
-    """Print the plan (the jobs' log shows it)."""
-    log.log(level, "memory plan: %s → %s", plan.text(), "fits" if plan.fits else "does not fit")
