@@ -135,17 +135,18 @@ def step_matvec(args: argparse.Namespace, device: torch.device, n: int,
 def step_solve(args: argparse.Namespace, device: torch.device, n: int,
                record: dict[str, Any]) -> None:
     from jntk_dist.operators import structured_operator
-    from jntk_dist.solvers import structured_solve
+    from jntk_dist.solvers import auto_ridge, structured_solve
 
     X, y = inputs(args, n)
     op = structured_operator(X, depth=args.depth, activation=args.activation, lam=args.lam,
                              mode="recompute", memory_mb="auto", device=device, compile=True)
     t0 = time.perf_counter()
-    ridge = 0.01 * float(op.diagonal().mean()) if args.ridge == "auto" else float(args.ridge)
+    ridge = auto_ridge(op) if args.ridge == "auto" else float(args.ridge)
     res = structured_solve(op, y, ridge=ridge, tol=args.tol, preconditioner=args.precond,
                            maxiter=args.maxiter, progress=not args.no_progress)
     record.setdefault("solve", {})[str(n)] = {
         "unknowns": op.shape[0], "preconditioner": res.preconditioner, "ridge": ridge,
+        "preconditioner_choice": res.preconditioner_choice,
         "setup_s": res.setup_s,
         "iterations": res.iterations, "converged": res.converged, "true_residual": res.residual,
         "wall_s": time.perf_counter() - t0, "peak_gib": peak_gib(device)}
@@ -194,9 +195,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    "(the solve job's ridge: auto)")
     p.add_argument("--tol", type=float, default=1e-6)
     p.add_argument("--maxiter", type=int, default=2000)
-    p.add_argument("--precond", default="auto", help="auto (pca where it fits the free memory: "
-                   "at N = 60 000 with streamed fields on a 141 GB H200 only, else nystrom), pca, "
-                   "two_level, kron, nystrom")
+    p.add_argument("--precond", default="auto", help="a registered preconditioner; auto (the "
+                   "memory plan's choice: on images pca where it fits, at N = 60 000 with "
+                   "streamed fields on a 141 GB H200 only, else nystrom), or one of: none, "
+                   "jacobi, kron, two_level, nystrom, pca, direct, rpcholesky")
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run on any device)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", default=None, help="JSON file for the results")

@@ -9,8 +9,8 @@
 ``matvec``: for each d0 the largest N whose dense Gram fits in ``--dense-mb``; both operators are
 built from the same fields, checked against each other, and timed (median of repeats) in the same
 run; prints time and stored-memory ratios.  ``precond``: PCG iteration counts on digits with no,
-block-Jacobi and Kronecker preconditioning.  ``large``: one structured PCG solve (Kronecker
-preconditioner) of an N(d0+1) system that has no dense counterpart here; inputs are synthetic
+block-Jacobi and Kronecker preconditioning.  ``large``: one structured PCG solve (``--precond``,
+any registered name, default auto) of an N(d0+1) system that has no dense counterpart here; inputs are synthetic
 unit vectors (MNIST-shaped, d0=784, by default) or ``--digits`` (digits upsampled to 28×28).
 """
 
@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from jntk_dist import kernels
-from jntk_dist.solvers import structured_eigs, structured_solve
+from jntk_dist.solvers import (PRECONDITIONERS, preconditioner_help, structured_eigs,
+                               structured_solve)
 from jntk_dist.operators import structured_operator
 
 
@@ -251,13 +252,13 @@ def main() -> None:
     pre.add_argument("--synthetic", action="store_true", help="unit vectors instead of digits")
     pre.add_argument("--preconds", nargs="+",
                      default=["none", "jacobi", "kron", "two_level", "nystrom@100"],
-                     help="names, or nystrom@RANK")
+                     help="registered names, or nystrom@RANK: " + preconditioner_help())
     eig = sub.choices["eigen"]
     eig.add_argument("--k", type=int, default=3)
     eig.add_argument("--shift", type=float, default=1e-8)
     eig.add_argument("--eig-tol", type=float, default=1e-6)
     eig.add_argument("--checkpoint", default=None)
-    eig.add_argument("--precond", default="two_level", choices=["none", "jacobi", "kron", "two_level"])
+    eig.add_argument("--precond", default="two_level", choices=PRECONDITIONERS)
     lmin = sub.add_parser("lmin")
     lmin.add_argument("--n", type=int, default=None)
     lmin.add_argument("--d0", type=int, default=64, help="64: digits; 784: 28×28 upsampled")
@@ -267,8 +268,7 @@ def main() -> None:
     lmin.add_argument("--lam", type=float, default=0.1)
     lmin.add_argument("--rel-tol", type=float, default=1e-9, help="residual ≤ rel_tol·λ_max")
     lmin.add_argument("--maxiter", type=int, default=1000)
-    lmin.add_argument("--precond", default="two_level",
-                      choices=["none", "jacobi", "kron", "two_level", "nystrom"])
+    lmin.add_argument("--precond", default="two_level", choices=PRECONDITIONERS)
     lmin.add_argument("--methods", nargs="+", default=["shift-invert@0.3", "lobpcg"],
                       help="shift-invert[@inner_reduction], lobpcg, lanczos")
     lmin.add_argument("--match-products", action="store_true",
@@ -276,8 +276,8 @@ def main() -> None:
     large = sub.choices["large"]
     large.add_argument("--digits", action="store_true", help="digits instead of synthetic inputs")
     large.add_argument("--mode", default="memory", choices=["memory", "recompute"])
-    large.add_argument("--precond", default="kron",
-                       choices=["none", "jacobi", "kron", "two_level", "nystrom", "pca"])
+    large.add_argument("--precond", default="auto", choices=PRECONDITIONERS,
+                       help=preconditioner_help())
     large.add_argument("--checkpoint", default=None, help=".npz path: resume after a kill")
     large.add_argument("--pca-fields", default="auto", choices=["auto", "held", "streamed"],
                        help="pca: hold the 8 N² fields or recompute them by row tiles")

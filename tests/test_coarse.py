@@ -103,19 +103,22 @@ def test_ridge_auto_is_a_hundredth_of_the_mean_diagonal(digits, tmp_path):
     assert s["pcg_converged"]
 
 
-def test_auto_preconditioner_is_pca_where_it_fits_else_nystrom(digits):
+def test_auto_preconditioner_is_pca_on_images_where_it_fits_else_nystrom(digits):
+    from jntk_dist.solvers import choose
     from jntk_dist.solvers.coarse import coarse_budget
-    from jntk_dist.solvers.preconditioners import auto_preconditioner
 
     cpu = torch.device("cpu")
-    assert auto_preconditioner(60, cpu) == "pca"
     huge = 10 ** 6  # its 8 N² fields alone are 64 TB
-    assert coarse_budget(cpu, huge) == 0 and auto_preconditioner(huge, cpu) == "nystrom"
+    assert coarse_budget(cpu, huge) == 0
     X, y = digits
     op = structured_operator(X[:40], **KW)
+    assert choose(op, MU, direct_max=100).name == "pca"
+    assert choose(op, MU, direct_max=100, budget_bytes=4e4).name == "nystrom"
+    assert choose(op, MU).name == "direct"  # N(d0+1) = 2 600: solved exactly
     res = structured_solve(op, y[:40], ridge=MU, tol=1e-8, preconditioner="auto",
-                           progress=False)
+                           preconditioner_options={"direct_max": 100}, progress=False)
     assert res.preconditioner == "pca" and res.converged
+    assert res.preconditioner_choice.startswith("auto → pca (N(d0+1) = 2,600 > 100; 85 % of")
 
 
 def test_streamed_fields_give_the_held_preconditioner(digits):

@@ -95,7 +95,7 @@ def test_structured_solve_eigen_and_assumption8_that_miss_their_tolerance_fail(
     base = f"dataset: {{path: {data}}}\nkernel: {{depth: 3, activation: erf}}\nlam: 0.5\n"
     solve = tmp_path / "solve.yaml"
     solve.write_text(base + f"test_fraction: 0\noutput: {tmp_path / 's.zarr'}\n"
-                     "structured: {maxiter: 2}\n")
+                     "structured: {maxiter: 2, preconditioner: kron}\n")
     assert main(["solve", str(solve), "--no-progress"]) == 2
     line = _one_error_line(capsys.readouterr().err, "solve")
     assert "did not converge" in line and "structured.maxiter" in line
@@ -104,7 +104,7 @@ def test_structured_solve_eigen_and_assumption8_that_miss_their_tolerance_fail(
 
     eigen = tmp_path / "eigen.yaml"
     eigen.write_text(base + f"test_fraction: 0\nk: 2\noutput: {tmp_path / 'e.zarr'}\n"
-                     "structured: {maxiter: 2}\n")
+                     "structured: {maxiter: 2, preconditioner: kron}\n")
     assert main(["eigen", str(eigen), "--no-progress"]) == 2
     captured = capsys.readouterr()
     line = _one_error_line(captured.err, "eigen")
@@ -118,7 +118,7 @@ def test_structured_solve_eigen_and_assumption8_that_miss_their_tolerance_fail(
     a8 = tmp_path / "a8.yaml"
     a8.write_text(f"datasets: [{{dataset: {{path: {data}}}}}]\nactivations: [erf]\n"
                   f"depths: [3]\nkernels: [jntk]\noutput: {tmp_path / 'a.zarr'}\n"
-                  "structured: {maxiter: 2}\n")
+                  "structured: {maxiter: 2, preconditioner: kron}\n")
     assert main(["assumption8", str(a8), "--no-progress"]) == 2
     line = _one_error_line(capsys.readouterr().err, "assumption8")
     assert "λ_min did not converge for 1 of 1 rows" in line

@@ -54,7 +54,8 @@ def test_structured_solve_job_equals_dense_solve_job(tmp_path, data, source):
                       progress=False)
     out, ckpt = tmp_path / "s.zarr", tmp_path / "s_pcg.npz"
     # a store is read one row tile per product (the path for stores that do not fit in memory)
-    structured = {"tol": 1e-10, "fields": "auto" if source == "dataset" else "recompute"}
+    structured = {"tol": 1e-10, "fields": "auto" if source == "dataset" else "recompute",
+                  "preconditioner": "two_level"}  # iterative: auto would solve it directly
     if source == "dataset":  # a stopped run leaves its default checkpoint; the rerun resumes it
         with pytest.raises(InexactResultError, match="did not converge"):
             run_solve(load_config({**base, "output": str(out),
@@ -87,7 +88,8 @@ def test_explicit_checkpoint_is_kept_and_checked(tmp_path, data):
     cfg = {"dataset": {"path": str(path)}, "kernel": {"depth": DEPTH, "activation": ACT},
            "lam": LAM, "ridge": 1e-3, "output": str(tmp_path / "o.zarr")}
     ckpt = tmp_path / "cg.npz"
-    run_solve(load_config({**cfg, "structured": {"checkpoint": str(ckpt), "maxiter": 2},
+    run_solve(load_config({**cfg, "structured": {"checkpoint": str(ckpt), "maxiter": 2,
+                                                 "preconditioner": "two_level"},
                            "accept_inexact": True}, SolveJobConfig), progress=False)  # stopped
     assert ckpt.exists()
     with pytest.raises(ValueError, match="written for another system"):  # another ridge
@@ -162,4 +164,4 @@ def test_structured_flag_and_config_forms(tmp_path, data):
                             "output": "o.zarr"}, SolveJobConfig).structured.enabled
     assert load_config({"dataset": {"path": str(path)}, "kernel": {"depth": 2},
                         "output": "o.zarr", "structured": {"tol": 1e-6}},
-                       SolveJobConfig).structured.preconditioner == "two_level"
+                       SolveJobConfig).structured.preconditioner == "auto"

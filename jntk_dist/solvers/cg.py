@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -162,8 +163,8 @@ def _cg_start(A: Callable[[Tensor], Tensor], M: Callable[[Tensor], Tensor], b: T
         log.info("resuming CG from %s at iteration %d (residual %.3e)", ckpt.path,
                  state.iteration, state.history[-1] if state.history else float("nan"))
         return state
-    if x0 is None and hasattr(M, "coarse_start"):  # a coarse-space preconditioner's start
-        x0 = M.coarse_start(b[:, None])[:, 0]
+    if x0 is None and isinstance(M, Preconditioner) and M.provides_start:  # declared capability
+        x0 = M.start(b[:, None])[:, 0]
     x = torch.zeros_like(b) if x0 is None else torch.as_tensor(
         x0 if isinstance(x0, torch.Tensor) else np.asarray(x0), dtype=b.dtype,
         device=b.device).clone()
@@ -233,12 +234,38 @@ def _cg_iterate(A: Callable[[Tensor], Tensor], M: Callable[[Tensor], Tensor], s:
     return converged
 
 
+def _iterate_with_bar(A: Callable[[Tensor], Tensor], M: Preconditioner, state: _CGState,
+                      b_norm: float, tol: float, maxiter: int,
+                      ckpt: IterativeCheckpoint | None, progress: bool,
+                      callback: Callable[[int, float], None] | None,
+                      reliable: _ReliableResidual | None) -> bool:
+    """:func:`_cg_iterate` under a progress bar (closed however the iteration ends)."""
+    bar = Progress(maxiter, f"PCG[{M.name}]", unit="it", initial=state.iteration) \
+        if progress else None
+    try:
+        return _cg_iterate(A, M, state, b_norm, tol, maxiter, ckpt, bar, callback, reliable)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _checked(ridge: float, tol: float) -> float:
+    """μ as a float, or a message for a negative / non-finite μ or a tolerance ≤ 0."""
+    ridge = float(ridge)
+    if not math.isfinite(ridge) or ridge < 0:
+        raise ValueError(f"ridge μ must be ≥ 0, got {ridge}")
+    if not (tol > 0):
+        raise ValueError(f"tol must be > 0, got {tol}")
+    return ridge
+
+
 def structured_solve(op: KernelOperator, y: Any, ridge: float = 0.0, tol: float = 1e-6,
-                     maxiter: int | None = None, preconditioner: str | Preconditioner = "kron",
+                     maxiter: int | None = None, preconditioner: str | Preconditioner = "auto",
                      x0: Any = None, checkpoint: str | os.PathLike | None = None,
                      checkpoint_every: float = 60.0, progress: bool = True,
                      callback: Callable[[int, float], None] | None = None,
-                     exact_op: KernelOperator | None = None) -> SolveResult:
+                     exact_op: KernelOperator | None = None,
+                     preconditioner_options: dict[str, Any] | None = None) -> SolveResult:
     """Solve (op + ridge·I) α = y by preconditioned conjugate gradients.
 
     ``op``: any :class:`~jntk_dist.operators.KernelOperator` (the structured preconditioners
@@ -253,43 +280,53 @@ def structured_solve(op: KernelOperator, y: Any, ridge: float = 0.0, tol: float 
     float32 operator: its products drive the iteration, the preconditioner is built from
     ``exact_op``, and the residual is replaced by the exact one whenever it has fallen 10× and at
     convergence (reliable updates), so ``tol`` holds for the float64 system.
+
+    ``preconditioner``: a registered name (default ``auto``: chosen from N, d0, X and the free
+    memory; the result's ``preconditioner_choice`` says what and why) or a
+    :class:`Preconditioner`; ``preconditioner_options`` go to its ``build``. A solve that ends
+    with a relative residual above 1 (worse than x = 0) warns and is reported not converged.
     """
-    ridge = float(ridge)
-    if not math.isfinite(ridge) or ridge < 0:
-        raise ValueError(f"ridge μ must be ≥ 0, got {ridge}")
-    if not (tol > 0):
-        raise ValueError(f"tol must be > 0, got {tol}")
+    ridge = _checked(ridge, tol)
     b_np = _rhs(op, y)
     maxiter = int(maxiter) if maxiter is not None else 10 * op.shape[0]
     A = as_vector_map(AddedDiag(op, ridge))
     A_exact = A if exact_op is None else as_vector_map(AddedDiag(exact_op, ridge))
     t_setup = time.perf_counter()
-    M = make_preconditioner(op if exact_op is None else exact_op, preconditioner, ridge)
+    M = make_preconditioner(op if exact_op is None else exact_op, preconditioner, ridge,
+                            **(preconditioner_options or {}))
     setup_s = time.perf_counter() - t_setup
     b = torch.as_tensor(b_np, dtype=torch.float64, device=getattr(op, "device", "cpu"))
     b_norm = float(torch.linalg.vector_norm(b))
     if b_norm == 0:
         return SolveResult(x=np.zeros_like(b_np), converged=True, iterations=0, residual=0.0,
-                           preconditioner=M.name, setup_s=setup_s)
+                           preconditioner=M.name, setup_s=setup_s,
+                           preconditioner_choice=M.choice)
     ckpt = None if checkpoint is None else IterativeCheckpoint(
         checkpoint, fingerprint(op, b=b_np, ridge=ridge, preconditioner=M.name),
         "operator, inputs, y, ridge or preconditioner", every=checkpoint_every)
     state = _cg_start(A_exact, M, b, x0, ckpt)
     reliable = None if exact_op is None else _ReliableResidual(A_exact, b, state.r)
     start_it, t0 = state.iteration, time.perf_counter()
-    bar = None
-    if progress:
-        bar = Progress(maxiter, f"PCG[{M.name}]", unit="it", initial=start_it)
-    try:
-        converged = _cg_iterate(A, M, state, b_norm, tol, maxiter, ckpt, bar, callback,
-                                reliable)
-    finally:
-        if bar is not None:
-            bar.close()
+    converged = _iterate_with_bar(A, M, state, b_norm, tol, maxiter, ckpt, progress, callback,
+                                  reliable)
     if ckpt is not None:
         ckpt.save(state.arrays())
     true_res = float(torch.linalg.vector_norm(b - A_exact(state.x))) / b_norm
-    return SolveResult(x=state.x.cpu().numpy(), converged=converged, iterations=state.iteration,
-                       residual=true_res, history=state.history,
+    return SolveResult(x=state.x.cpu().numpy(), converged=_honest(converged, true_res, state, M),
+                       iterations=state.iteration, residual=true_res, history=state.history,
                        wall_s=time.perf_counter() - t0, preconditioner=M.name, setup_s=setup_s,
-                       resumed_from=start_it)
+                       resumed_from=start_it, preconditioner_choice=M.choice)
+
+
+def _honest(converged: bool, residual: float, state: _CGState, M: Preconditioner) -> bool:
+    """A solve whose true relative residual is above 1 (worse than x = 0) is never returned
+    quietly: it warns loudly and is not converged, whatever the recurrence said."""
+    if residual <= 1.0:
+        return converged
+    iterations = state.iteration
+    message = (f"PCG[{M.name}] ended at relative residual {residual:.3g} > 1 after {iterations} "
+               "iterations: WORSE than x = 0 — NOT CONVERGED. Use preconditioner='auto' (or "
+               "'direct' for small N(d0+1)), a larger ridge μ, or more iterations")
+    log.error(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return False

@@ -31,17 +31,17 @@ A-DEF2 form needs an exact coarse solve.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
 from ..kernels import FIELD_NAMES, Block
 from ..operators.base import StructuredParts
-from ..operators.structured import auto_memory_mb
-from .preconditioner_base import Preconditioner
+from .factors import factor_in_place
+from .memory import Budget, MemoryPlan, NotEnoughMemoryError, auto_tile_mb, budget
+from .registry import Preconditioner, register
 
 __all__ = ["PcaCoarsePreconditioner", "pca_basis", "choose_pca_rank", "coarse_budget",
-           "tile_reserve"]
+           "tile_reserve", "pca_plan"]
 
 Tensor = torch.Tensor
 
@@ -59,20 +59,37 @@ def choose_pca_rank(X: Tensor, energy: float = 0.85, k_max: int = 16) -> int:
     return int(min(k_max, int((share < energy).sum()) + 1))
 
 
+ROW_TEMPORARIES = 5  # (rows, N, k+1, k+1) float64 tensors alive at once in _coarse_rows
+
+
 def coarse_budget(device: torch.device, n: int, reserve_bytes: float = 0.0,
-                  held: float = 9.0, fraction: float = 0.9) -> int:
+                  held: float = 9.0, budget_bytes: float | None = None) -> int:
     """The largest coarse dimension N(k+2) whose set-up fits: the float64 coarse matrix (factored
-    in place, (N(k+2))²·8 bytes) in ``fraction`` of the free GPU memory (after emptying
-    PyTorch's cache) or of the free RAM, beside ``held`` float64 N×N matrices (9 with the fields
-    held: the 8 fields and the Kronecker factor; 0.5 when they are streamed and the Kronecker
-    factor is float32) and ``reserve_bytes`` (the product's row tiles)."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    left = fraction * (free - reserve_bytes) - held * n * n * 8
+    in place, (N(k+2))²·8 bytes) in the usable memory (:func:`.memory.usable_bytes`: 60 % of the
+    free GPU memory or available RAM, or ``budget_bytes``), beside ``held`` float64 N×N matrices
+    (9 with the fields held: the 8 fields and the Kronecker factor; 0.5 when they are streamed
+    and the Kronecker factor is float32) and ``reserve_bytes`` (the row tiles of a product and
+    of the coarse matrix's set-up, :func:`coarse_tile`)."""
+    left = budget(device, budget_bytes).bytes - reserve_bytes - held * n * n * 8
     return int(math.sqrt(left / 8)) if left > 0 else 0
+
+
+def coarse_tile(n: int, k: int, reserve_bytes: float, tile: int = 128) -> int:
+    """Rows of the coarse matrix formed at once: at most ``tile``, fewer where their
+    temporaries ((rows, N, k+1, k+1) float64, :data:`ROW_TEMPORARIES` of them) would pass the
+    row-tile reserve."""
+    per_row = ROW_TEMPORARIES * n * (k + 1) ** 2 * 8
+    return max(1, min(tile, int((reserve_bytes or 512.0 * 2**20) // per_row)))
+
+
+def pca_plan(n: int, k: int, hold_fields: bool, kron_float32: bool,
+             reserve_bytes: float, usable: Budget, device: str) -> MemoryPlan:
+    """The set-up's peak of the pca preconditioner: the coarse matrix, the fields if held, the
+    Kronecker factor and the row tiles (products' and the coarse rows' temporaries)."""
+    held = (8.0 if hold_fields else 0.0) + (0.5 if kron_float32 else 1.0)
+    need = (n * (k + 2)) ** 2 * 8 + held * n * n * 8 + reserve_bytes
+    fields = "held" if hold_fields else "streamed"
+    return MemoryPlan(f"pca (k = {k}, fields {fields})", need, 0.0, usable, device)
 
 
 def tile_reserve(op: object) -> float:
@@ -82,23 +99,14 @@ def tile_reserve(op: object) -> float:
 
 
 def _fit_tiles_to_what_is_left(op: object) -> None:
-    """On a GPU, shrink the operator's row-tile budget to half of the memory the set-up left
-    (``memory_mb: auto`` took half of what was free before it)."""
+    """On a GPU, shrink the operator's row-tile budget to the one tile rule on the memory the
+    set-up left (``memory_mb: auto`` was sized from what was free before it)."""
     x = getattr(op, "x1", None)
     if x is not None and x.device.type == "cuda" and hasattr(op, "memory_mb"):
-        torch.cuda.empty_cache()
-        op.memory_mb = min(op.memory_mb, auto_memory_mb(x.device))
+        op.memory_mb = min(op.memory_mb, auto_tile_mb(x.device))
 
 
-def _factor_in_place(A: Tensor, what: str) -> Tensor:
-    """A overwritten by its lower Cholesky factor (its lower triangle is read), or a message."""
-    info = torch.empty((), dtype=torch.int32, device=A.device)
-    torch.linalg.cholesky_ex(A, out=(A, info))
-    if int(info) != 0:
-        raise ValueError(f"{what} is not positive definite: use a ridge μ > 0")
-    return A
-
-
+@register
 class PcaCoarsePreconditioner(Preconditioner):
     """Approximates (Θ_λ + μI)⁻¹ by an exact solve on a per-point PCA coarse space and the
     Kronecker factor on its complement (module docstring). ``k``: principal directions in the
@@ -108,21 +116,28 @@ class PcaCoarsePreconditioner(Preconditioner):
     application, which then costs about one more product); ``factor_dtype``: storage of the
     Kronecker factor (None: float64 with the fields held, float32 when they are streamed; a
     smoother, it tolerates float32); the coarse factor stays in the operator's precision (the
-    A-DEF2 form needs an exact coarse solve: a float32 one stalled PCG)."""
+    A-DEF2 form needs an exact coarse solve: a float32 one stalled PCG). ``budget_bytes``: the
+    memory the set-up may use (None: :func:`.memory.usable_bytes` of the device)."""
 
     name = "pca"
+    description = ("exact on a per-point PCA coarse space {e0, top-k directions of X, rest of "
+                   "x_i}, Kronecker on its complement (images; low-rank X)")
+    provides_start = True
 
     def __init__(self, op: StructuredParts, ridge: float = 0.0, k: int | None = None,
                  energy: float = 0.85, tile: int = 128, hold_fields: bool | None = None,
-                 factor_dtype: torch.dtype | None = None) -> None:
+                 factor_dtype: torch.dtype | None = None,
+                 budget_bytes: float | None = None) -> None:
         if not op.is_square:
             raise ValueError("the PCA coarse preconditioner needs the square X–X operator")
         X = self.X = op.x1
         self.op, self.n, self.d0, self.tile = op, X.shape[0], X.shape[1], tile
         self.mu, self.weights = float(ridge), op.weights
         self.lam, self.rl = self.weights.jac, self.weights.root
+        self.budget_bytes = budget_bytes
         self.k = self._fit_rank(op, choose_pca_rank(X, energy) if k is None else k, k is None,
                                 hold_fields, factor_dtype)
+        self.tile = coarse_tile(self.n, self.k, tile_reserve(op), tile)
         self.V, _ = pca_basis(X, self.k)
         self.Z = X @ self.V
         self.R = X - self.Z @ self.V.T  # each x_i outside span V
@@ -134,9 +149,9 @@ class PcaCoarsePreconditioner(Preconditioner):
         self.F = op.field_matrices(list(FIELD_NAMES)) if self.hold_fields else None
         kb = self._field_matrix("k_b").mul_(self.lam)  # the Kronecker factor first: its
         kb.diagonal().add_(self.mu)  # float64 build is freed before C is made
-        self.Lb = _factor_in_place(kb, "λK_b + μI").to(self.factor_dtype)
+        self.Lb = factor_in_place(kb, "λK_b + μI").to(self.factor_dtype)
         del kb
-        self.Lc = _factor_in_place(self._coarse_matrix(), "the coarse matrix Tᵀ(A+μI)T")
+        self.Lc = factor_in_place(self._coarse_matrix(), "the coarse matrix Tᵀ(A+μI)T")
         _fit_tiles_to_what_is_left(op)
 
     def _fit_rank(self, op: StructuredParts, k: int, lower: bool, hold: bool | None,
@@ -145,19 +160,22 @@ class PcaCoarsePreconditioner(Preconditioner):
         ``hold_fields`` and the Kronecker factor's dtype; refuses a coarse space that does not
         fit."""
         device, n, reserve = op.x1.device, self.n, tile_reserve(op)
+        usable = budget(device, self.budget_bytes)
         if hold is None:
-            hold = 2 * n <= coarse_budget(device, n, reserve, held=9.0)
+            hold = 2 * n <= coarse_budget(device, n, reserve, held=9.0, budget_bytes=usable.bytes)
         self.hold_fields = bool(hold)
         self.factor_dtype = factor_dtype or (torch.float64 if hold else torch.float32)
         kron = 1.0 if self.factor_dtype == torch.float64 else 0.5
-        budget = coarse_budget(device, n, reserve, held=(8.0 if hold else 0.0) + kron)
+        largest = coarse_budget(device, n, reserve, held=(8.0 if hold else 0.0) + kron,
+                                budget_bytes=usable.bytes)
         k = int(min(k, self.d0))
         if lower:
-            k = max(0, min(k, budget // n - 2))
-        if n * (k + 2) > budget:
-            raise ValueError(f"the coarse space of the pca preconditioner, N(k+2) = "
-                             f"{n * (k + 2)}, does not fit this device's memory (≤ {budget}); "
-                             f"use preconditioner: nystrom or kron at this N")
+            k = max(0, min(k, largest // n - 2))
+        if n * (k + 2) > largest:
+            plan = pca_plan(n, k, self.hold_fields, kron == 0.5, reserve, usable, device.type)
+            raise NotEnoughMemoryError(f"the coarse space of the pca preconditioner, N(k+2) = "
+                                       f"{n * (k + 2)}, does not fit: {plan.text()}; use "
+                                       "preconditioner: nystrom, rpcholesky or kron at this N")
         return k
 
     # ---- fields by row tiles (held, or recomputed) ---------------------------------------------
@@ -269,6 +287,10 @@ class PcaCoarsePreconditioner(Preconditioner):
         return torch.cat([y[:, 0:1, :], Wj], 1)
 
     # ---- application -------------------------------------------------------------------------
+    def start(self, b: Tensor) -> Tensor:
+        """PCG's x₀: the coarse solution (:meth:`coarse_start`)."""
+        return self.coarse_start(b)
+
     def coarse_start(self, b: Tensor) -> Tensor:
         """x₀ = T C⁻¹ Tᵀ b, the coarse solution (its residual has Tᵀ r₀ = 0): PCG with this
         preconditioner starts here."""

@@ -1,7 +1,8 @@
-"""Preconditioners for (Θ_λ + μI) that use the structure of the Jacobian kernels: they are built
-from the :class:`~jntk_dist.operators.StructuredParts` of the square operator (its block
-diagonal, field matrices or columns, the compression on span{e_0, x̂_i}), whatever computes its
-products (this process, Ray actors, Dask tasks).
+"""The structured preconditioners of (Θ_λ + μI), and :func:`make_preconditioner`, which builds
+any registered one by name (:mod:`.registry`: the one list of names). They are built from the
+:class:`~jntk_dist.operators.StructuredParts` of the square operator (its block diagonal, field
+matrices or columns, the compression on span{e_0, x̂_i}), whatever computes its products (this
+process, Ray actors, Dask tasks).
 
   * ``"kron"``:   blockdiag((K + μI)⁻¹, (λK_b + μI)⁻¹ ⊗ I_d0) -- the 00 block and the isotropic
                   κ_b δ_αβ part of the Jacobian block, two Cholesky factors of n×n matrices;
@@ -11,44 +12,44 @@ products (this process, Ray actors, Dask tasks).
                   00 block and every term living in the span of x_i), Kronecker on the rest;
   * ``"nystrom"``: two-level with both factors replaced by pivoted-Cholesky (Nyström) low rank +
                   exact diagonal, set up from r field columns (large N);
-  * ``"pca"``:    exact on a per-point coarse space {e_0, top-k PCA directions of X, the rest of
-                  x_i}, Kronecker on its complement (:mod:`.coarse`; real images, N ≲ 10⁴);
-  * ``"none"``.
+  * ``"none"``;
+  * registered by their own modules: ``"pca"`` (:mod:`.coarse`), ``"direct"`` (:mod:`.direct`),
+    ``"rpcholesky"`` (:mod:`.lowrank`) and ``"auto"`` (:mod:`.auto`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ..kernels import FIELD_NAMES
 from ..operators.base import StructuredParts
-from .preconditioner_base import Preconditioner
+from .factors import (factor_solve, jacobian_factor, lowrank_factor, pivoted_cholesky,
+                      psd_factor)
+from .registry import Preconditioner, preconditioner_class, preconditioner_names, register
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 
 __all__ = ["PRECONDITIONERS", "Preconditioner", "IdentityPreconditioner",
            "BlockJacobiPreconditioner", "KroneckerPreconditioner", "TwoLevelPreconditioner",
-           "NystromPreconditioner", "pivoted_cholesky", "make_preconditioner",
-           "auto_preconditioner"]
-
-PRECONDITIONERS = ("none", "jacobi", "kron", "two_level", "nystrom", "pca", "auto")
+           "NystromPreconditioner", "pivoted_cholesky", "make_preconditioner"]
 
 
-# ---- preconditioners --------------------------------------------------------------------
-
-
+@register
 class IdentityPreconditioner(Preconditioner):
     name = "none"
+
+    def __init__(self, op: Any = None, ridge: float = 0.0) -> None:
+        pass
 
     def apply(self, R: Tensor) -> Tensor:
         return R.clone()
 
 
+@register
 class BlockJacobiPreconditioner(Preconditioner):
     """Exact inverse of each point's diagonal block B_i + μI.
 
@@ -57,6 +58,7 @@ class BlockJacobiPreconditioner(Preconditioner):
     """
 
     name = "jacobi"
+    description = "exact inverse of each point's (d0+1)² diagonal block (O(N d0))"
 
     def __init__(self, op: StructuredParts, ridge: float = 0.0) -> None:
         p = op.block_diagonal_parts()
@@ -88,37 +90,7 @@ class BlockJacobiPreconditioner(Preconditioner):
         return torch.cat([z0[:, None, :], zj], dim=1).reshape(R.shape)
 
 
-def _psd_factor(A: Tensor, ridge: float, what: str) -> tuple[str, Tensor]:
-    A = A + ridge * torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
-    L, info = torch.linalg.cholesky_ex(A)
-    if int(info) == 0:
-        return "chol", L
-    # Not positive definite at this ridge: pseudo-inverse via eigh with the spectrum floored.
-    w, Q = torch.linalg.eigh(A)
-    floor = max(float(w.max()) * 1e-10, 1e-300)
-    log.warning("%s + μI is not positive definite (λ_min=%.3e); flooring eigenvalues at %.1e",
-                what, float(w.min()), floor)
-    return "eig", Q / w.clamp_min(floor)[None, :] @ Q.T
-
-
-def _factor_solve(fac: tuple[str, Any], B: Tensor) -> Tensor:
-    kind, F = fac
-    if kind == "lowrank":  # (L Lᵀ + D)⁻¹ B = D⁻¹B − D⁻¹L (I + LᵀD⁻¹L)⁻¹ LᵀD⁻¹B
-        L, dinv, cap = F
-        Y = dinv[:, None] * B
-        return Y - dinv[:, None] * (L @ torch.cholesky_solve(L.T @ Y, cap))
-    return torch.cholesky_solve(B, F) if kind == "chol" else F @ B
-
-
-def _jacobian_factor(K_b: Tensor, lam: float, ridge: float) -> tuple[str, Tensor]:
-    """Factor of (λK_b + μI), the Jacobian part's n×n matrix; λ = 0 leaves μI alone."""
-    if lam == 0.0:
-        if ridge <= 0:
-            raise ValueError("λ = 0 makes the Jacobian rows of Θ_λ zero: use a ridge μ > 0")
-        return ("eig", torch.eye(K_b.shape[0], dtype=K_b.dtype, device=K_b.device) / ridge)
-    return _psd_factor(lam * K_b, ridge, "λK_b")
-
-
+@register
 class KroneckerPreconditioner(Preconditioner):
     """blockdiag((K + μI)⁻¹, (λK_b + μI)⁻¹ ⊗ I_d0) in the point-major ordering.
 
@@ -127,6 +99,7 @@ class KroneckerPreconditioner(Preconditioner):
     """
 
     name = "kron"
+    description = "blockdiag((K+μI)⁻¹, (λK_b+μI)⁻¹ ⊗ I): two N×N Cholesky factors"
 
     def __init__(self, op: StructuredParts, ridge: float = 0.0) -> None:
         if not op.is_square:
@@ -134,17 +107,18 @@ class KroneckerPreconditioner(Preconditioner):
         mats = op.field_matrices(["k", "k_b"])
         lam = op.weights.jac
         self.n, self.d0 = op.n1, op.d0
-        self.f00 = _psd_factor(mats["k"], ridge, "K")
-        self.fjac = _jacobian_factor(mats["k_b"], lam, ridge)
+        self.f00 = psd_factor(mats["k"], ridge, "K")
+        self.fjac = jacobian_factor(mats["k_b"], lam, ridge)
 
     def apply(self, R: Tensor) -> Tensor:
         n, d0, m = self.n, self.d0, R.shape[1]
         Rb = R.reshape(n, d0 + 1, m)
-        z0 = _factor_solve(self.f00, Rb[:, 0, :].contiguous())
-        zj = _factor_solve(self.fjac, Rb[:, 1:, :].reshape(n, d0 * m)).reshape(n, d0, m)
+        z0 = factor_solve(self.f00, Rb[:, 0, :].contiguous())
+        zj = factor_solve(self.fjac, Rb[:, 1:, :].reshape(n, d0 * m)).reshape(n, d0, m)
         return torch.cat([z0[:, None, :], zj], dim=1).reshape(R.shape)
 
 
+@register
 class TwoLevelPreconditioner(Preconditioner):
     """Exact on span{e_0, x̂_i} of every point, Kronecker on the rest.
 
@@ -156,6 +130,7 @@ class TwoLevelPreconditioner(Preconditioner):
     """
 
     name = "two_level"
+    description = "exact on span{e0, x_i} of every point (2N factor), Kronecker on the rest"
 
     def __init__(self, op: StructuredParts, ridge: float = 0.0) -> None:
         if not op.is_square:
@@ -165,55 +140,23 @@ class TwoLevelPreconditioner(Preconditioner):
         self.n, self.d0 = op.n1, op.d0
         self.xhat = op.x1 / torch.linalg.vector_norm(op.x1, dim=1)[:, None]
         C = op.compressed_on_inputs(F)
-        self.fq = _psd_factor(0.5 * (C + C.T), ridge, "QᵀKQ")
-        self.fjac = _jacobian_factor(F["k_b"], lam, ridge)
+        self.fq = psd_factor(0.5 * (C + C.T), ridge, "QᵀKQ")
+        self.fjac = jacobian_factor(F["k_b"], lam, ridge)
 
     def apply(self, R: Tensor) -> Tensor:
         n, d0, m = self.n, self.d0, R.shape[1]
         Rb = R.reshape(n, d0 + 1, m)
         rj = Rb[:, 1:, :]
         cx = torch.einsum("nd,ndm->nm", self.xhat, rj)
-        zq = _factor_solve(self.fq, torch.cat([Rb[:, 0, :], cx], 0))
+        zq = factor_solve(self.fq, torch.cat([Rb[:, 0, :], cx], 0))
         perp = rj - self.xhat[:, :, None] * cx[:, None, :]
-        zj = _factor_solve(self.fjac, perp.reshape(n, d0 * m)).reshape(n, d0, m)
+        zj = factor_solve(self.fjac, perp.reshape(n, d0 * m)).reshape(n, d0, m)
         zj = zj - self.xhat[:, :, None] * torch.einsum("nd,ndm->nm", self.xhat, zj)[:, None, :]
         zj = zj + self.xhat[:, :, None] * zq[n:, None, :]
         return torch.cat([zq[:n, None, :], zj], dim=1).reshape(R.shape)
 
 
-def pivoted_cholesky(diagonal: Tensor, columns: Callable[[list[int]], Tensor], max_rank: int,
-                     rel_tol: float = 1e-10) -> Tensor:
-    """Greedy pivoted Cholesky of a PSD n×n matrix known by its diagonal and its columns.
-
-    ``columns(idx)`` returns the (n, len(idx)) columns.  Stops at ``max_rank`` or when the trace
-    of the residual falls below ``rel_tol``·trace.  Returns L (n, r) with A ≈ L Lᵀ (the Nyström
-    approximation on the pivot columns); diag(A − L Lᵀ) ≥ 0 is what it leaves out.
-    """
-    n = diagonal.shape[0]
-    d = diagonal.clone().clamp_min(0.0)
-    trace0 = float(d.sum())
-    L = torch.zeros((n, max(0, min(max_rank, n))), dtype=diagonal.dtype, device=diagonal.device)
-    r = 0
-    while r < L.shape[1]:
-        i = int(torch.argmax(d))
-        if float(d.sum()) <= rel_tol * trace0 or float(d[i]) <= 0:
-            break
-        c = columns([i])[:, 0] - L[:, :r] @ L[i, :r]
-        L[:, r] = c / math.sqrt(float(d[i]))
-        d = (d - L[:, r] ** 2).clamp_min(0.0)
-        d[i] = 0.0
-        r += 1
-    return L[:, :r]
-
-
-def _lowrank_factor(L: Tensor, residual_diag: Tensor, ridge: float, floor: float
-                    ) -> tuple[str, Any]:
-    """Factor of L Lᵀ + diag(residual_diag) + μI, applied by the Woodbury identity."""
-    dinv = 1.0 / (residual_diag + ridge).clamp_min(floor)
-    cap = torch.eye(L.shape[1], dtype=L.dtype, device=L.device) + L.T @ (dinv[:, None] * L)
-    return "lowrank", (L, dinv, torch.linalg.cholesky(cap))
-
-
+@register
 class NystromPreconditioner(TwoLevelPreconditioner):
     """The two-level preconditioner with its two dense factors replaced by low-rank + diagonal
     approximations, for N where O(N²) fields or O(N³) factorisations are out of reach.
@@ -226,6 +169,8 @@ class NystromPreconditioner(TwoLevelPreconditioner):
     """
 
     name = "nystrom"
+    description = ("two_level with pivoted-Cholesky low rank + diagonal factors from r field "
+                   "columns (large N, images)")
 
     def __init__(self, op: StructuredParts, ridge: float = 0.0, rank: int | None = None,
                  memory_mb: float = 256.0, rel_tol: float = 1e-10) -> None:
@@ -254,54 +199,32 @@ class NystromPreconditioner(TwoLevelPreconditioner):
             return torch.stack(out, 1)
 
         Lq = pivoted_cholesky(cdiag, c_columns, self.rank, rel_tol)
-        self.fq = _lowrank_factor(Lq, (cdiag - (Lq ** 2).sum(1)).clamp_min(0.0), ridge, floor)
+        self.fq = lowrank_factor(Lq, (cdiag - (Lq ** 2).sum(1)).clamp_min(0.0), ridge, floor)
         if lam == 0.0:
-            self.fjac = _jacobian_factor(torch.zeros((n, n), dtype=cdiag.dtype), lam, ridge)
+            self.fjac = jacobian_factor(torch.zeros((n, n), dtype=cdiag.dtype), lam, ridge)
         else:
             kb_diag = op.field_diagonal("k_b")
             Lb = pivoted_cholesky(lam * kb_diag, lambda idx: lam * op.field_columns("k_b", idx),
                                   self.rank, rel_tol)
             resid = (lam * kb_diag - (Lb ** 2).sum(1)).clamp_min(0.0)
-            self.fjac = _lowrank_factor(Lb, resid, ridge, floor)
+            self.fjac = lowrank_factor(Lb, resid, ridge, floor)
         self.ranks = (Lq.shape[1], self.fjac[1][0].shape[1] if self.fjac[0] == "lowrank" else 0)
 
 
-def auto_preconditioner(n: int, device: torch.device, reserve_bytes: float = 0.0) -> str:
-    """'pca' where its smallest coarse space (2n, k = 0) fits the device's free memory beside
-    ``reserve_bytes``, with the fields recomputed by row tiles if need be
-    (:func:`.coarse.coarse_budget`), else 'nystrom' (3n·r numbers; no N² factor)."""
-    from .coarse import coarse_budget
+# the other modules' preconditioners register themselves on import, after the ones above (so the
+# registry lists them in this order); none of them imports this module
+from . import coarse, direct, lowrank, auto  # noqa: E402,F401  (registration)
 
-    choice = "pca" if 2 * n <= coarse_budget(device, n, reserve_bytes, held=0.5) else "nystrom"
-    log.info("preconditioner: auto → %s (N = %d on %s)", choice, n, device)
-    return choice
+PRECONDITIONERS = preconditioner_names()
 
 
-def make_preconditioner(op: StructuredParts, kind: str | Preconditioner | None = "kron",
-                        ridge: float = 0.0) -> Preconditioner:
-    """A preconditioner for (op + ridge·I) by name: 'none', 'jacobi', 'kron', 'two_level',
-    'nystrom' (low-rank + diagonal, rank from a 256 MB budget; build
-    :class:`NystromPreconditioner` yourself for another rank or budget) or 'pca' (the PCA
-    coarse space of :mod:`.coarse`, for real images) or 'auto' (:func:`auto_preconditioner`)."""
+def make_preconditioner(op: StructuredParts, kind: str | Preconditioner | None = "auto",
+                        ridge: float = 0.0, **options: Any) -> Preconditioner:
+    """A preconditioner for (op + ridge·I) by its registered name (:data:`PRECONDITIONERS`;
+    ``None`` is ``"none"``), or ``kind`` itself when it is already one. ``options`` go to the
+    class's ``build`` (e.g. ``budget_bytes=`` / ``direct_max=`` for ``auto``, ``rank=`` for
+    ``nystrom``). The default ``auto`` (:mod:`.auto`) records its choice and why in
+    ``.choice``."""
     if isinstance(kind, Preconditioner):
         return kind
-    kind = "none" if kind is None else kind
-    if kind == "auto":
-        from .coarse import tile_reserve
-
-        kind = auto_preconditioner(op.n1, op.x1.device, tile_reserve(op))
-    if kind == "none":
-        return IdentityPreconditioner()
-    if kind == "jacobi":
-        return BlockJacobiPreconditioner(op, ridge)
-    if kind == "kron":
-        return KroneckerPreconditioner(op, ridge)
-    if kind == "two_level":
-        return TwoLevelPreconditioner(op, ridge)
-    if kind == "nystrom":
-        return NystromPreconditioner(op, ridge)
-    if kind == "pca":
-        from .coarse import PcaCoarsePreconditioner
-
-        return PcaCoarsePreconditioner(op, ridge)
-    raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got {kind!r}")
+    return preconditioner_class("none" if kind is None else kind).build(op, ridge, **options)

@@ -31,6 +31,7 @@ class SolveResult:
     preconditioner: str = "none"
     setup_s: float = 0.0
     resumed_from: int = 0
+    preconditioner_choice: str = ""  # what ``auto`` chose and why (empty for a named one)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pydantic import Field, field_validator
 from .. import kernels
 from ..analysis import KernelRegressor, accuracy, write_results
 from ..operators.structured import structured_operator, structured_predict
-from ..solvers import structured_solve
+from ..solvers import AUTO_RIDGE_FRACTION, auto_ridge, structured_solve
 from ..solvers.cholesky import NotPositiveDefiniteError
 from ..store import local_beside
 from .config import InexactResultError, JobError
@@ -52,6 +52,8 @@ class Fit:
     checkpoints: list[Path] = field(default_factory=list)
     remove_when_done: list[Path] = field(default_factory=list)  # default checkpoints
     operator: dict[str, Any] = field(default_factory=dict)  # the structured operator's description
+    preconditioners: list[str] = field(default_factory=list)  # built per output (auto's pick)
+    preconditioner_choice: list[str] = field(default_factory=list)  # auto: what and why
 
 
 def _pcg_columns(op: Any, columns: np.ndarray, cfg: "SolveJobConfig", progress: bool,
@@ -74,12 +76,15 @@ def _pcg_columns(op: Any, columns: np.ndarray, cfg: "SolveJobConfig", progress: 
                         "its state is in %s (rerun to continue, e.g. with a larger "
                         "structured.maxiter)", res.iterations, res.residual, spec.tol, path)
         fit.converged &= res.converged
+        fit.preconditioners.append(res.preconditioner)
+        fit.preconditioner_choice.append(res.preconditioner_choice)
         coefs.append(res.x)
         fit.iterations.append(res.iterations)
         fit.resumed_from.append(res.resumed_from)
         fit.residual = max(fit.residual, res.residual)
         fit.checkpoints.append(path)
     fit.seconds = time.perf_counter() - t0
+    fit.scheduler = f"matrix-free PCG[{'/'.join(sorted(set(fit.preconditioners)))}] on {op.device}"
     fit.coef = np.stack(coefs, axis=1)
     fit.remove_when_done = list(fit.checkpoints) if spec.checkpoint is None else []
     return fit
@@ -171,31 +176,30 @@ def _summary(cfg: SolveJobConfig, prob: Problem, fit: Fit, y_score: np.ndarray,
         summary.update(pcg_iterations=fit.iterations, pcg_resumed_from=fit.resumed_from,
                        pcg_converged=fit.converged,
                        preconditioner=cfg.structured.preconditioner,
+                       preconditioner_built=fit.preconditioners,
+                       preconditioner_choice=[c for c in fit.preconditioner_choice if c],
                        checkpoints=[str(p) for p in fit.checkpoints],
                        operator={k: str(v) for k, v in fit.operator.items()})
     return summary
 
 
-AUTO_RIDGE_FRACTION = 0.01
-
-
-def _mean_diagonal(prob: Problem) -> float:
-    """tr Θ_λ(X_train, X_train) / rows, from the diagonal fields alone (O(N) pairs' worth)."""
+def _auto_ridge(prob: Problem) -> float:
+    """``ridge: auto`` (:func:`jntk_dist.solvers.auto_ridge`) from the diagonal fields alone
+    (O(N) pairs' worth); λ = 0: of the plain N×N NTK's diagonal."""
     X = prob.X[prob.train]
     if prob.lam > 0:
-        op = structured_operator(X, depth=prob.depth, activation=prob.activation, lam=prob.lam,
-                                 mode="recompute", device="cpu")
-        return float(op.diagonal().mean())
+        return auto_ridge(structured_operator(X, depth=prob.depth, activation=prob.activation,
+                                              lam=prob.lam, mode="recompute", device="cpu"))
     diag = [np.diagonal(kernels.ntk(X[s:s + 256], depth=prob.depth, activation=prob.activation))
             for s in range(0, X.shape[0], 256)]
-    return float(np.concatenate(diag).mean())
+    return AUTO_RIDGE_FRACTION * float(np.concatenate(diag).mean())
 
 
 def resolve_ridge(cfg: SolveJobConfig, prob: Problem) -> tuple[float, str]:
     """μ and how it was chosen: the config's number, or ``auto`` from the Gram's trace."""
     if cfg.ridge != "auto":
         return float(cfg.ridge), "given"
-    mu = AUTO_RIDGE_FRACTION * _mean_diagonal(prob)
+    mu = _auto_ridge(prob)
     log.info("ridge: auto → μ = %.3g (%.2g × the mean diagonal of the training Gram)", mu,
              AUTO_RIDGE_FRACTION)
     return mu, f"auto: {AUTO_RIDGE_FRACTION:g} × tr(Θ_λ)/(N(d0+1))"
@@ -269,6 +273,8 @@ def summary_text(s: dict[str, Any], cfg: SolveJobConfig) -> str:
             f"{s['train_accuracy']:.4f}, test accuracy {test} -> {cfg.output}/solve")
     if s["structured"]:
         text += f"\n  PCG iterations {s['pcg_iterations']}, converged: {s['pcg_converged']}"
+        for choice in sorted(set(s["preconditioner_choice"])):
+            text += f"\n  {choice}"
     return text
 
 

@@ -11,12 +11,14 @@ from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .. import kernels
 from ..kernels.devices import choose_device
 from ..operators import DaskStructuredKernel, RayStructuredKernel
-from ..operators.structured import auto_memory_mb, structured_operator
+from ..operators.structured import structured_operator
+from ..solvers import PRECONDITIONERS, preconditioner_help
+from ..solvers.memory import auto_tile_mb
 from .config import OutputPath
 from .problem import Problem, compute_context
 
@@ -24,9 +26,6 @@ __all__ = ["StructuredSpec", "structured_off", "StoreFieldsView", "structured_tr
            "resolve_device", "train_operator", "float32_twin"]
 
 log = logging.getLogger(__name__)
-
-PreconditionerName = Literal["none", "jacobi", "kron", "two_level", "nystrom", "pca", "auto"]
-
 
 class StructuredSpec(BaseModel):
     """``structured:`` of the solve/eigen jobs: never form the dense Gram; use the matrix-free
@@ -39,14 +38,17 @@ class StructuredSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    preconditioner: PreconditionerName = "two_level"  # fewest iterations (docs/benchmarks.md)
+    # a registered name (jntk_dist.solvers.PRECONDITIONERS); auto: chosen from N, d0, X and the
+    # free memory, recorded with its reason in the summary (docs/structured.md, "auto")
+    preconditioner: str = Field(default="auto", description=preconditioner_help())
     tol: float = Field(default=1e-8, gt=0.0)  # PCG: |b − Aα|/|b|; LOBPCG: |Av − θv| ≤ tol·λ_max
     maxiter: int | None = Field(default=None, ge=1)  # None: the solvers' defaults
     checkpoint: OutputPath | None = None  # a local path; solve default: <output stem>_pcg.npz
     # beside a local output, in this machine's scratch folder for a URL output (store.local_beside)
     checkpoint_every: float = Field(default=60.0, gt=0.0)  # seconds between checkpoints
     memory_mb: float | Literal["auto"] = 512.0  # working set of a product's row tile; auto:
-    # half the free GPU memory (CPU: 512)
+    # a quarter of 60 % of the device's free memory (GPU or RAM), at most 4 GiB
+    # (jntk_dist.solvers.memory: the one rule of the set-ups too)
     fields: Literal["auto", "memory", "recompute"] = "auto"  # auto: held in memory if the 8 N²
     # fields fit in memory_mb, else recomputed (a store: read) per row tile on every product
     lambda_min_method: Literal["shift_invert", "lobpcg"] = "shift_invert"  # eigen: λ_min route
@@ -60,6 +62,14 @@ class StructuredSpec(BaseModel):
     # (reliable updates), so tol holds for the float64 system (local backend, computed fields)
     workers: int = Field(default=2, ge=1)  # ray / dask: row blocks
     gpus_per_worker: float = Field(default=0.0, ge=0.0)  # ray: fractional GPUs allowed
+
+    @field_validator("preconditioner")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if value not in PRECONDITIONERS:
+            raise ValueError(f"structured.preconditioner must be one of "
+                             f"{', '.join(PRECONDITIONERS)}; got {value!r}")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -134,7 +144,7 @@ def structured_train_operator(prob: Problem, spec: StructuredSpec, lam: float) -
                          "N×N NTK Gram; use the dense path for it)")
     X_train = prob.X[prob.train]
     device = resolve_device(spec)
-    memory_mb = auto_memory_mb(device) if spec.memory_mb == "auto" else float(spec.memory_mb)
+    memory_mb = auto_tile_mb(device) if spec.memory_mb == "auto" else float(spec.memory_mb)
     compile = _compile_setting(spec, device, prob.activation)
     compile_s = _warm_up(prob.activation, device) if kernels.compile_enabled(compile) else 0.0
     kw: dict[str, Any] = {"depth": prob.depth, "activation": prob.activation, "lam": lam,
