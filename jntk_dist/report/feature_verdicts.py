@@ -101,9 +101,9 @@ def _rule_aligned(spec: ClaimSpec, splits: Splits) -> list[Row]:
         qa, qr = [st.q_accurate for st, _ in stats], [st.q_robust for st, _ in stats]
         ok = np.mean(r) >= r_min and np.mean(qa) <= q_max and np.mean(qr) <= q_max
         why = [f"mean r {np.mean(r):.2f} < {r_min:g}"] if np.mean(r) < r_min else []
-        why += [f"{np.mean(qa):.0%} of the most accurate features are not robust"] \
+        why += [f"{np.mean(qa):.1%} of the most accurate features are not robust"] \
             if np.mean(qa) > q_max else []
-        why += [f"{np.mean(qr):.0%} of the most robust features are not accurate"] \
+        why += [f"{np.mean(qr):.1%} of the most robust features are not accurate"] \
             if np.mean(qr) > q_max else []
         out.append(Row(spec.claim, f"r = {_ms(r)}; accurate-but-not-robust {_ms(qa)}, "
                        f"robust-but-not-accurate {_ms(qr)} ({stats[0][0].n} resolved features"
