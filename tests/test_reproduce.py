@@ -122,7 +122,8 @@ def test_assumption8_verdict_uses_the_rule_written_in_the_config(quick_runs: dic
     store = _copy_run(quick_runs, "fig6", tmp_path)
     g = zarr.open_group(str(store / "assumption8"), mode="r+")
     n, hi = g["n"][...], g["lambda_max"][...]
-    f32 = positivity_rule(exp.config)
+    f32 = calibrated_rule(exp.claim)
+    assert f32 is not None and positivity_rule(exp.config) == RELATIVE
     lam = np.array([np.sqrt(RELATIVE.threshold(a, b) * f32.threshold(a, b)) for a, b in zip(n, hi)])
     assert np.all(lam > [RELATIVE.threshold(a, b) for a, b in zip(n, hi)])
     g["lambda_min"][...] = lam  # every Gram, every depth: between the two thresholds

@@ -241,7 +241,9 @@ def evaluate(exp: PaperConfig, runs_dir: str | Path, merge: Sequence[str | Path]
              if p.exists()]
     failed = [r for r in extra if r.get("status") != "ok"]
     if not path.exists() and not extra:
-        return ExperimentReport(exp, None, problem=exp.not_run or f"not run ({path} missing)")
+        return ExperimentReport(exp, None, problem=exp.not_run or (
+            f"not run at the paper's size: {exp.paper_size.strip()}" if exp.paper_size
+            else f"not run ({path} missing)"))
     if path.exists():
         record, merged = _read_record(path), extra
     else:

@@ -201,8 +201,8 @@ def _onset_text(c: _Curve, rule: PositivityRule) -> str:
             return "never positive"
         return f"L={onset}" + (" (the shallowest computed)" if onset == c.depths[0] else "")
 
-    return (f"onset {one(c.onset)} under {rule.rule}, {one(c.onset_rel)} under relative "
-            f"(depths {depth_ranges(c.depths)})")
+    also = "" if rule.rule == "relative" else f", {one(c.onset_rel)} under relative"
+    return f"onset {one(c.onset)} under {rule.rule}{also} (depths {depth_ranges(c.depths)})"
 
 
 def _around(c: _Curve, depth: int | None) -> str:
@@ -252,8 +252,10 @@ def _rule_ntk_always_pd(spec: ClaimSpec, curves: dict[tuple[str, str, str], _Cur
         pos = c.pos_rel if use is RELATIVE else c.pos
         bad = [d for d, p in zip(c.depths, pos) if not p]
         i = min(range(len(c.depths)), key=lambda k: c.lam_min[k])
-        ours = (f"positive at {sum(c.pos)}/{len(c.depths)} depths under {rule.rule}, "
-                f"{sum(c.pos_rel)}/{len(c.depths)} under relative; smallest λ_min "
+        also = "" if rule.rule == "relative" else \
+            f", {sum(c.pos_rel)}/{len(c.depths)} under relative"
+        ours = (f"positive at {sum(c.pos)}/{len(c.depths)} depths under {rule.rule}{also}; "
+                "smallest λ_min "
                 f"{c.lam_min[i]:.2e} (L={c.depths[i]}; threshold {c.threshold[i]:.1e}, τ_rel "
                 f"{c.tau_rel[i]:.1e})")
         out.append(Row(spec.claim, ours, "agree" if not bad else "disagree",
