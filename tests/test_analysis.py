@@ -89,6 +89,33 @@ def test_pgd_step_stays_on_sphere_and_lowers_the_margin(data):
     assert (yt * std.decision_function(moved) < yt * f).all()
 
 
+def test_papers_attack_is_a_raw_loss_gradient_step_then_the_sphere(data):
+    """§5.2: "one-step projected gradient descent on the analytic solution without Jacobian
+    regularisation, and 0.01 and 0.1 refer to learning rates": x' = P(x + η(f − y)∇f), checked
+    against the formula written out by hand; it raises the squared loss (to first order) and
+    moves a point by η·|f − y|·|∇f| at most, not by a fixed length."""
+    X, y, Xt, yt = data
+    std = KernelRegressor(depth=2, activation="gelu", lam=0.0).fit(X, y)
+    f, g = std.value_and_gradient(Xt)
+    eta = 1e-3
+    moved = analysis.pgd_perturb(Xt, yt, g, eta, attack="paper", value=f)
+    raw = Xt + eta * (f - yt)[:, None] * g
+    np.testing.assert_allclose(moved, raw / np.linalg.norm(raw, axis=1, keepdims=True),
+                               rtol=1e-13)
+    np.testing.assert_allclose(np.linalg.norm(moved, axis=1), 1.0, atol=1e-12)
+    step = np.linalg.norm(moved - Xt, axis=1)
+    assert (step <= eta * np.abs(f - yt) * np.linalg.norm(g, axis=1) * (1 + 1e-9)).all()
+    loss = 0.5 * (f - yt) ** 2
+    grew = 0.5 * (std.decision_function(moved) - yt) ** 2 >= loss - 1e-15
+    assert grew.all()
+    # a different step than the normalised attack of the same size
+    assert not np.allclose(moved, analysis.pgd_perturb(Xt, yt, g, eta))
+    with pytest.raises(ValueError, match="needs the predictor's values"):
+        analysis.pgd_perturb(Xt, yt, g, eta, attack="paper")
+    with pytest.raises(ValueError, match="unknown attack"):
+        analysis.pgd_perturb(Xt, yt, g, eta, attack="fgsm", value=f)
+
+
 def test_eigenfeatures_sum_to_the_predictor_and_project_the_targets(data):
     X, y, Xt, _ = data
     lam = 0.2

@@ -11,7 +11,8 @@ import numpy as np
 from ..solvers.results import EigenResult
 from .regression import accuracy
 
-__all__ = ["eigenfeatures", "feature_accuracies", "pgd_perturb", "finite_time_predictions",
+__all__ = ["eigenfeatures", "feature_accuracies", "pgd_perturb", "ATTACKS",
+           "finite_time_predictions",
            "AccuracyRobustness", "accuracy_robustness", "pearson", "bootstrap_less_correlated"]
 
 
@@ -30,17 +31,38 @@ def feature_accuracies(features: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.asarray(accuracy(features, y), dtype=np.float64)
 
 
-def pgd_perturb(X: Any, y: Any, grad: np.ndarray, step: float) -> np.ndarray:
-    """One projected-gradient step against the margin y·f: x' = P(x − step·y·∇f/|∇f|),
-    P the projection onto the unit sphere. Rows with ∇f = 0 stay put."""
+ATTACKS = ("paper", "normalised")
+"""The one-step attacks of :func:`pgd_perturb`: ``paper`` (§5.2, l.217: a gradient step of the
+standard predictor's loss with the step as learning rate) and ``normalised`` (a step of fixed
+length along the normalised margin gradient)."""
+
+
+def pgd_perturb(X: Any, y: Any, grad: np.ndarray, step: float, attack: str = "normalised",
+                value: np.ndarray | None = None) -> np.ndarray:
+    """One projected-gradient step on the test inputs, P the projection onto the unit sphere.
+
+    ``attack="paper"`` — "one-step projected gradient descent on the analytic solution without
+    Jacobian regularisation, and 0.01 and 0.1 refer to learning rates" (§5.2, l.217): a raw
+    gradient step that raises the squared loss ℓ(x) = ½(f(x) − y)² of the standard predictor f,
+    x' = P(x + step·∇ℓ(x)) = P(x + step·(f(x) − y)·∇f(x)); needs ``value`` = f(X).
+    ``attack="normalised"`` — x' = P(x − step·y·∇f/|∇f|): a step of length ``step`` against the
+    margin y·f, whatever the gradient's size. Rows with ∇f = 0 stay put."""
     X = np.asarray(X, dtype=np.float64)
     y = np.sign(np.asarray(y, dtype=np.float64))
     g = np.asarray(grad, dtype=np.float64)
     if g.shape != X.shape:
         raise ValueError(f"gradient shape {g.shape} does not match inputs {X.shape}")
-    norm = np.linalg.norm(g, axis=1, keepdims=True)
-    direction = np.divide(g, norm, out=np.zeros_like(g), where=norm > 0)
-    moved = X - float(step) * y[:, None] * direction
+    if attack == "paper":
+        if value is None:
+            raise ValueError("the paper's attack needs the predictor's values f(X) (value=)")
+        f = np.asarray(value, dtype=np.float64).reshape(-1)
+        moved = X + float(step) * (f - y)[:, None] * g
+    elif attack == "normalised":
+        norm = np.linalg.norm(g, axis=1, keepdims=True)
+        direction = np.divide(g, norm, out=np.zeros_like(g), where=norm > 0)
+        moved = X - float(step) * y[:, None] * direction
+    else:
+        raise ValueError(f"unknown attack {attack!r}; known: {', '.join(ATTACKS)}")
     return moved / np.linalg.norm(moved, axis=1, keepdims=True)
 
 

@@ -67,7 +67,8 @@ def _rule_decreasing(spec: ClaimSpec, d: DriftNumbers, quick: bool) -> list[Row]
     depth and recorded step. With a Monte-Carlo floor (Fig. 1) the slope is fitted over the widths
     whose Δ exceeds ``floor_factor`` × the floor (Monte-Carlo error alone gives Δ ≈ floor): the
     paper does not "expect that […] the graphs converge to 0 because of the Monte-Carlo errors";
-    a component with fewer than two such widths has no verdict (more networks are needed)."""
+    a component with fewer than two such widths is not tested (more networks are needed), and so
+    is the row unless another component already disagrees."""
     k = float(spec.params.get("floor_factor", 2.0))
     mean = d.mean()
     floor = d.mean("mc_floor") if d.mc_floor is not None else None
@@ -87,8 +88,8 @@ def _rule_decreasing(spec: ClaimSpec, d: DriftNumbers, quick: bool) -> list[Row]
                     na.append(comp)
                 elif not (math.isfinite(slope) and slope < 0):
                     bad.append(comp)
-            verdict: Verdict = ("disagree" if bad else "n/a" if len(na) == len(d.components)
-                                else "agree")
+            # "for every component": one component that cannot be tested leaves the row untested
+            verdict: Verdict = "disagree" if bad else "not tested" if na else "agree"
             why = "; ".join(([f"Δ does not fall with width for {', '.join(bad)}"] if bad else [])
                             + ([f"{', '.join(na)}: fewer than two widths above the Monte-Carlo "
                                 "floor (more networks needed)"] if na else []))
@@ -128,19 +129,22 @@ def _rule_rate(spec: ClaimSpec, d: DriftNumbers, quick: bool) -> list[Row]:
 
 
 def _rule_ratio(spec: ClaimSpec, d: DriftNumbers, quick: bool) -> list[Row]:
-    """Mean Δ of component ``larger`` / mean Δ of ``smaller`` > ``min_ratio`` at every width."""
+    """Mean Δ of component ``larger`` / mean Δ of ``smaller`` ≥ ``min_ratio`` at every width
+    ("much larger": a stated factor, the ratio per width reported)."""
     big, small = str(spec.params.get("larger", "22")), str(spec.params.get("smaller", "00"))
-    least = float(spec.params.get("min_ratio", 1.0))
+    least = float(spec.params.get("min_ratio", 10.0))
     mean = d.mean()
     b, s = d.components.index(big), d.components.index(small)
     out = []
     for j, depth in enumerate(d.depths):
         ratio = mean[:, j, 0, b] / mean[:, j, 0, s]
-        ok = bool(np.all(ratio > least))
-        out.append(Row(spec.claim, f"Δ{big}/Δ{small} from {ratio.min():.2f} to {ratio.max():.2f} "
-                       f"over widths {d.widths[0]}–{d.widths[-1]}", "agree" if ok else "disagree",
-                       _quick("" if ok else f"ratio ≤ {least:g} at some width", quick),
-                       f"ratio: mean Δ{big} / mean Δ{small} > {least:g} at every width",
+        ok = bool(np.all(ratio >= least))
+        low = [w for w, v in zip(d.widths, ratio) if not v >= least]
+        out.append(Row(spec.claim, f"Δ{big}/Δ{small} per width: " + ", ".join(
+                       f"{w}: {v:.2f}" for w, v in zip(d.widths, ratio)),
+                       "agree" if ok else "disagree",
+                       _quick("" if ok else f"ratio < {least:g} at widths {low}", quick),
+                       f"ratio: mean Δ{big} / mean Δ{small} ≥ {least:g} at every width",
                        _where(d, depth, None)))
     return out
 
@@ -206,9 +210,10 @@ def _rule_growth_slows(spec: ClaimSpec, d: DriftNumbers, quick: bool) -> list[Ro
             cells.append(f"{comp}: ρ {', '.join(f'{v:.2f}' for v in r)} ({share:.0%} < {limit:g})")
             if share < frac:
                 bad.append(comp)
-        verdict: Verdict = "disagree" if bad else "n/a" if len(na) == len(d.components) else "agree"
+        verdict: Verdict = ("disagree" if bad else "not tested" if len(na) == len(d.components)
+                            else "agree")
         why = (f"the increase does not slow down for {', '.join(bad)}" if bad else
-               "Δ did not grow beyond its 95% band" if verdict == "n/a" else "")
+               "Δ did not grow beyond its 95% band" if verdict == "not tested" else "")
         out.append(Row(spec.claim, "; ".join(cells), verdict, _quick(why, quick), test,
                        _where(d, depth, None)))
     return out

@@ -12,13 +12,14 @@ import numpy as np
 from ..analysis import PositivityRule
 from ..workflows.assumption8 import plot as plot_assumption8
 from ..workflows.drift import open_drift, plot_drift
-from ..workflows.eigenfeatures import pairplot
+from ..workflows.eigenfeatures import pairplot, split_group
 from ..workflows.reproduce import PAPER_CONFIGS, PaperConfig, load_paper_config
 from .drift_verdicts import DriftNumbers, drift_rows
 from .feature_verdicts import (FEATURE_RULES, depth_onset_row, eigenfeatures_rows,
                               eigenfeatures_table)
 from .verdicts import (ExperimentReport, assumption8_curves, assumption8_depth_table,
-                       assumption8_rows, claim_specs, depth_ranges, merge_assumption8_rows, positivity_rule)
+                       assumption8_rows, calibrated_rule, claim_specs, depth_ranges,
+                       merge_assumption8_rows, positivity_rule)
 
 __all__ = ["evaluate", "collect"]
 
@@ -76,7 +77,7 @@ def _evaluate_assumption8(exp: PaperConfig, record: dict[str, Any], rep: Experim
     rows, skipped = _assumption8_runs_rows(records)
     rule = positivity_rule(exp.config)  # the paper config's rule, whatever the run recorded
     rep.rows = assumption8_rows(rows, exp.claim, rule, bool(record.get("quick")))
-    rep.tables = [assumption8_depth_table(rows, rule)]
+    rep.tables = [assumption8_depth_table(rows, rule, calibrated_rule(exp.claim))]
     # the plot is redrawn from the table: its markers follow the config's rule
     stem = Path(record["output"]).with_suffix("")
     png = stem.parent / "report" / f"{stem.name}_assumption8.png"
@@ -98,25 +99,39 @@ def _evaluate_assumption8(exp: PaperConfig, record: dict[str, Any], rep: Experim
             else ")"
 
 
-def _eigenfeature_settings(output: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The per-setting arrays of an eigenfeatures store, and the store's attributes."""
+def _setting(g: Any, attacks: Sequence[str], steps: Sequence[float], legacy: bool
+             ) -> dict[str, Any]:
+    """One setting's arrays of an eigenfeatures store group ({(attack, step): …} keyed)."""
+    a = dict(g.attrs)
+
+    def name(prefix: str, attack: str, step: float) -> str:
+        return f"{prefix}_{step:g}" if legacy else f"{prefix}_{attack}_{step:g}"
+
+    keys = [(at, st) for at in attacks for st in steps]
+    return {"eigenvalues": g["eigenvalues"][...], "gram_size": int(a["gram_size"]),
+            "test_accuracy": g["test_accuracy"][...],
+            "perturbed_accuracy": {k: g[name("perturbed_accuracy", *k)][...] for k in keys},
+            "predictor_test_accuracy": float(a["predictor_test_accuracy"]),
+            "predictor_accuracy": {k: float(a[name("predictor_accuracy" if not legacy else
+                                                   "predictor_accuracy_step", *k)])
+                                   for k in keys},
+            "perturbation_norm": {k: float(a.get(name("perturbation_norm", *k), np.nan))
+                                  for k in keys}}
+
+
+def _eigenfeature_settings(output: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per train/test split, the per-setting arrays of an eigenfeatures store; and the store's
+    attributes. A store written before attacks and splits were recorded holds one split of the
+    normalised attack."""
     import zarr
 
-    root = zarr.open_group(str(Path(output) / "eigenfeatures"), mode="r")
-    attrs = dict(root.attrs)
+    root = zarr.open_group(str(Path(output)), mode="r")
+    attrs = dict(root["eigenfeatures"].attrs)
     steps = [float(s) for s in attrs["steps"]]
-    settings = {}
-    for name in attrs["runs"]:
-        g = root[name]
-        a = dict(g.attrs)
-        settings[name] = {
-            "eigenvalues": g["eigenvalues"][...], "gram_size": int(a["gram_size"]),
-            "test_accuracy": g["test_accuracy"][...],
-            "perturbed_accuracy": {s: g[f"perturbed_accuracy_{s:g}"][...] for s in steps},
-            "predictor_test_accuracy": float(a["predictor_test_accuracy"]),
-            "predictor_accuracy_step": {s: float(a[f"predictor_accuracy_step_{s:g}"])
-                                        for s in steps}}
-    return settings, attrs
+    legacy = "attacks" not in attrs
+    attacks = ["normalised"] if legacy else list(attrs["attacks"])
+    return [{name: _setting(root[split_group(k, name)], attacks, steps, legacy)
+             for name in attrs["runs"]} for k in range(int(attrs.get("splits", 1)))], attrs
 
 
 def _depth_onset_rows(exp: PaperConfig, record: dict[str, Any], ctx: "_Context") -> list[Any]:
@@ -133,7 +148,9 @@ def _depth_onset_rows(exp: PaperConfig, record: dict[str, Any], ctx: "_Context")
         records = [r for r in (_read_optional(Path(d) / src / "run.json") for d in ctx.folders)
                    if r is not None and r.get("status") == "ok"
                    and bool(r.get("quick")) == bool(record.get("quick"))]
-        rule = positivity_rule(source.config)
+        # the rule our depth was chosen by (the config's ``positivity``), else the source's
+        rule = (PositivityRule.model_validate(spec.params["positivity"])
+                if "positivity" in spec.params else positivity_rule(source.config))
         curve = None if not records or record.get("quick") else assumption8_curves(
             _assumption8_runs_rows(records)[0], rule).get((label, act, "jntk"))
         missing = ("quick run: the onset of a subset is not the depth to use" if record.get("quick")
@@ -148,30 +165,37 @@ def _depth_onset_rows(exp: PaperConfig, record: dict[str, Any], ctx: "_Context")
 
 def _evaluate_eigenfeatures(exp: PaperConfig, record: dict[str, Any], rep: ExperimentReport,
                             ctx: "_Context") -> None:
-    settings, attrs = _eigenfeature_settings(record["output"])
+    splits, attrs = _eigenfeature_settings(record["output"])
     rep.rows = _depth_onset_rows(exp, record, ctx) + eigenfeatures_rows(
-        settings, exp.claim, bool(record.get("quick")))
-    rep.tables = [t for t in [eigenfeatures_table(settings, exp.claim)] if t]
-    rep.figures = [_redraw_pairplot(exp, record, settings)]
-    sizes = {n: s["gram_size"] for n, s in settings.items()}
+        splits, exp.claim, bool(record.get("quick")))
+    rep.tables = [t for t in [eigenfeatures_table(splits, exp.claim)] if t]
+    rep.figures = [_redraw_pairplot(exp, record, splits[0], attrs)]
+    sizes = {n: s["gram_size"] for n, s in splits[0].items()}
+    attacks = attrs.get("attack_text") or {"normalised": attrs.get("attack", "")}
     rep.size = (f"{attrs['source']}, depth {attrs['depth']} {attrs['activation']}, "
-                f"{attrs['n_train']} train / {attrs['n_test']} test points, Gram sizes "
-                + ", ".join(f"{k}: {v}" for k, v in sizes.items()))
+                f"{attrs['n_train']} train / {attrs['n_test']} test points, {len(splits)} "
+                "stratified train/test split(s), Gram sizes "
+                + ", ".join(f"{k}: {v}" for k, v in sizes.items()) + "; attacks: "
+                + "; ".join(f"`{k}` {v}" for k, v in attacks.items()))
 
 
-def _redraw_pairplot(exp: PaperConfig, record: dict[str, Any], settings: dict[str, Any]) -> Path:
-    """The pair plot from the store, the features filtered by the config's resolution rule."""
+def _redraw_pairplot(exp: PaperConfig, record: dict[str, Any], settings: dict[str, Any],
+                     attrs: dict[str, Any]) -> Path:
+    """The pair plot of the first split and the store's first attack, from the store, the
+    features filtered by the config's resolution rule."""
+    attack = (attrs.get("attacks") or ["normalised"])[0]
+    steps = [float(s) for s in attrs["steps"]]
     rules = [r for r in exp.claim.get("rules", []) if "features" in r]
     rule = PositivityRule.model_validate(rules[0]["features"] if rules else {})
     data = {name: (np.asarray(s["eigenvalues"]), np.asarray(s["test_accuracy"]),
-                   {k: np.asarray(v) for k, v in s["perturbed_accuracy"].items()},
+                   {st: np.asarray(s["perturbed_accuracy"][(attack, st)]) for st in steps},
                    rule.threshold(s["gram_size"], float(np.max(s["eigenvalues"]))))
             for name, s in settings.items()}
     stem = Path(record["output"]).with_suffix("")
     png = stem.parent / "report" / f"{stem.name}_eigenfeatures.png"
     png.parent.mkdir(parents=True, exist_ok=True)
     with open(png, "wb") as fh:
-        pairplot(data, sorted(next(iter(settings.values()))["perturbed_accuracy"]), fh)
+        pairplot(data, steps, fh)
     return png
 
 
@@ -217,7 +241,9 @@ def evaluate(exp: PaperConfig, runs_dir: str | Path, merge: Sequence[str | Path]
              if p.exists()]
     failed = [r for r in extra if r.get("status") != "ok"]
     if not path.exists() and not extra:
-        return ExperimentReport(exp, None, problem=exp.not_run or f"not run ({path} missing)")
+        return ExperimentReport(exp, None, problem=exp.not_run or (
+            f"not run at the paper's size: {exp.paper_size.strip()}" if exp.paper_size
+            else f"not run ({path} missing)"))
     if path.exists():
         record, merged = _read_record(path), extra
     else:

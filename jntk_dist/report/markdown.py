@@ -83,19 +83,36 @@ def _summary(reports: Sequence[ExperimentReport], runs_dir: str | Path | None) -
              "`claim.rules` (`jntk_dist/report/verdicts.py`, `drift_verdicts.py`, "
              "`feature_verdicts.py`); every row quotes the sentence of the paper it checks, "
              "with its section, figure and line of the text extraction, or is marked as ours. "
-             "Quick runs (reduced size) carry no weight.", "",
-             "| experiment | figures | size | wall time | agree | disagree | n/a | status |",
-             "|---|---|---|---:|---:|---:|---:|---|"]
+             "Only rules that can fail are counted (agree / disagree); a rule with too few "
+             "points, or an experiment not run at the paper's size, is *not tested*; a rule "
+             "that holds by construction, is self-referential or uses a calibrated constant is "
+             "a *consistency check*, reported but never counted as agreement with the paper. "
+             "Quick runs (reduced size) carry no weight: their rows are shown, counted as not "
+             "tested.", "",
+             "| experiment | figures | size | wall time | agree | disagree | not tested | "
+             "consistency check | status |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for r in reports:
         c = r.counts()
+        quick = bool(r.record and r.record.get("quick"))
+        if quick:  # a reduced run tests nothing: every row it has is "not tested"
+            c = {**c, "not tested": c["not tested"] + c["agree"] + c["disagree"], "agree": 0,
+                 "disagree": 0}
         secs = [rec["seconds"] for rec in r.records if "seconds" in rec]
         wall = (f"{sum(secs):.0f} s" + (f" ({len(secs)} runs)" if len(secs) > 1 else "")
                 if secs else "—")
-        size = ("quick, no weight" if r.record.get("quick") else "full") if r.record else "—"
+        size = ("quick, no weight" if quick else "full") if r.record else "—"
+        status = r.problem or (_not_at_paper_size(r) if quick else "ok")
         lines.append(f"| [{r.exp.name}](#{r.exp.name}) | {', '.join(r.exp.figures)} | {size} | "
-                     f"{wall} | {c['agree']} | {c['disagree']} | {c['n/a']} | "
-                     f"{_cell(r.problem or 'ok')} |")
+                     f"{wall} | {c['agree']} | {c['disagree']} | {c['not tested']} | "
+                     f"{c['consistency check']} | {_cell(status)} |")
     return lines
+
+
+def _not_at_paper_size(r: ExperimentReport) -> str:
+    """What the report says of an experiment whose only run is a quick one."""
+    return "not run at the paper's size" + (f": {r.exp.paper_size.strip()}"
+                                            if r.exp.paper_size else "")
 
 
 def _section(r: ExperimentReport, out: Path, figures_dir: Path) -> list[str]:
@@ -124,6 +141,9 @@ def _section(r: ExperimentReport, out: Path, figures_dir: Path) -> list[str]:
     lines.append("")
     if r.problem:
         lines += [f"**No results:** {_cell(r.problem)}", ""]
+    elif r.record and r.record.get("quick"):
+        lines += [f"**{_not_at_paper_size(r)[0].upper() + _not_at_paper_size(r)[1:]}.** The "
+                  "rows below come from a quick run and are not counted.", ""]
     if r.rows:
         lines += ["| curve / setting | the paper says | rule (how we test it) | we get | "
                   "verdict | why |", "|---|---|---|---|---|---|"]

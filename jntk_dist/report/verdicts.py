@@ -18,12 +18,19 @@ from typing import Any, Callable, Literal, Sequence
 from ..analysis import RELATIVE, PositivityRule
 from ..workflows.reproduce import PaperConfig
 
-__all__ = ["Verdict", "Row", "ExperimentReport", "ClaimSpec", "claim_specs", "assumption8_rows",
+__all__ = ["Verdict", "COUNT_KEYS", "Row", "ExperimentReport", "ClaimSpec", "claim_specs",
+           "assumption8_rows",
            "assumption8_curves",
            "assumption8_depth_table", "merge_assumption8_rows", "pd_onset", "depth_ranges",
-           "positivity_rule", "ASSUMPTION8_RULES"]
+           "positivity_rule", "calibrated_rule", "ASSUMPTION8_RULES", "INTERLACING"]
 
-Verdict = Literal["agree", "disagree", "n/a"]
+Verdict = Literal["agree", "disagree", "not tested", "consistent", "inconsistent"]
+"""``agree`` / ``disagree``: a counted rule (one that can fail) against the paper's words;
+``not tested``: no verdict (too few points, not run at the paper's size); ``consistent`` /
+``inconsistent``: a consistency check (self-referential, calibrated, or implied by an identity),
+reported but never counted as agreement with the paper."""
+
+COUNT_KEYS = ("agree", "disagree", "not tested", "consistency check")
 
 
 @dataclass
@@ -37,6 +44,17 @@ class Row:
     why: str = ""
     rule: str = ""
     subject: str = ""
+
+    @property
+    def counted(self) -> bool:
+        """Whether the row counts as agreement or disagreement with the paper."""
+        return self.verdict in ("agree", "disagree")
+
+    @property
+    def tally(self) -> str:
+        """The column of the report's header this row is counted in."""
+        return ("consistency check" if self.verdict in ("consistent", "inconsistent")
+                else self.verdict)
 
 
 @dataclass
@@ -58,10 +76,12 @@ class ExperimentReport:
         return ([self.record] if self.record else []) + self.merged
 
     def counts(self) -> dict[str, int]:
-        """How many rows agree, disagree, or have no verdict."""
-        out = {"agree": 0, "disagree": 0, "n/a": 0}
+        """How many rows agree, disagree, are not tested, or are consistency checks (``n/a``:
+        the rows without a counted verdict, for readers of the older three columns)."""
+        out = dict.fromkeys(COUNT_KEYS, 0)
         for r in self.rows:
-            out[r.verdict] += 1
+            out[r.tally] += 1
+        out["n/a"] = out["not tested"] + out["consistency check"]
         return out
 
 
@@ -141,6 +161,8 @@ class _Curve:
     tau_rel: list[float]
     pos: list[bool]  # adopted rule
     pos_rel: list[bool]
+    n: list[int] = field(default_factory=list)
+    lam_max: list[float] = field(default_factory=list)
 
     @property
     def onset(self) -> int | None:
@@ -169,7 +191,7 @@ def assumption8_curves(rows: Sequence[dict[str, Any]], rule: PositivityRule
                           [rule.threshold(a, b) for a, b in zip(n, hi)],
                           [RELATIVE.threshold(a, b) for a, b in zip(n, hi)],
                           [rule.positive(*v) for v in zip(lo, n, hi, res)],
-                          [RELATIVE.positive(*v) for v in zip(lo, n, hi, res)])
+                          [RELATIVE.positive(*v) for v in zip(lo, n, hi, res)], n, hi)
     return out
 
 
@@ -179,8 +201,8 @@ def _onset_text(c: _Curve, rule: PositivityRule) -> str:
             return "never positive"
         return f"L={onset}" + (" (the shallowest computed)" if onset == c.depths[0] else "")
 
-    return (f"onset {one(c.onset)} under {rule.rule}, {one(c.onset_rel)} under relative "
-            f"(depths {depth_ranges(c.depths)})")
+    also = "" if rule.rule == "relative" else f", {one(c.onset_rel)} under relative"
+    return f"onset {one(c.onset)} under {rule.rule}{also} (depths {depth_ranges(c.depths)})"
 
 
 def _around(c: _Curve, depth: int | None) -> str:
@@ -211,7 +233,7 @@ def _onset_verdict(c: _Curve, target: Any) -> tuple[Verdict, str]:
     above = [p for d, p in zip(depths, c.pos) if d >= target]
     below = [p for d, p in zip(depths, c.pos) if d < target]
     if not above:
-        return "n/a", f"depth {target} not computed (depths {depths})"
+        return "not tested", f"depth {target} not computed (depths {depths})"
     if all(above) and (not below or not below[-1]):
         coarse = not (target in depths and (not below or target - 1 in depths))
         return "agree", f"consistent on the computed depths {depths} (coarse grid)" if coarse else ""
@@ -230,8 +252,10 @@ def _rule_ntk_always_pd(spec: ClaimSpec, curves: dict[tuple[str, str, str], _Cur
         pos = c.pos_rel if use is RELATIVE else c.pos
         bad = [d for d, p in zip(c.depths, pos) if not p]
         i = min(range(len(c.depths)), key=lambda k: c.lam_min[k])
-        ours = (f"positive at {sum(c.pos)}/{len(c.depths)} depths under {rule.rule}, "
-                f"{sum(c.pos_rel)}/{len(c.depths)} under relative; smallest λ_min "
+        also = "" if rule.rule == "relative" else \
+            f", {sum(c.pos_rel)}/{len(c.depths)} under relative"
+        ours = (f"positive at {sum(c.pos)}/{len(c.depths)} depths under {rule.rule}{also}; "
+                "smallest λ_min "
                 f"{c.lam_min[i]:.2e} (L={c.depths[i]}; threshold {c.threshold[i]:.1e}, τ_rel "
                 f"{c.tau_rel[i]:.1e})")
         out.append(Row(spec.claim, ours, "agree" if not bad else "disagree",
@@ -241,36 +265,52 @@ def _rule_ntk_always_pd(spec: ClaimSpec, curves: dict[tuple[str, str, str], _Cur
     return out
 
 
+INTERLACING = ("implied by Cauchy interlacing: the NTK Gram is the principal submatrix of the "
+               "JNTK Gram on the value slots, so λ_min(JNTK) ≤ λ_min(NTK) for every input")
+
+
 def _rule_jntk_below_ntk(spec: ClaimSpec, curves: dict[tuple[str, str, str], _Curve],
                          rule: PositivityRule) -> list[Row]:
+    """"Much smaller": NTK λ_min / JNTK λ_min ≥ ``factor`` at every depth (the ratio per depth
+    is reported). A factor ≤ 1 holds for every input by interlacing: then the row is a
+    consistency check, never counted."""
+    factor = float(spec.params.get("factor", 10.0))
+    test = (f"jntk_below_ntk: NTK λ_min / JNTK λ_min ≥ {factor:g} at every depth"
+            + (" (interlacing: a consistency check)" if factor <= 1 else ""))
     out = []
     for (dataset, act, kind), c in curves.items():
         ntk = curves.get((dataset, act, "ntk"))
         if kind != "jntk" or ntk is None:
             continue
         ratio = {d: ntk.lam_min[ntk.depths.index(d)] / lo for d, lo in zip(c.depths, c.lam_min)
-                 if d in ntk.depths and lo != 0}
-        bad = [d for d, v in ratio.items() if not v > float(spec.params.get("factor", 1.0))]
-        ours = (f"NTK λ_min / JNTK λ_min from {fmt(min(ratio.values()))} to "
-                f"{fmt(max(ratio.values()))} over L={depth_ranges(sorted(ratio))}" if ratio else
-                "no depth with both kernels")
-        verdict: Verdict = "n/a" if not ratio else "agree" if not bad else "disagree"
-        out.append(Row(spec.claim, ours, verdict, "" if not bad else f"not smaller at L={bad}",
-                       f"jntk_below_ntk: JNTK λ_min < NTK λ_min / {spec.params.get('factor', 1.0)}"
-                       " at every depth", f"{dataset}, {act}"))
+                 if d in ntk.depths and lo > 0}
+        bad = [d for d, v in ratio.items() if not v >= factor]
+        ours = ("ratio per depth: " + ", ".join(f"L={d}: {fmt(v)}" for d, v in ratio.items())
+                if ratio else "no depth with both kernels and a positive JNTK λ_min")
+        if factor <= 1:
+            verdict: Verdict = "consistent" if not bad else "inconsistent"
+            why = INTERLACING + (f"; violated at L={bad}: a numerical error" if bad else "")
+        else:
+            verdict = "not tested" if not ratio else "agree" if not bad else "disagree"
+            why = "" if not bad else f"ratio < {factor:g} at L={bad}"
+        out.append(Row(spec.claim, ours, verdict, why, test, f"{dataset}, {act}"))
     return out
 
 
 def _rule_jntk_onset(spec: ClaimSpec, curves: dict[tuple[str, str, str], _Curve],
                      rule: PositivityRule) -> list[Row]:
+    """The onset under the config's (primary) rule against the paper's; with ``calibrated:`` (a
+    positivity rule whose constant was chosen so that the paper's onsets come out) one more row
+    per curve, a consistency check: what that rule gives, never counted as agreement."""
     targets = spec.params.get("onset", {})
+    cal = spec.params.get("calibrated")
+    cal_rule = None if cal is None else PositivityRule.model_validate(cal)
+    cal_curves = None if cal_rule is None else _recomputed(curves, cal_rule)
     out = []
     for (dataset, act, kind), c in curves.items():
         if kind != "jntk" or act not in targets:
             continue
         verdict, why = _onset_verdict(c, targets[act])
-        if verdict == "disagree" and c.onset_rel != c.onset:
-            why += f" (under the relative rule: L={c.onset_rel})"
         target = targets[act]
         said = {"first": "positive at every depth", "after_first":
                 "not positive at the shallowest depth, positive from some deeper one on"
@@ -278,6 +318,27 @@ def _rule_jntk_onset(spec: ClaimSpec, curves: dict[tuple[str, str, str], _Curve]
         out.append(Row(spec.claim, f"{_onset_text(c, rule)}; {_around(c, c.onset)}", verdict,
                        why, f"jntk_onset: JNTK {said} under the {rule.rule} rule",
                        f"{dataset}, {act}"))
+        if cal_curves is not None and cal_rule is not None:
+            cc = cal_curves[(dataset, act, kind)]
+            v, w = _onset_verdict(cc, target)
+            out.append(Row(spec.claim, f"{_onset_text(cc, cal_rule)}; {_around(cc, cc.onset)}",
+                           "consistent" if v == "agree" else "inconsistent",
+                           (str(spec.params.get("calibrated_note", "")) + ("; " + w if w else "")
+                            ).strip("; "),
+                           f"jntk_onset: (calibrated, a consistency check, not counted) "
+                           f"under {cal_rule.describe()}", f"{dataset}, {act} (calibrated)"))
+    return out
+
+
+def _recomputed(curves: dict[tuple[str, str, str], _Curve], rule: PositivityRule
+                ) -> dict[tuple[str, str, str], _Curve]:
+    """The same curves with the verdicts of another rule (thresholds from n and λ_max)."""
+    out = {}
+    for key, c in curves.items():
+        n_hi = [(c.n[i], c.lam_max[i]) for i in range(len(c.depths))]
+        out[key] = _Curve(c.depths, c.lam_min, c.residual, [rule.threshold(*v) for v in n_hi],
+                          c.tau_rel, [rule.positive(lo, n, hi, r) for lo, (n, hi), r in
+                                      zip(c.lam_min, n_hi, c.residual)], c.pos_rel, c.n, c.lam_max)
     return out
 
 
@@ -304,28 +365,42 @@ def assumption8_rows(rows: Sequence[dict[str, Any]], claim: dict[str, Any],
     return out
 
 
-def assumption8_depth_table(rows: Sequence[dict[str, Any]], rule: PositivityRule) -> str:
-    """λ_min per depth, NTK and JNTK, with the adopted rule's and the relative verdicts (Markdown,
-    one table per dataset and activation): the reason the two onsets differ, depth by depth."""
+def calibrated_rule(claim: dict[str, Any]) -> PositivityRule | None:
+    """The ``calibrated:`` positivity rule of a claim's ``jntk_onset`` rule (None: none)."""
+    for r in claim.get("rules", []):
+        if r.get("rule") == "jntk_onset" and r.get("calibrated") is not None:
+            return PositivityRule.model_validate(r["calibrated"])
+    return None
+
+
+def assumption8_depth_table(rows: Sequence[dict[str, Any]], rule: PositivityRule,
+                            other: PositivityRule | None = None) -> str:
+    """λ_min per depth, NTK and JNTK, under the adopted rule and ``other`` (the relative rule by
+    default, or a calibrated one) (Markdown, one table per dataset and activation): the reason
+    the two onsets differ, depth by depth."""
+    other = RELATIVE if other is None else other
     curves = assumption8_curves(rows, rule)
+    alt = _recomputed(curves, other)
     yes = {True: "✓", False: "·"}
     out = []
     for (dataset, act, kind), j in curves.items():
         if kind != "jntk":
             continue
-        ntk = curves.get((dataset, act, "ntk"))
-        ntk_tau = "" if ntk is None else f" (NTK: {ntk.threshold[0]:.2e})"
-        out += [f"**{dataset}, {act}** — adopted rule {rule.describe()}{ntk_tau}; "
-                f"{RELATIVE.describe()} (✓ positive, · not)", "",
-                "| L | NTK λ_min | NTK adopted | NTK relative | JNTK λ_min | adopted threshold | "
-                "JNTK adopted | τ_rel | JNTK relative |", "|---:|---:|:-:|:-:|---:|---:|:-:|---:|:-:|"]
+        ntk, jo = curves.get((dataset, act, "ntk")), alt[(dataset, act, kind)]
+        no = alt.get((dataset, act, "ntk"))
+        ntk_tau = "" if no is None else f" (NTK: {no.threshold[0]:.2e})"
+        out += [f"**{dataset}, {act}** — adopted rule {rule.describe()}; other rule "
+                f"{other.describe()}{ntk_tau} (✓ positive, · not)", "",
+                "| L | NTK λ_min | NTK adopted | NTK other | JNTK λ_min | adopted threshold | "
+                "JNTK adopted | other threshold | JNTK other |",
+                "|---:|---:|:-:|:-:|---:|---:|:-:|---:|:-:|"]
         for i, d in enumerate(j.depths):
             k = ntk.depths.index(d) if ntk is not None and d in ntk.depths else None
-            n_cells = ("— | — | —" if k is None or ntk is None else
-                       f"{ntk.lam_min[k]:.3e} | {yes[ntk.pos[k]]} | {yes[ntk.pos_rel[k]]}")
+            n_cells = ("— | — | —" if k is None or ntk is None or no is None else
+                       f"{ntk.lam_min[k]:.3e} | {yes[ntk.pos[k]]} | {yes[no.pos[k]]}")
             res = f" ± {j.residual[i]:.0e}" if j.residual[i] else ""
             out.append(f"| {d} | {n_cells} | {j.lam_min[i]:.3e}{res} | {j.threshold[i]:.2e} | "
-                       f"{yes[j.pos[i]]} | {j.tau_rel[i]:.1e} | {yes[j.pos_rel[i]]} |")
+                       f"{yes[j.pos[i]]} | {jo.threshold[i]:.1e} | {yes[jo.pos[i]]} |")
         out.append("")
     return "\n".join(out)
 

@@ -3,16 +3,21 @@
 For each λ (and for standard training, the plain NTK on the 00 Gram):
 f_i(x) = Θ_λ(x,X)_{0,:} λ_i⁻¹ v_i v_iᵀ Y for every eigenpair (λ_i, v_i) of Θ_λ(X,X); the test
 accuracy of each f_i, and its accuracy after a one-step projected-gradient perturbation of the test
-inputs (each step size), where the gradient is that of the analytic predictor *without* Jacobian
-regularisation (the standard NTK predictor, its x-derivative from the JNTK's α0 blocks), and the
-perturbed inputs are projected back to the unit sphere. Pair plots coloured by λ.
+inputs (each attack and step), where the gradient is that of the analytic predictor *without*
+Jacobian regularisation (the standard NTK predictor, its x-derivative from the JNTK's α0 blocks),
+and the perturbed inputs are projected back to the unit sphere. The attacks (``attacks:``) are the
+paper's — a raw gradient step of the standard predictor's squared loss with the step as learning
+rate — and a normalised step of fixed length; ``splits: K`` repeats everything on K stratified
+train/test splits (split k in ``eigenfeatures/split{k}/``, split 0 in ``eigenfeatures/``). Pair
+plots (split 0, the first attack) coloured by λ.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -22,7 +27,7 @@ from ..progress import track
 from ..analysis import (KernelRegressor, accuracy, eigenfeatures, feature_accuracies,
                        pgd_perturb, training_targets, write_results)
 from ..store import beside, open_file
-from .problem import ProblemSpec, compute_context, load_problem
+from .problem import ProblemSpec, compute_context, load_problem, split_indices
 
 
 class EigenfeaturesJobConfig(ProblemSpec):
@@ -31,65 +36,107 @@ class EigenfeaturesJobConfig(ProblemSpec):
     lams: list[float] = Field(default_factory=lambda: [1.0, 0.1, 0.01, 0.001])
     standard: bool = True  # also the standard NTK (λ = 0, 00 Gram)
     steps: list[float] = Field(default_factory=lambda: [0.01, 0.1])
+    # the one-step attacks (jntk_dist.analysis.features.ATTACKS); the first is the primary one
+    attacks: list[Literal["paper", "normalised"]] = Field(
+        default_factory=lambda: ["paper", "normalised"], min_length=1)
+    # repeated stratified train/test splits, seeds seed, seed + 1, …: the spread of every statistic
+    splits: int = Field(default=1, ge=1)
+
+
+ATTACK_TEXT = {
+    "paper": "x' = P_sphere(x + step·(f₀(x) − y)·∇f₀(x)) — a gradient step of learning rate step "
+             "on the squared loss of f₀, the standard NTK predictor (λ = 0), §5.2 l.217",
+    "normalised": "x' = P_sphere(x − step·y·∇f₀(x)/|∇f₀(x)|), f₀ the standard NTK predictor "
+                  "(λ = 0): a step of length step"}
+
+
+def split_group(k: int, name: str) -> str:
+    """The store group of setting ``name`` in split ``k`` (split 0 where it always was)."""
+    return f"eigenfeatures/{name}" if k == 0 else f"eigenfeatures/split{k}/{name}"
 
 
 def run_eigenfeatures(cfg: EigenfeaturesJobConfig, progress: bool = True) -> dict[str, Any]:
-    """All λ: eigendecompose, evaluate eigenfeatures on clean and perturbed test inputs, write."""
+    """All λ, every split: eigendecompose, evaluate eigenfeatures on clean and perturbed test
+    inputs (every attack and step), write."""
     prob = load_problem(cfg)
     if prob.test.size == 0:
         raise ValueError("eigenfeatures need test points: set test_fraction > 0")
     if any(l <= 0 for l in cfg.lams):
         raise ValueError(f"lams must be > 0 (standard training is 'standard: true'), got {cfg.lams}")
-    Xtr, ytr, Xte, yte = prob.X[prob.train], prob.y[prob.train], prob.X[prob.test], prob.y[prob.test]
+    if cfg.splits > 1 and cfg.test_dataset is not None:
+        raise ValueError("splits > 1 re-splits dataset into train/test: not with a test_dataset")
     t0 = time.perf_counter()
+    summary: dict[str, Any] = {"job": "eigenfeatures", "source": prob.source, "depth": prob.depth,
+                               "activation": prob.activation, "steps": cfg.steps,
+                               "attacks": list(cfg.attacks), "splits": cfg.splits,
+                               "n_train": int(prob.train.size), "n_test": int(prob.test.size),
+                               "attack": ATTACK_TEXT[cfg.attacks[0]],
+                               "attack_text": {a: ATTACK_TEXT[a] for a in cfg.attacks},
+                               "config": cfg.recorded(), "runs": {}, "split_runs": []}
+    plot_data: dict[str, Any] = {}
+    for k in range(cfg.splits):
+        if k:
+            train, test = split_indices(prob.y, cfg.test_fraction, cfg.seed + k)
+            prob = dataclasses.replace(prob, train=train, test=test)
+        runs = _one_split(cfg, prob, k, plot_data if k == 0 else None, progress)
+        summary["split_runs"].append(runs)
+        if k == 0:
+            summary["runs"] = runs
+    summary["seconds"] = time.perf_counter() - t0
+    write_results(cfg.output, {}, summary, group="eigenfeatures",
+                  storage_options=cfg.options_for(cfg.output))
+    summary["plot"] = str(_pairplot(plot_data, cfg.steps, cfg.output,
+                                    cfg.options_for(cfg.output)))
+    return summary
+
+
+def _one_split(cfg: EigenfeaturesJobConfig, prob: Any, k: int, plot_data: dict[str, Any] | None,
+               progress: bool) -> dict[str, Any]:
+    """One train/test split: the standard predictor's attacks, then every setting's features."""
+    Xtr, ytr = prob.X[prob.train], prob.y[prob.train]
+    Xte, yte = prob.X[prob.test], prob.y[prob.test]
     with compute_context(cfg.compute) as sched:
         standard = KernelRegressor(prob.depth, prob.activation, lam=0.0, scheduler=sched)
         standard.fit(Xtr, ytr, gram=prob.train_gram(0.0))
-    grad = standard.gradient(Xte)
-    perturbed = {s: pgd_perturb(Xte, yte, grad, s) for s in cfg.steps}
-    summary: dict[str, Any] = {"job": "eigenfeatures", "source": prob.source, "depth": prob.depth,
-                               "activation": prob.activation, "steps": cfg.steps,
-                               "n_train": int(prob.train.size), "n_test": int(prob.test.size),
-                               "attack": "x' = P_sphere(x − step·y·∇f₀(x)/|∇f₀(x)|), f₀ the "
-                                         "standard NTK predictor (λ = 0)",
-                               "config": cfg.recorded(), "runs": {}}
-    settings = [(lam, f"lam_{lam:g}") for lam in cfg.lams] + ([(0.0, "standard")] if cfg.standard else [])
-    plot_data = {}
-    for lam, name in track(settings, "eigenfeatures", unit="λ", enabled=progress):
+    value, grad = standard.value_and_gradient(Xte)
+    perturbed = {(a, s): pgd_perturb(Xte, yte, grad, s, attack=a, value=value)
+                 for a in cfg.attacks for s in cfg.steps}
+    write_results(cfg.output, {"test_index": (prob.test, ["test"]),
+                               "train_index": (prob.train, ["train"]),
+                               "pgd_gradient": (grad, ["test", "feature"])}, {},
+                  group="eigenfeatures" if k == 0 else f"eigenfeatures/split{k}",
+                  storage_options=cfg.options_for(cfg.output))
+    settings = [(lam, f"lam_{lam:g}") for lam in cfg.lams]
+    settings += [(0.0, "standard")] if cfg.standard else []
+    runs = {}
+    for lam, name in track(settings, f"eigenfeatures split {k}", unit="λ", enabled=progress):
         model = KernelRegressor(prob.depth, prob.activation, lam=lam)
         model.X_train_ = Xtr
         gram = prob.train_gram(lam)
-        if gram is None:
-            gram = model.train_gram(Xtr)
-        eig = solvers.eigh_dense(gram)
+        eig = solvers.eigh_dense(model.train_gram(Xtr) if gram is None else gram)
         Y = training_targets(ytr, model.q_)
         feats = eigenfeatures(eig, Y, model.cross_row(Xte))
         acc = feature_accuracies(feats, yte)
         arrays = {"eigenvalues": (eig.values, ["eig"]),
                   "coefficient": ((eig.vectors.T @ Y) / eig.values, ["eig"]),
-                  "test_accuracy": (acc, ["eig"]),
-                  "f_test": (feats, ["test", "eig"])}
+                  "test_accuracy": (acc, ["eig"]), "f_test": (feats, ["test", "eig"])}
         run = {"lam": lam, "gram_size": int(eig.n), "lambda_min": eig.lambda_min,
                "lambda_max": eig.lambda_max, "tolerance": eig.tolerance,
                "predictor_test_accuracy": float(accuracy(feats.sum(axis=1), yte))}
         pert_acc = {}
-        for s, Xp in perturbed.items():
+        for (a, s), Xp in perturbed.items():
             fp = eigenfeatures(eig, Y, model.cross_row(Xp))
-            pert_acc[s] = feature_accuracies(fp, yte)
-            arrays[f"perturbed_accuracy_{s:g}"] = (pert_acc[s], ["eig"])
-            run[f"predictor_accuracy_step_{s:g}"] = float(accuracy(fp.sum(axis=1), yte))
-        write_results(cfg.output, arrays, run, group=f"eigenfeatures/{name}",
+            pert_acc[(a, s)] = feature_accuracies(fp, yte)
+            arrays[f"perturbed_accuracy_{a}_{s:g}"] = (pert_acc[(a, s)], ["eig"])
+            run[f"predictor_accuracy_{a}_{s:g}"] = float(accuracy(fp.sum(axis=1), yte))
+            run[f"perturbation_norm_{a}_{s:g}"] = float(np.median(np.linalg.norm(Xp - Xte, axis=1)))
+        write_results(cfg.output, arrays, run, group=split_group(k, name),
                       storage_options=cfg.options_for(cfg.output))
-        summary["runs"][name] = run
-        plot_data[name] = (eig.values, acc, pert_acc, eig.tolerance)
-    summary["seconds"] = time.perf_counter() - t0
-    write_results(cfg.output, {"test_index": (prob.test, ["test"]),
-                               "train_index": (prob.train, ["train"]),
-                               "pgd_gradient": (grad, ["test", "feature"])},
-                  summary, group="eigenfeatures", storage_options=cfg.options_for(cfg.output))
-    summary["plot"] = str(_pairplot(plot_data, cfg.steps, cfg.output,
-                                    cfg.options_for(cfg.output)))
-    return summary
+        runs[name] = run
+        if plot_data is not None:
+            plot_data[name] = (eig.values, acc, {s: pert_acc[(cfg.attacks[0], s)]
+                                                 for s in cfg.steps}, eig.tolerance)
+    return runs
 
 
 def _pairplot(data: dict[str, Any], steps: list[float], output: Path | str,
@@ -140,12 +187,13 @@ def pairplot(data: dict[str, Any], steps: list[float], fh: Any) -> None:
 
 
 def summary_text(s: dict[str, Any], cfg: EigenfeaturesJobConfig) -> str:
-    """What ``jntk eigenfeatures`` prints: one line per λ."""
+    """What ``jntk eigenfeatures`` prints: one line per λ (the first split)."""
     lines = [f"eigenfeatures: {s['source']}, depth {s['depth']} {s['activation']}, "
-             f"{s['n_train']} train / {s['n_test']} test, {s['seconds']:.1f}s"]
+             f"{s['n_train']} train / {s['n_test']} test, {s['splits']} split(s), "
+             f"{s['seconds']:.1f}s"]
     for name, r in s["runs"].items():
-        steps = ", ".join(f"step {st:g}: {r[f'predictor_accuracy_step_{st:g}']:.3f}"
-                          for st in s["steps"])
+        steps = ", ".join(f"{a} step {st:g}: {r[f'predictor_accuracy_{a}_{st:g}']:.3f}"
+                          for a in s["attacks"] for st in s["steps"])
         lines.append(f"  {name:>10}: Gram {r['gram_size']}, λ_min={r['lambda_min']:.2e} "
                      f"(τ={r['tolerance']:.1e}); f_ntk test accuracy "
                      f"{r['predictor_test_accuracy']:.3f}; {steps}")

@@ -22,6 +22,7 @@ Paper config format (``configs/paper/<name>.yaml``)::
     quick_points: 48           # eigenfeatures only: stratified random subset in --quick
     cluster: ...               # how the full run is meant to be run (free text)
     not_run: ...               # what the report says while the experiment has no run
+    paper_size: ...            # the command and estimated time of a run at the paper's size
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class PaperConfig(BaseModel):
     quick_points: int | None = Field(default=None, ge=8)
     cluster: str = ""
     not_run: str = ""  # what the report says while there is no run (e.g. the GPU command)
+    paper_size: str = ""  # how to run it at the paper's size (command, estimated time)
 
     def model_post_init(self, _: Any) -> None:
         if not isinstance(self.claim.get("text"), str):
