@@ -100,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
     out = write_report(reports, out, figures, runs_dir=runs)
     for r in reports:
         c = r.counts()
-        state = r.problem or f"{c['agree']} agree, {c['disagree']} disagree, {c['n/a']} n/a"
+        state = r.problem or (f"{c['agree']} agree, {c['disagree']} disagree, "
+                              f"{c['not tested']} not tested, "
+                              f"{c['consistency check']} consistency checks")
         print(f"{r.exp.name:>16} ({', '.join(r.exp.figures)}): {state}")
     print(f"report: {out}", flush=True)
     return 0
