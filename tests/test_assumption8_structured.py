@@ -21,7 +21,9 @@ def _sphere(n: int, d: int, seed: int) -> np.ndarray:
 
 def test_structured_extremes_match_dense_eigvalsh(one_torch_thread) -> None:
     X = _sphere(24, 5, 3)
-    spec = StructuredSpec(tol=1e-10, device="cpu")
+    # tol is relative to λ_min itself (≈ 2e-5 here): 1e-6 is tighter than the old residual test
+    # 1e-10·λ_max; 1e-10 is below what float64 resolves (eps·λ_max/λ_min ≈ 2e-9)
+    spec = StructuredSpec(tol=1e-6, device="cpu")
     rows = analysis.assumption8(X, depths=[1, 4], activations=["gelu", "erf"], kernels_=["jntk"],
                                 progress=False, structured=operator_factory(spec),
                                 settings=extremes_settings(spec, 4096, 1e-6))
@@ -34,8 +36,8 @@ def test_structured_extremes_match_dense_eigvalsh(one_torch_thread) -> None:
         # a Ritz value is an upper bound of λ_min, and within its residual of an eigenvalue
         assert w[0] - 10 * tau <= r.lambda_min <= w[0] + r.lambda_min_residual + 10 * tau
         assert r.lambda_min == pytest.approx(w[0], rel=1e-3, abs=10 * tau)
-        # converged: the interval is tight relative to λ_min itself (tol = 1e-10), not to λ_max
-        assert r.converged and r.lambda_min_hi - r.lambda_min_lo <= 1e-10 * abs(r.lambda_min)
+        # converged: the interval is tight relative to λ_min itself (tol = 1e-6), not to λ_max
+        assert r.converged and r.lambda_min_hi - r.lambda_min_lo <= 1e-6 * abs(r.lambda_min)
         # the certified interval holds the dense λ_min (up to eigh's own backward error τ)
         assert r.certified and r.lambda_min_lo - tau <= w[0] <= r.lambda_min_hi + tau
         assert r.verdict == ("positive" if w[0] > tau else "not positive")
@@ -60,7 +62,7 @@ def test_assumption8_job_in_structured_mode(tmp_path, one_torch_thread) -> None:
     np.savez(tmp_path / "d.npz", X=_sphere(16, 4, 7), y=np.sign(np.arange(16) - 7.5))
     base = {"datasets": [{"dataset": {"path": str(tmp_path / "d.npz")}}], "depths": [2, 3],
             "activations": ["erf"], "output": str(tmp_path / "a8.zarr")}
-    cfg = load_config({**base, "structured": {"tol": 1e-10}}, Assumption8JobConfig)
+    cfg = load_config({**base, "structured": {"tol": 1e-6}}, Assumption8JobConfig)
     rows = run_assumption8(cfg, progress=False)
     dense = run_assumption8(load_config({**base, "output": str(tmp_path / "b.zarr")},
                                         Assumption8JobConfig), progress=False)

@@ -22,9 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import kernels
 from ..progress import track
 from ..solvers.dense_eigen import eigh_dense, smallest_eigenvalue
-from ..solvers.certify import largest_interval, operator_as_dense, smallest_interval
+from ..solvers.certify import (FactorPreconditioner, largest_interval, operator_as_dense,
+                               smallest_interval)
 from ..solvers.iterative_eigen import shift_invert_eigs, structured_eigs
-from ..solvers.results import (EigenInterval, EigenResult, positivity_tolerance,
+from ..solvers.results import (EPS, EigenInterval, EigenResult, positivity_tolerance,
                                positivity_verdict)
 from .regression import _as_inputs
 
@@ -172,19 +173,28 @@ class StructuredExtremes:
         return self.interval_min.converged
 
 
-def _bottom(op: Any, s: ExtremesSettings, tau: float, inner_op: Any,
-            progress: bool) -> EigenResult:
+def _bottom(op: Any, s: ExtremesSettings, tau: float, inner_op: Any, progress: bool,
+            dense: np.ndarray | None) -> EigenResult:
     k = min(s.bottom_k, op.shape[0] - 1)
     if s.lambda_min_method == "shift_invert":
-        # (A + τI)⁻¹ by inner PCG, Rayleigh–Ritz with A: θ ≥ λ_min and |Av − θv| are exact
-        return shift_invert_eigs(op, k=k, shift=tau, preconditioner=s.preconditioner, tol=0.0,
+        # (A + τI)⁻¹ by inner PCG, Rayleigh–Ritz with A: θ ≥ λ_min and |Av − θv| are exact;
+        # where the matrix is formed (for the inertia check) its Cholesky factor preconditions
+        precond: Any = s.preconditioner if dense is None else FactorPreconditioner(dense, tau)
+        return shift_invert_eigs(op, k=k, shift=tau, preconditioner=precond, tol=0.0,
                                  rtol=s.tol, floor=tau, maxiter=s.maxiter or 200,
+                                 resolution=0.1 * tau / op.shape[0],  # 0.1·eps·λ_max
                                  checkpoint=s.checkpoint, checkpoint_every=s.checkpoint_every,
                                  progress=progress, return_vectors=True, inner_op=inner_op)
     # LOBPCG rounds with a checkpoint restart the search directions (slower;
-    # docs/benchmarks.md), so λ_min is checkpointed only when a path is given
-    return structured_eigs(op, k=k, which="SA", method="lobpcg", tol=s.tol,
-                           maxiter=s.maxiter, preconditioner=s.preconditioner,
+    # docs/benchmarks.md), so λ_min is checkpointed only when a path is given. Its tol is an
+    # absolute residual: ~10·eps·λ_max with the exact factor, else tol·λ_max as before
+    n = op.shape[0]
+    if dense is None:
+        precond, tol = s.preconditioner, s.tol * tau / (n * EPS)
+    else:
+        precond, tol = FactorPreconditioner(dense, tau), 10.0 * tau / n
+    return structured_eigs(op, k=k, which="SA", method="lobpcg", tol=tol,
+                           maxiter=s.maxiter, preconditioner=precond,
                            shift=1000 * tau, checkpoint=s.checkpoint, progress=progress,
                            return_vectors=True)
 
@@ -194,7 +204,8 @@ def _certified(bottom: EigenResult, top: EigenResult, s: ExtremesSettings,
     """The intervals of λ_min (inertia-certified when ``dense`` is the formed matrix) and
     λ_max; λ_min converged iff certified and tight (or wholly ≤ τ: numerically not positive)."""
     lo_iv = smallest_interval(bottom.values, bottom.residuals, s.tol,
-                              None if bottom.vectors is None else bottom.vectors[:, 0], dense)
+                              None if bottom.vectors is None else bottom.vectors[:, 0], dense,
+                              scale=float(top.values[-1]))
     zero = lo_iv.certified and lo_iv.hi <= tau
     if zero and not lo_iv.converged:
         lo_iv.converged, lo_iv.why = True, ""
@@ -207,8 +218,10 @@ def structured_extremes(op: Any, settings: ExtremesSettings = ExtremesSettings()
                         progress: bool = False) -> StructuredExtremes:
     """λ_max and λ_min of a symmetric matrix-free operator (the one structured route of
     ``jntk eigen`` and ``jntk assumption8``): the top ``k_top`` by Lanczos; λ_min by
-    shift-invert with inner PCG (products by ``inner_op`` if given, e.g. a float32 twin) and
-    shift τ = n·eps·λ_max, or by preconditioned LOBPCG, to the relative bound ``settings.tol``;
+    shift-invert with inner PCG (products by ``inner_op`` if given, e.g. a float32 twin;
+    preconditioned by the Cholesky factor of A + τI where the matrix is formed, else by
+    ``settings.preconditioner``) and shift τ = n·eps·λ_max, or by preconditioned LOBPCG, to the
+    relative bound ``settings.tol``;
     then the interval of λ_min certified by Sylvester inertia (:mod:`jntk_dist.solvers.certify`)
     when n ≤ ``settings.certify_max_n``, else estimated from the next Ritz value (not certified,
     so not converged)."""
@@ -217,8 +230,8 @@ def structured_extremes(op: Any, settings: ExtremesSettings = ExtremesSettings()
                           tol=settings.top_tol or settings.tol, maxiter=settings.maxiter,
                           progress=progress, return_vectors=True)
     tau = positivity_tolerance(float(top.values[-1]), n)
-    bottom = _bottom(op, settings, tau, inner_op, progress)
     dense = operator_as_dense(op, settings.certify_max_n)
+    bottom = _bottom(op, settings, tau, inner_op, progress, dense)
     lo_iv, hi_iv = _certified(bottom, top, settings, tau, dense)
     del dense
     bottom.interval_min, bottom.converged = lo_iv, lo_iv.converged

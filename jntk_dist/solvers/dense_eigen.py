@@ -226,7 +226,7 @@ def eigen(matrix: MatrixLike, k: int | None = None, vectors: bool = True,
         if dense is not None:
             dense = 0.5 * (dense + dense.T)
         bottom.interval_min = smallest_interval(bottom.values[:2], bottom.residuals, rtol,
-                                                bottom.vectors[:, 0], dense)
+                                                bottom.vectors[:, 0], dense, top.lambda_max)
         bottom.converged = bottom.interval_min.converged
         bottom.vectors = None
         out["bottom"] = bottom

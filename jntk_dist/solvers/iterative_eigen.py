@@ -285,11 +285,12 @@ def _pair_bounds(w: np.ndarray, rn: np.ndarray, k: int) -> np.ndarray:
 
 
 def _unconverged(w: np.ndarray, rn: np.ndarray, k: int, tol: float, rtol: float,
-                 floor: float = 0.0) -> np.ndarray:
-    """Which of the k smallest pairs still miss residual ≤ tol, bound ≤ rtol·|θ| and
-    (numerically zero) θ ≤ floor with r ≤ floor."""
+                 floor: float = 0.0, resolution: float = 0.0) -> np.ndarray:
+    """Which of the k smallest pairs still miss residual ≤ tol, bound ≤ rtol·|θ|,
+    (numerically zero) θ ≤ floor with r ≤ floor, and bound ≤ ``resolution`` (what float64
+    resolves: no further step can tighten it)."""
     bounds = _pair_bounds(w, rn, k)
-    zero = (w[:k] <= floor) & (rn[:k] <= floor)
+    zero = ((w[:k] <= floor) & (rn[:k] <= floor)) | (bounds <= resolution)
     # half of rtol: the certified gap (inertia, :mod:`.certify`) is a little below the estimate
     return ~((rn[:k] <= tol) | (bounds <= 0.5 * rtol * np.abs(w[:k])) | zero)
 
@@ -303,8 +304,8 @@ def _stalled(history: list[float], window: int = 6) -> bool:
 def _si_iterate(space: _SearchSpace, inverse: _ShiftedInverse,
                 matmat: Callable[[Tensor], Tensor], k: int, tol: float, maxiter: int,
                 max_basis: int, ckpt: IterativeCheckpoint | None,
-                progress: bool, rtol: float = 0.0,
-                floor: float = 0.0) -> tuple[Tensor, np.ndarray, np.ndarray]:
+                progress: bool, rtol: float = 0.0, floor: float = 0.0,
+                resolution: float = 0.0) -> tuple[Tensor, np.ndarray, np.ndarray]:
     """Outer steps until each of the k smallest Ritz pairs has residual ≤ tol or its bound
     (:func:`_pair_bounds`) ≤ rtol·|θ| (or ``maxiter``, or the bound stalls); returns the Ritz
     vectors, the values and residual norms of the whole search space."""
@@ -314,7 +315,7 @@ def _si_iterate(space: _SearchSpace, inverse: _ShiftedInverse,
         while True:
             U, AU, w, rn = _rayleigh_ritz(space)
             theta, res_norms = w.cpu().numpy(), rn.cpu().numpy()
-            todo = _unconverged(theta, res_norms, k, tol, rtol, floor)
+            todo = _unconverged(theta, res_norms, k, tol, rtol, floor, resolution)
             history.append(float(_pair_bounds(theta, res_norms, k).max()))
             if bar is not None:
                 bar.set_postfix(theta=f"{theta[0]:.3e}", residual=f"{res_norms[:k].max():.1e}",
@@ -360,7 +361,7 @@ def shift_invert_eigs(op: KernelOperator, k: int = 1, *, shift: float = 0.0,
                       max_basis: int = 24, seed: int = 0, progress: bool = True,
                       return_vectors: bool = True, checkpoint: str | os.PathLike | None = None,
                       checkpoint_every: float = 60.0, rtol: float = 0.0, floor: float = 0.0,
-                      inner_op: Any = None) -> EigenResult:
+                      resolution: float = 0.0, inner_op: Any = None) -> EigenResult:
     """The k smallest eigenpairs of a symmetric operator A by shift-and-invert with inner PCG.
 
     λ_min(A) = 1/λ_max((A + σI)⁻¹) − σ.  Each outer step applies (A + σI)⁻¹ to every unconverged
@@ -373,7 +374,8 @@ def shift_invert_eigs(op: KernelOperator, k: int = 1, *, shift: float = 0.0,
 
     ``tol``: absolute residual |Au − θu| at which a pair is converged; ``rtol``: or when
     min(r, Kato–Temple r²/gap, gap estimated from the next Ritz value) ≤ ``rtol``·|θ| (a bound
-    that stops decreasing ends the run, not converged); ``floor``: or θ ≤ floor and r ≤ floor. ``inner_op``: the operator the
+    that stops decreasing ends the run, not converged); ``floor``: or θ ≤ floor and r ≤ floor;
+    ``resolution``: or the bound ≤ resolution (e.g. eps·λ_max: float64 resolves no more). ``inner_op``: the operator the
     inner PCG multiplies by (e.g. a float32 twin of ``op``: inexact inner solves only slow the
     outer iteration; Rayleigh–Ritz always uses ``op``).  ``shift`` σ ≥ 0 keeps
     A + σI positive definite; if PCG meets a direction with pᵀ(A+σI)p ≤ 0 (so λ_min(A) < −σ) the
@@ -398,8 +400,8 @@ def shift_invert_eigs(op: KernelOperator, k: int = 1, *, shift: float = 0.0,
     inverse = _ShiftedInverse(op, inner, preconditioner, space, inner_reduction,
                               10 * n if inner_maxiter is None else int(inner_maxiter))
     U, theta, res_norms = _si_iterate(space, inverse, matmat, k, tol, maxiter, max_basis, ckpt,
-                                      progress, rtol, floor)
-    converged = not _unconverged(theta, res_norms, k, tol, rtol, floor).any()
+                                      progress, rtol, floor, resolution)
+    converged = not _unconverged(theta, res_norms, k, tol, rtol, floor, resolution).any()
     vecs = U[:, :k].cpu().numpy()
     return EigenResult(values=theta[:k], vectors=vecs if return_vectors else None,
                        method="shift-invert", n=n, which="SA",
