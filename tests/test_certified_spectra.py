@@ -131,3 +131,18 @@ def test_eigen_quick_structured_lambda_min_is_certified(tmp_path, one_torch_thre
         assert s["verdict"] == "positive"
         if not converged:
             assert "float64 resolution" in s["not_converged_why"]
+
+
+def test_dask_route_intervals_hold_the_extremes() -> None:
+    """Lanczos on the Dask array: λ_max in [θ, θ + r]; the shift-invert λ_min interval
+    certified by inertia (n ≤ certify_max_n) and not certified beyond."""
+    from jntk_dist.solvers import eigen
+
+    A, w = _clustered(n=120, seed=3, low=1e-5)
+    out = eigen(A, k=3, max_dense=50, scheduler_name="sync")
+    assert _holds(out["top"].interval_max, w[-1], w)
+    iv = out["bottom"].interval_min
+    assert iv.certified and _holds(iv, w[0], w) and out["bottom"].converged
+    big = eigen(A, k=3, max_dense=50, scheduler_name="sync", certify_max_n=10)
+    assert not big["bottom"].interval_min.certified and not big["bottom"].converged
+    assert _holds(big["bottom"].interval_min, w[0], w)

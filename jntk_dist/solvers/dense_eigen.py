@@ -23,7 +23,7 @@ from ..operators.dask_arrays import DEFAULT_BLOCK, MatrixLike, SchedulerName, as
 from ..operators.base import AddedDiag
 from ..operators.dense import DenseOperator
 from .cholesky import CholeskyInverseOperator, NotPositiveDefiniteError
-from .certify import dense_interval, smallest_interval
+from .certify import dense_interval, largest_interval, smallest_interval
 from .results import EPS, EigenResult, positivity_tolerance
 
 __all__ = ["EPS", "EigenResult", "positivity_tolerance", "eigh_dense", "top_eigenpairs",
@@ -123,8 +123,12 @@ def top_eigenpairs(matrix: MatrixLike, k: int, tol: float = 1e-12, vectors: bool
     w = np.asarray(w)[order]
     v = None if v is None else np.asarray(v)[:, order]
     log.info("Lanczos top-%d: %d matvecs", k, op.n_products)
-    return EigenResult(w, v, f"Lanczos (eigsh, {op.n_products} matvecs)",
-                       positivity_tolerance(w[-1], n), n)
+    res = EigenResult(w, v, f"Lanczos (eigsh, {op.n_products} matvecs)",
+                      positivity_tolerance(w[-1], n), n)
+    if v is not None:  # [θ, θ + r] of λ_max (an estimate: no inertia check on the Dask path)
+        res.residuals = np.linalg.norm(np.asarray(op.matmat(v)) - v * w, axis=0)
+        res.interval_max = largest_interval(w[-1], res.residuals[-1], tol)
+    return res
 
 
 
