@@ -149,7 +149,7 @@ def _widen(iv: EigenInterval, rounding: float, rtol: float) -> EigenInterval:
         iv.converged = False
         iv.why = (f"interval [{iv.lo:.6g}, {iv.hi:.6g}] (rounding eps·|λ_max| = {rounding:.2g} "
                   f"at each end) wider than rtol·|λ| = {rtol * abs(iv.value):.2g}: the float64 "
-                  "resolution does not allow it; raise the tolerance")
+                  "resolution does not allow it")
     return iv
 
 

@@ -114,10 +114,9 @@ def _write(cfg: EigenJobConfig, arrays: dict[str, tuple[np.ndarray, list[str]]],
     if not summary["converged"] and not cfg.accept_inexact:
         raise InexactResultError(
             f"λ_min did not converge: residual |Av − θv| = "
-            f"{summary.get('lambda_min_residual', 0.0):.2e}; {summary['not_converged_why']} "
-            f"(interval [{summary['lambda_min_lo']:.4g}, {summary['lambda_min_hi']:.4g}]); the "
-            f"results in {cfg.output}/eigen_{cfg.part} carry converged: false. Give it more "
-            "iterations "
+            f"{summary.get('lambda_min_residual', 0.0):.2e}; {summary['not_converged_why']}; "
+            f"the results in {cfg.output}/eigen_{cfg.part} carry converged: false. Give it a "
+            "tolerance float64 resolves (--set structured.tol=…), more iterations "
             "(--set structured.maxiter=…), a larger inertia check (--set certify_max_n=…), or "
             "accept the inexact result with --set accept_inexact=true",
             report=summary_text(summary, cfg))
