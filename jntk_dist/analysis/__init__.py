@@ -23,8 +23,9 @@ from .features import (AccuracyRobustness, accuracy_robustness, bootstrap_less_c
                        pgd_perturb)
 from .regression import KernelRegressor, accuracy, training_targets
 from .results import write_results
-from .spectra import RELATIVE, Assumption8Row, PositivityRule, assumption8, structured_extremes
+from .spectra import (RELATIVE, Assumption8Row, ExtremesSettings, PositivityRule,
+                      StructuredExtremes, assumption8, structured_extremes)
 
-__all__ = ["AccuracyRobustness", "Assumption8Row", "accuracy_robustness", "bootstrap_less_correlated", "pearson", "KernelRegressor", "PositivityRule", "RELATIVE", "accuracy", "assumption8", "eigenfeatures",
+__all__ = ["AccuracyRobustness", "Assumption8Row", "ExtremesSettings", "StructuredExtremes", "accuracy_robustness", "bootstrap_less_correlated", "pearson", "KernelRegressor", "PositivityRule", "RELATIVE", "accuracy", "assumption8", "eigenfeatures",
            "feature_accuracies", "finite_time_predictions", "pgd_perturb", "structured_extremes",
            "training_targets", "write_results"]

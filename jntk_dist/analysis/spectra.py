@@ -14,20 +14,23 @@ Two rules (:class:`PositivityRule`), both always reported:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import kernels
-from ..operators.structured import structured_operator
 from ..progress import track
 from ..solvers.dense_eigen import eigh_dense, smallest_eigenvalue
-from ..solvers.results import positivity_tolerance
+from ..solvers.certify import (FactorPreconditioner, largest_interval, operator_as_dense,
+                               smallest_interval)
 from ..solvers.iterative_eigen import shift_invert_eigs, structured_eigs
+from ..solvers.results import (EPS, EigenInterval, EigenResult, positivity_tolerance,
+                               positivity_verdict)
 from .regression import _as_inputs
 
-__all__ = ["Assumption8Row", "PositivityRule", "RELATIVE", "assumption8", "structured_extremes"]
+__all__ = ["Assumption8Row", "ExtremesSettings", "PositivityRule", "RELATIVE", "StructuredExtremes",
+           "assumption8", "structured_extremes"]
 
 
 class PositivityRule(BaseModel):
@@ -71,7 +74,9 @@ RELATIVE = PositivityRule(rule="relative")
 @dataclass
 class Assumption8Row:
     """λ_min / λ_max of one Gram matrix; ``tolerance`` = n·eps·λ_max (the relative rule),
-    ``threshold`` the adopted rule's (the verdict ``positive``)."""
+    ``threshold`` the adopted rule's. ``lambda_min_lo``/``_hi``: an interval proven to hold an
+    eigenvalue, ``certified``: proven to hold the *smallest* (full spectrum or inertia); the
+    verdicts are three-way on that interval (:func:`jntk_dist.solvers.positivity_verdict`)."""
 
     dataset: str
     activation: str
@@ -83,8 +88,12 @@ class Assumption8Row:
     tolerance: float
     method: str
     lambda_min_residual: float = 0.0  # |Av − θv| of a matrix-free Ritz value (0: dense eigensolver)
-    converged: bool = True  # the matrix-free λ_min reached its residual tolerance (dense: always)
+    converged: bool = True  # λ_min's interval tight relative to λ_min and certified smallest
     rule: PositivityRule = RELATIVE
+    lambda_min_lo: float = float("nan")
+    lambda_min_hi: float = float("nan")
+    certified: bool = True
+    certificate: str = ""
 
     @property
     def threshold(self) -> float:
@@ -92,99 +101,193 @@ class Assumption8Row:
         return self.rule.threshold(self.n, self.lambda_max)
 
     @property
+    def verdict(self) -> str:
+        """positive / not positive / undetermined under the adopted rule, on the interval."""
+        return positivity_verdict(self.lambda_min_lo, self.lambda_min_hi, self.threshold,
+                                  self.certified)
+
+    @property
+    def verdict_relative(self) -> str:
+        """The verdict under the relative rule λ_min > n·eps·λ_max."""
+        return positivity_verdict(self.lambda_min_lo, self.lambda_min_hi, self.tolerance,
+                                  self.certified)
+
+    @property
     def positive(self) -> bool:
-        """Positive under the adopted rule; for a Ritz value θ ≥ λ_min, decided on the lower
-        bound θ − |Av − θv|."""
-        return self.rule.positive(self.lambda_min, self.n, self.lambda_max,
-                                  self.lambda_min_residual)
+        """The adopted verdict is "positive" (kept for readers of the boolean column)."""
+        return self.verdict == "positive"
 
     @property
     def positive_relative(self) -> bool:
-        """Positive under the relative rule λ_min − residual > n·eps·λ_max."""
-        return self.lambda_min - self.lambda_min_residual > self.tolerance
+        """The relative verdict is "positive"."""
+        return self.verdict_relative == "positive"
 
     def as_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "rule"}
         d.update(threshold=self.threshold, positive=self.positive,
-                 positive_relative=self.positive_relative)
+                 positive_relative=self.positive_relative, verdict=self.verdict,
+                 verdict_relative=self.verdict_relative)
         return d
 
 
-def _extremes(gram: np.ndarray, max_dense: int) -> tuple[float, float, str]:
+def _extremes(gram: np.ndarray, max_dense: int) -> EigenResult:
     if gram.shape[0] <= max_dense:
-        res = eigh_dense(gram, vectors=False)
-    else:
-        res = smallest_eigenvalue(gram)
-    return res.lambda_min, res.lambda_max, res.method
+        return eigh_dense(gram, vectors=False)
+    return smallest_eigenvalue(gram)
 
 
-def structured_extremes(X: np.ndarray, depth: int, activation: str, tol: float = 1e-8,
-                        preconditioner: str = "two_level", maxiter: int | None = None,
-                        memory_mb: float = 512.0, fields: str = "auto"
-                        ) -> tuple[float, float, float, str]:
-    """λ_min, λ_max of the JNTK Gram Θ(X, X) without forming it (the matrix-free operator of
-    :mod:`jntk_dist.structured`): λ_max by Lanczos, λ_min by shift-invert with inner PCG and
-    shift τ = n·eps·λ_max (:func:`jntk_dist.solvers.shift_invert_eigs`) to the residual
-    ``tol``·λ_max (λ_max to the relative Lanczos tolerance max(``tol``, 1e-6)). ``fields``: "memory", "recompute" or "auto" (as ``structured.fields`` of the
-    solve/eigen jobs). Returns (θ, |Av − θv|, λ_max, method): the Ritz value θ ≥ λ_min and an
-    eigenvalue lies within the residual of θ, so θ − residual > τ is the positivity test (the
-    rule of ``jntk eigen --structured``)."""
+@dataclass(frozen=True)
+class ExtremesSettings:
+    """The settings of the structured λ_min / λ_max route, as plain values (the ``structured:``
+    config model lives in :mod:`jntk_dist.workflows.structured`, above this room).
 
-    mode = fields  # auto: the 8 n² fields held in memory if they fit memory_mb, else recomputed
-    if mode == "auto":
-        mode = "memory" if 8 * 8 * X.shape[0] ** 2 <= memory_mb * 2**20 else "recompute"
-    op = structured_operator(X, depth=depth, activation=activation, kind="jntk", mode=mode,
-                             memory_mb=memory_mb, device="cpu")
+    ``tol``: λ_min converges when its certified interval is ≤ ``tol``·|λ_min| wide (or lies
+    wholly below τ = n·eps·λ_max); ``top_tol``: Lanczos' relative tolerance for the top
+    (default ``tol``); ``certify_max_n``: the largest n whose matrix is formed for the
+    inertia check (n² floats and one Cholesky factorisation per check)."""
+
+    tol: float = 1e-8
+    preconditioner: str = "two_level"
+    maxiter: int | None = None
+    lambda_min_method: str = "shift_invert"
+    checkpoint: str | None = None
+    checkpoint_every: float = 60.0
+    top_tol: float | None = None
+    certify_max_n: int = 4096
+    bottom_k: int = 2
+
+
+@dataclass
+class StructuredExtremes:
+    """λ_max (top-k Lanczos) and λ_min of a matrix-free operator with their intervals."""
+
+    top: EigenResult
+    bottom: EigenResult
+    tolerance: float  # τ = n·eps·λ_max
+    method: str
+    interval_min: EigenInterval
+    interval_max: EigenInterval
+
+    @property
+    def converged(self) -> bool:
+        return self.interval_min.converged
+
+
+def _bottom(op: Any, s: ExtremesSettings, tau: float, inner_op: Any, progress: bool,
+            dense: np.ndarray | None) -> EigenResult:
+    k = min(s.bottom_k, op.shape[0] - 1)
+    if s.lambda_min_method == "shift_invert":
+        # (A + τI)⁻¹ by inner PCG, Rayleigh–Ritz with A: θ ≥ λ_min and |Av − θv| are exact;
+        # where the matrix is formed (for the inertia check) its Cholesky factor preconditions
+        precond: Any = s.preconditioner if dense is None else FactorPreconditioner(dense, tau)
+        return shift_invert_eigs(op, k=k, shift=tau, preconditioner=precond, tol=0.0,
+                                 rtol=s.tol, floor=tau, maxiter=s.maxiter or 200,
+                                 resolution=0.1 * tau / op.shape[0],  # 0.1·eps·λ_max
+                                 checkpoint=s.checkpoint, checkpoint_every=s.checkpoint_every,
+                                 progress=progress, return_vectors=True, inner_op=inner_op)
+    # LOBPCG rounds with a checkpoint restart the search directions (slower;
+    # docs/benchmarks.md), so λ_min is checkpointed only when a path is given. Its tol is an
+    # absolute residual: ~10·eps·λ_max with the exact factor, else tol·λ_max as before
     n = op.shape[0]
-    # λ_max only sets τ (and the reported λ_min/λ_max): 6 digits are plenty, and a tight Lanczos
-    # tolerance stalls on the clustered top of shallow JNTKs (sonar, L = 1: minutes at 1e-10)
-    top = structured_eigs(op, k=1, which="LA", method="lanczos", tol=max(tol, 1e-6),
-                          maxiter=maxiter, progress=False, return_vectors=False)
-    hi = float(top.values[-1])
-    tau = positivity_tolerance(hi, n)
-    bottom = shift_invert_eigs(op, k=1, shift=tau, preconditioner=preconditioner, tol=tol * hi,
-                               maxiter=maxiter or 200, progress=False, return_vectors=False)
-    converged = "" if bottom.info.get("converged") else ", not converged"
-    method = (f"structured: lanczos λ_max; shift-invert[{bottom.info.get('preconditioner')}] "
-              f"λ_min ({bottom.n_products} products, {bottom.info.get('outer_iterations')} outer"
-              f"{converged})")
-    return float(bottom.values[0]), float(bottom.residuals[0]), hi, method
+    if dense is None:
+        precond, tol = s.preconditioner, s.tol * tau / (n * EPS)
+    else:
+        precond, tol = FactorPreconditioner(dense, tau), 10.0 * tau / n
+    return structured_eigs(op, k=k, which="SA", method="lobpcg", tol=tol,
+                           maxiter=s.maxiter, preconditioner=precond,
+                           shift=1000 * tau, checkpoint=s.checkpoint, progress=progress,
+                           return_vectors=True)
+
+
+def _certified(bottom: EigenResult, top: EigenResult, s: ExtremesSettings,
+               tau: float, dense: np.ndarray | None) -> tuple[EigenInterval, EigenInterval]:
+    """The intervals of λ_min (inertia-certified when ``dense`` is the formed matrix) and
+    λ_max; λ_min converged iff certified and tight (or wholly ≤ τ: numerically not positive)."""
+    lo_iv = smallest_interval(bottom.values, bottom.residuals, s.tol,
+                              None if bottom.vectors is None else bottom.vectors[:, 0], dense,
+                              scale=float(top.values[-1]))
+    zero = lo_iv.certified and lo_iv.hi <= tau
+    if zero and not lo_iv.converged:
+        lo_iv.converged, lo_iv.why = True, ""
+    hi_iv = largest_interval(top.values[-1], top.residuals[-1], s.top_tol or s.tol, dense)
+    return lo_iv, hi_iv
+
+
+def structured_extremes(op: Any, settings: ExtremesSettings = ExtremesSettings(), *,
+                        k_top: int = 1, top_vectors: bool = False, inner_op: Any = None,
+                        progress: bool = False) -> StructuredExtremes:
+    """λ_max and λ_min of a symmetric matrix-free operator (the one structured route of
+    ``jntk eigen`` and ``jntk assumption8``): the top ``k_top`` by Lanczos; λ_min by
+    shift-invert with inner PCG (products by ``inner_op`` if given, e.g. a float32 twin;
+    preconditioned by the Cholesky factor of A + τI where the matrix is formed, else by
+    ``settings.preconditioner``) and shift τ = n·eps·λ_max, or by preconditioned LOBPCG, to the
+    relative bound ``settings.tol``;
+    then the interval of λ_min certified by Sylvester inertia (:mod:`jntk_dist.solvers.certify`)
+    when n ≤ ``settings.certify_max_n``, else estimated from the next Ritz value (not certified,
+    so not converged)."""
+    n = op.shape[0]
+    top = structured_eigs(op, k=min(k_top, n - 1), which="LA", method="lanczos",
+                          tol=settings.top_tol or settings.tol, maxiter=settings.maxiter,
+                          progress=progress, return_vectors=True)
+    tau = positivity_tolerance(float(top.values[-1]), n)
+    dense = operator_as_dense(op, settings.certify_max_n)
+    bottom = _bottom(op, settings, tau, inner_op, progress, dense)
+    lo_iv, hi_iv = _certified(bottom, top, settings, tau, dense)
+    del dense
+    bottom.interval_min, bottom.converged = lo_iv, lo_iv.converged
+    if not top_vectors:
+        top.vectors = None
+    state = "" if lo_iv.converged else f", not converged: {lo_iv.why}"
+    method = (f"structured: top-{top.values.size} lanczos; λ_min: {settings.lambda_min_method}"
+              f"[{bottom.info.get('preconditioner', settings.preconditioner)}] "
+              f"({bottom.n_products} products; {lo_iv.how}{state})")
+    return StructuredExtremes(top, bottom, tau, method, lo_iv, hi_iv)
+
+
+OperatorFactory = Callable[[np.ndarray, int, str], ContextManager[tuple[Any, Any]]]
+"""(X, depth, activation) → a context giving the JNTK operator Θ(X, X) (λ = 1) and the operator
+of its inner solves (None: the same), as the ``structured:`` config says (device, backend,
+precision, compile, tile budget); built in :mod:`jntk_dist.workflows.assumption8`."""
+
+
+def _structured_row(X: np.ndarray, depth: int, act: str, structured: OperatorFactory,
+                    settings: ExtremesSettings) -> tuple[EigenResult, EigenInterval, str]:
+    with structured(X, depth, act) as (op, inner_op):
+        ext = structured_extremes(op, settings, inner_op=inner_op)
+    bottom = ext.bottom
+    bottom.values = np.append(bottom.values[:1], ext.top.values[-1])
+    return bottom, ext.interval_min, ext.method
 
 
 def assumption8(X: Any, depths: Iterable[int], activations: Sequence[str],
                 dataset: str = "data", kernels_: Sequence[str] = ("ntk", "jntk"),
                 max_dense: int = 12000, progress: bool = True,
-                structured: Any = None, rule: PositivityRule = RELATIVE) -> list[Assumption8Row]:
-    """λ_min of the NTK (00) and JNTK (λ = 1, unscaled Θ) Gram of X for each activation and depth;
-    each row's ``positive`` follows ``rule`` (``positive_relative`` the relative rule).
+                structured: OperatorFactory | None = None,
+                settings: ExtremesSettings = ExtremesSettings(),
+                rule: PositivityRule = RELATIVE) -> list[Assumption8Row]:
+    """λ_min of the NTK (00) and JNTK (λ = 1, unscaled Θ) Gram of X for each activation and depth,
+    each with its interval and three-way verdicts (``rule`` and the relative rule).
 
-    ``structured``: a :class:`jntk_dist.workflows.problem.StructuredSpec` (or None); when enabled,
-    the JNTK's extremes come from :func:`structured_extremes` (its ``tol``, ``preconditioner``,
-    ``maxiter``, ``memory_mb``) instead of a dense Gram; the n×n NTK Gram stays dense."""
+    ``structured``: an operator factory (:data:`OperatorFactory`); when given, the JNTK's
+    extremes come from :func:`structured_extremes` with ``settings`` instead of a dense Gram;
+    the n×n NTK Gram stays dense."""
     X = _as_inputs(X, "X")
     unknown = set(kernels_) - {"ntk", "jntk"}
     if unknown:
         raise ValueError(f"kernels must be among ('ntk', 'jntk'), got {sorted(unknown)}")
-    use_structured = structured is not None and structured.enabled
     jobs = [(a, int(L), k) for a in activations for L in depths for k in kernels_]
     rows = []
     for act, depth, kind in track(jobs, "assumption 8", unit="Gram", enabled=progress):
-        residual, converged = 0.0, True
-        if kind == "jntk" and use_structured:
-            lo, residual, hi, method = structured_extremes(
-                X, depth, act, tol=structured.tol, preconditioner=structured.preconditioner,
-                maxiter=structured.maxiter, memory_mb=structured.memory_mb,
-                fields=structured.fields)
-            n = X.shape[0] * (X.shape[1] + 1)
-            converged = residual <= structured.tol * hi  # what shift-invert was asked for
+        if kind == "jntk" and structured is not None:
+            res, iv, method = _structured_row(X, depth, act, structured, settings)
+            residual = float(res.residuals[0])
         else:
-            if kind == "ntk":
-                gram = kernels.ntk(X, depth=depth, activation=act)
-            else:
-                gram = kernels.gram(X, depth=depth, activation=act)
-            lo, hi, method = _extremes(gram, max_dense)
-            n = gram.shape[0]
+            gram = (kernels.ntk if kind == "ntk" else kernels.gram)(X, depth=depth, activation=act)
+            res = _extremes(gram, max_dense)
+            iv, method, residual = res.interval_min, res.method, 0.0
             del gram
+        lo, hi, n = res.lambda_min, res.lambda_max, res.n
         rows.append(Assumption8Row(dataset, act, depth, kind, n, lo, hi,
-                                   positivity_tolerance(hi, n), method, residual, converged, rule))
+                                   positivity_tolerance(hi, n), method, residual, iv.converged,
+                                   rule, iv.lo, iv.hi, iv.certified, iv.how))
     return rows

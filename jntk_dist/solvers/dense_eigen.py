@@ -23,6 +23,7 @@ from ..operators.dask_arrays import DEFAULT_BLOCK, MatrixLike, SchedulerName, as
 from ..operators.base import AddedDiag
 from ..operators.dense import DenseOperator
 from .dask_cholesky import CholeskyInverseOperator, NotPositiveDefiniteError
+from .certify import dense_interval, largest_interval, smallest_interval
 from .results import EPS, EigenResult, positivity_tolerance
 
 __all__ = ["EPS", "EigenResult", "positivity_tolerance", "eigh_dense", "top_eigenpairs",
@@ -80,7 +81,22 @@ def eigh_dense(matrix: MatrixLike, vectors: bool = True,
         else:
             w, v = scipy.linalg.eigh(a, eigvals_only=True, check_finite=False), None
         method = "scipy.linalg.eigh"
-    return EigenResult(np.asarray(w), v, method, positivity_tolerance(w[-1], n), n)
+    w = np.asarray(w)
+    return EigenResult(w, v, method, positivity_tolerance(w[-1], n), n,
+                       interval_min=dense_interval(w[0], w[-1], n, smallest=True),
+                       interval_max=dense_interval(w[-1], w[-1], n, smallest=False))
+
+
+def _with_ritz_interval(res: EigenResult, a: Any, vecs: np.ndarray, want_vectors: bool,
+                        tol: float, scheduler_name: SchedulerName) -> EigenResult:
+    """Attach the residuals |Av − θv| (one Dask product) and the (estimated, not inertia-
+    certified) interval of λ_min; drop the vectors unless wanted."""
+    k = vecs.shape[1]
+    op = DenseOperator(a, scheduler_name=scheduler_name)
+    res.residuals = np.linalg.norm(np.asarray(op.matmat(vecs)) - vecs * res.values[:k], axis=0)
+    res.interval_min = smallest_interval(res.values[:k], res.residuals, tol)
+    res.vectors = vecs if want_vectors else None
+    return res
 
 
 def _lanczos(op: scipy.sparse.linalg.LinearOperator, k: int, tol: float, ncv: int | None,
@@ -107,8 +123,12 @@ def top_eigenpairs(matrix: MatrixLike, k: int, tol: float = 1e-12, vectors: bool
     w = np.asarray(w)[order]
     v = None if v is None else np.asarray(v)[:, order]
     log.info("Lanczos top-%d: %d matvecs", k, op.n_products)
-    return EigenResult(w, v, f"Lanczos (eigsh, {op.n_products} matvecs)",
-                       positivity_tolerance(w[-1], n), n)
+    res = EigenResult(w, v, f"Lanczos (eigsh, {op.n_products} matvecs)",
+                      positivity_tolerance(w[-1], n), n)
+    if v is not None:  # [θ, θ + r] of λ_max (an estimate: no inertia check on the Dask path)
+        res.residuals = np.linalg.norm(np.asarray(op.matmat(v)) - v * w, axis=0)
+        res.interval_max = largest_interval(w[-1], res.residuals[-1], tol)
+    return res
 
 
 
@@ -149,18 +169,20 @@ def smallest_eigenvalue(matrix: MatrixLike, k: int = 1, tol: float = 1e-10,
     if method in ("auto", "shift-invert"):
         inv, delta = _shifted_inverse(a, shift_factor * tau, lambda_max, method, block_size,
                                       scheduler_name)
-        out = _lanczos(inv, k, tol, ncv, maxiter, vectors, v0)
-        w, v = _ascending(out, vectors, lambda mu: 1.0 / mu - delta)
+        out = _lanczos(inv, k, tol, ncv, maxiter, True, v0)
+        w, v = _ascending(out, True, lambda mu: 1.0 / mu - delta)
         log.info("shift-invert Lanczos bottom-%d: %d solves", k, inv.n_solves)
-        return EigenResult(np.append(w, lambda_max), v,
-                           f"shift-invert Lanczos (δ={delta:.3g}, {inv.n_solves} solves)", tau, n)
+        res = EigenResult(np.append(w, lambda_max), v,
+                          f"shift-invert Lanczos (δ={delta:.3g}, {inv.n_solves} solves)", tau, n)
+        return _with_ritz_interval(res, a, v, vectors, tol, scheduler_name)
     sigma = abs(lambda_max) * (1 + 1e-3)
     op = AddedDiag(DenseOperator(a, scale=-1.0, scheduler_name=scheduler_name), sigma)  # σI − A
-    out = _lanczos(op.aslinearoperator(), k, tol, ncv, maxiter, vectors, v0)
-    w, v = _ascending(out, vectors, lambda mu: sigma - mu)
+    out = _lanczos(op.aslinearoperator(), k, tol, ncv, maxiter, True, v0)
+    w, v = _ascending(out, True, lambda mu: sigma - mu)
     log.info("shifted Lanczos bottom-%d: %d matvecs", k, op.n_products)
-    return EigenResult(np.append(w, lambda_max), v,
-                       f"shifted Lanczos (σ={sigma:.3g}, {op.n_products} matvecs)", tau, n)
+    res = EigenResult(np.append(w, lambda_max), v,
+                      f"shifted Lanczos (σ={sigma:.3g}, {op.n_products} matvecs)", tau, n)
+    return _with_ritz_interval(res, a, v, vectors, tol, scheduler_name)
 
 
 def _shifted_inverse(a: Any, delta: float, lambda_max: float, method: str, block_size: int,
@@ -187,8 +209,11 @@ def _ascending(out: Any, vectors: bool, to_eigenvalue: Any) -> tuple[np.ndarray,
 
 def eigen(matrix: MatrixLike, k: int | None = None, vectors: bool = True,
           max_dense: int = 12000, smallest: bool = True,
-          scheduler_name: SchedulerName = "auto") -> dict[str, EigenResult]:
-    """Full spectrum when n ≤ ``max_dense``; otherwise the top-k eigenpairs (and λ_min).
+          scheduler_name: SchedulerName = "auto", certify_max_n: int = 4096,
+          rtol: float = 1e-8) -> dict[str, EigenResult]:
+    """Full spectrum when n ≤ ``max_dense``; otherwise the top-k eigenpairs (and λ_min, its
+    interval certified smallest by inertia when n ≤ ``certify_max_n``, converged when it is
+    ≤ ``rtol``·|λ_min| wide).
 
     Returns ``{"full": …}`` or ``{"top": …, "bottom": …}``.
     """
@@ -199,6 +224,14 @@ def eigen(matrix: MatrixLike, k: int | None = None, vectors: bool = True,
     top = top_eigenpairs(a, k or 16, vectors=vectors, scheduler_name=scheduler_name)
     out = {"top": top}
     if smallest:
-        out["bottom"] = smallest_eigenvalue(a, lambda_max=top.lambda_max,
-                                            scheduler_name=scheduler_name)
+        bottom = smallest_eigenvalue(a, k=2, lambda_max=top.lambda_max, vectors=True,
+                                     scheduler_name=scheduler_name)
+        dense = None if n > certify_max_n else np.asarray(a.compute(), dtype=np.float64)
+        if dense is not None:
+            dense = 0.5 * (dense + dense.T)
+        bottom.interval_min = smallest_interval(bottom.values[:2], bottom.residuals, rtol,
+                                                bottom.vectors[:, 0], dense, top.lambda_max)
+        bottom.converged = bottom.interval_min.converged
+        bottom.vectors = None
+        out["bottom"] = bottom
     return out

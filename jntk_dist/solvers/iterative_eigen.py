@@ -17,6 +17,7 @@ import torch
 from ..operators.base import KernelOperator
 from ..progress import Progress
 from .cg import IndefiniteError, as_operator_matmat, pcg
+from .certify import kato_temple_lower, largest_interval, smallest_interval
 from .checkpoint import IterativeCheckpoint, fingerprint
 from .preconditioners import Preconditioner, make_preconditioner
 from .results import EigenResult
@@ -160,10 +161,16 @@ def structured_eigs(op: KernelOperator, k: int = 1, which: str = "LA", method: s
                              done, ckpt, restart_every, progress)
     order = np.argsort(vals)
     vals, vecs = np.asarray(vals)[order], np.asarray(vecs)[:, order]
-    return EigenResult(values=vals, vectors=vecs if return_vectors else None, method=method,
-                       n=n, which=which, n_products=getattr(op, "n_products", 0) - before,
-                       wall_s=time.perf_counter() - t0,
-                       residuals=_residual_norms(op, vals, vecs))
+    res = _residual_norms(op, vals, vecs)
+    out = EigenResult(values=vals, vectors=vecs if return_vectors else None, method=method,
+                      n=n, which=which, n_products=getattr(op, "n_products", 0) - before,
+                      wall_s=time.perf_counter() - t0, residuals=res)
+    if which == "SA":  # estimates; analysis.structured_extremes certifies them by inertia
+        out.interval_min = smallest_interval(vals, res, tol)
+    else:
+        out.interval_max = largest_interval(vals[-1], res[-1], tol)
+    out.converged = bool(np.all(res <= max(tol, 1e-15) * np.maximum(np.abs(vals), 1e-300)))
+    return out
 
 
 # ---- shift-invert -------------------------------------------------------------------------
@@ -267,25 +274,61 @@ def _si_extend(space: _SearchSpace, U: Tensor, AU: Tensor, T: Tensor, k: int, ma
     return True
 
 
+def _pair_bounds(w: np.ndarray, rn: np.ndarray, k: int) -> np.ndarray:
+    """How far below θ_j each of the k smallest eigenvalues may lie: min(r_j, Kato–Temple
+    r_j²/gap) with the gap to θ_{j+1} − r_{j+1} of the search space (an estimate)."""
+    bounds = rn[:k].copy()
+    for j in range(min(k, w.size - 1)):
+        bounds[j] = w[j] - kato_temple_lower(w[j], rn[j], w[j + 1] - rn[j + 1]) \
+            if w[j + 1] - rn[j + 1] > w[j] else rn[j]
+    return bounds
+
+
+def _unconverged(w: np.ndarray, rn: np.ndarray, k: int, tol: float, rtol: float,
+                 floor: float = 0.0, resolution: float = 0.0) -> np.ndarray:
+    """Which of the k smallest pairs still miss residual ≤ tol, bound ≤ rtol·|θ|,
+    (numerically zero) θ ≤ floor with r ≤ floor, and bound ≤ ``resolution`` (what float64
+    resolves: no further step can tighten it)."""
+    bounds = _pair_bounds(w, rn, k)
+    zero = ((w[:k] <= floor) & (rn[:k] <= floor)) | (bounds <= resolution)
+    # half of rtol: the certified gap (inertia, :mod:`.certify`) is a little below the estimate
+    return ~((rn[:k] <= tol) | (bounds <= 0.5 * rtol * np.abs(w[:k])) | zero)
+
+
+def _stalled(history: list[float], window: int = 6) -> bool:
+    """No 10 % decrease of the worst bound over the last ``window`` outer steps (the residual
+    has reached its rounding floor)."""
+    return len(history) > window and min(history[-window:]) > 0.9 * min(history[:-window])
+
+
 def _si_iterate(space: _SearchSpace, inverse: _ShiftedInverse,
                 matmat: Callable[[Tensor], Tensor], k: int, tol: float, maxiter: int,
                 max_basis: int, ckpt: IterativeCheckpoint | None,
-                progress: bool) -> tuple[Tensor, np.ndarray, np.ndarray]:
-    """Outer steps until the k smallest Ritz pairs have residual ≤ tol (or ``maxiter``);
-    returns the Ritz vectors, values and residual norms."""
+                progress: bool, rtol: float = 0.0, floor: float = 0.0,
+                resolution: float = 0.0) -> tuple[Tensor, np.ndarray, np.ndarray]:
+    """Outer steps until each of the k smallest Ritz pairs has residual ≤ tol or its bound
+    (:func:`_pair_bounds`) ≤ rtol·|θ| (or ``maxiter``, or the bound stalls); returns the Ritz
+    vectors, the values and residual norms of the whole search space."""
     bar = _bar(progress, total=maxiter, initial=space.outer, desc="shift-invert", unit="outer")
+    history: list[float] = []
     try:
         while True:
             U, AU, w, rn = _rayleigh_ritz(space)
-            theta, res_norms = w[:k].cpu().numpy(), rn[:k].cpu().numpy()
+            theta, res_norms = w.cpu().numpy(), rn.cpu().numpy()
+            todo = _unconverged(theta, res_norms, k, tol, rtol, floor, resolution)
+            history.append(float(_pair_bounds(theta, res_norms, k).max()))
             if bar is not None:
-                bar.set_postfix(theta=f"{theta[0]:.3e}", residual=f"{res_norms.max():.1e}",
+                bar.set_postfix(theta=f"{theta[0]:.3e}", residual=f"{res_norms[:k].max():.1e}",
                                 inner=sum(space.inner_its))
-            if np.all(res_norms <= tol) or space.outer >= maxiter:
+            if not todo.any() or space.outer >= maxiter:
+                break
+            if _stalled(history):
+                log.warning("shift-invert: the Ritz bounds stopped decreasing (rounding floor "
+                            "of the residual); stopping after %d outer steps", space.outer)
                 break
             space.outer += 1
             T = torch.stack([inverse.solve(U[:, j], AU[:, j], float(w[j]))
-                             for j in np.flatnonzero(res_norms > tol)], dim=1)
+                             for j in np.flatnonzero(todo)], dim=1)
             if not _si_extend(space, U, AU, T, k, max_basis, matmat):
                 break
             if bar is not None:
@@ -317,7 +360,8 @@ def shift_invert_eigs(op: KernelOperator, k: int = 1, *, shift: float = 0.0,
                       inner_maxiter: int | None = None, maxiter: int = 200,
                       max_basis: int = 24, seed: int = 0, progress: bool = True,
                       return_vectors: bool = True, checkpoint: str | os.PathLike | None = None,
-                      checkpoint_every: float = 60.0) -> EigenResult:
+                      checkpoint_every: float = 60.0, rtol: float = 0.0, floor: float = 0.0,
+                      resolution: float = 0.0, inner_op: Any = None) -> EigenResult:
     """The k smallest eigenpairs of a symmetric operator A by shift-and-invert with inner PCG.
 
     λ_min(A) = 1/λ_max((A + σI)⁻¹) − σ.  Each outer step applies (A + σI)⁻¹ to every unconverged
@@ -328,7 +372,12 @@ def shift_invert_eigs(op: KernelOperator, k: int = 1, *, shift: float = 0.0,
     inner solve reduces its (warm-start) residual |Au − θu|/(θ + σ) by ``inner_reduction``, so
     the inner tolerance tightens in proportion to the outer residual (inexact inverse iteration).
 
-    ``tol``: absolute residual |Au − θu| at which a pair is converged.  ``shift`` σ ≥ 0 keeps
+    ``tol``: absolute residual |Au − θu| at which a pair is converged; ``rtol``: or when
+    min(r, Kato–Temple r²/gap, gap estimated from the next Ritz value) ≤ ``rtol``·|θ| (a bound
+    that stops decreasing ends the run, not converged); ``floor``: or θ ≤ floor and r ≤ floor;
+    ``resolution``: or the bound ≤ resolution (e.g. eps·λ_max: float64 resolves no more). ``inner_op``: the operator the
+    inner PCG multiplies by (e.g. a float32 twin of ``op``: inexact inner solves only slow the
+    outer iteration; Rayleigh–Ritz always uses ``op``).  ``shift`` σ ≥ 0 keeps
     A + σI positive definite; if PCG meets a direction with pᵀ(A+σI)p ≤ 0 (so λ_min(A) < −σ) the
     shift is raised and the preconditioner rebuilt.  The search space holds at most
     ``max_basis`` vectors (restarted from the best Ritz vectors).  ``n_products`` counts every
@@ -347,16 +396,21 @@ def shift_invert_eigs(op: KernelOperator, k: int = 1, *, shift: float = 0.0,
         every=checkpoint_every)
     space = _si_start(op, k, shift, seed, matmat, ckpt)
     resumed_from = space.outer
-    inverse = _ShiftedInverse(op, matmat, preconditioner, space, inner_reduction,
+    inner = matmat if inner_op is None else as_operator_matmat(inner_op)
+    inverse = _ShiftedInverse(op, inner, preconditioner, space, inner_reduction,
                               10 * n if inner_maxiter is None else int(inner_maxiter))
     U, theta, res_norms = _si_iterate(space, inverse, matmat, k, tol, maxiter, max_basis, ckpt,
-                                      progress)
+                                      progress, rtol, floor, resolution)
+    converged = not _unconverged(theta, res_norms, k, tol, rtol, floor, resolution).any()
     vecs = U[:, :k].cpu().numpy()
-    return EigenResult(values=theta, vectors=vecs if return_vectors else None,
+    return EigenResult(values=theta[:k], vectors=vecs if return_vectors else None,
                        method="shift-invert", n=n, which="SA",
                        n_products=getattr(op, "n_products", 0) - before,
-                       wall_s=time.perf_counter() - t0, residuals=res_norms,
+                       wall_s=time.perf_counter() - t0, residuals=res_norms[:k],
                        info={"outer_iterations": space.outer, "inner_iterations": space.inner_its,
                              "resumed_from": resumed_from, "shifts": space.shifts,
                              "preconditioner": inverse.M.name, "setup_s": inverse.setup_s,
-                             "converged": bool(np.all(res_norms <= tol))})
+                             "converged": converged, "next_ritz": theta[k:k + 1].tolist(),
+                             "next_residual": res_norms[k:k + 1].tolist()},
+                       interval_min=smallest_interval(theta[:k + 1], res_norms[:k + 1], rtol),
+                       converged=converged)

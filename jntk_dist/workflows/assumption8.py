@@ -15,10 +15,11 @@ its residual |Av − θv|, and "positive" means θ − |Av − θv| > τ.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -26,8 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..analysis import RELATIVE, PositivityRule, assumption8, write_results
 from ..store import beside, open_file
 from .config import DatasetSpec, InexactResultError, OutputJobConfig, StoreOutput
-from .problem import arpack_errors
-from .structured import StructuredSpec, structured_off
+from .eigen import extremes_settings
+from .problem import ComputeSpec, Problem, arpack_errors, compute_context
+from .structured import StructuredSpec, float32_twin, structured_off, structured_train_operator
 
 
 class Assumption8Dataset(BaseModel):
@@ -57,6 +59,8 @@ class Assumption8JobConfig(OutputJobConfig):
     # write the table and exit 0 even when a matrix-free λ_min misses its tolerance (its row
     # still says converged: false); by default such a run fails after writing the table
     accept_inexact: bool = False
+    # structured: form the matrix for the inertia check that certifies λ_min up to this size
+    certify_max_n: int = Field(default=4096, ge=0)
 
     @field_validator("structured")
     @classmethod
@@ -68,6 +72,27 @@ class Assumption8JobConfig(OutputJobConfig):
             raise ValueError("structured.checkpoint is not supported by assumption8 (one λ_min "
                              "per dataset, activation and depth; each takes seconds to minutes)")
         return spec
+
+
+def operator_factory(spec: StructuredSpec) -> Any:
+    """(X, depth, activation) → a context giving Θ(X, X) (λ = 1) as ``spec`` builds it (device,
+    backend, precision, compile, memory_mb: the solve/eigen jobs' :func:`structured_train_operator`)
+    and its float32 twin for ``precision: mixed`` (None otherwise); Ray actors freed on exit."""
+
+    @contextlib.contextmanager
+    def build(X: np.ndarray, depth: int, activation: str) -> Iterator[tuple[Any, Any]]:
+        n = X.shape[0]
+        prob = Problem(X=X, y=np.zeros(n), depth=depth, activation=activation, lam=1.0,
+                       train=np.arange(n), test=np.arange(0), source="assumption8")
+        ray = spec.backend == "ray"
+        with compute_context(ComputeSpec(scheduler="ray")) if ray else contextlib.nullcontext():
+            op = structured_train_operator(prob, spec, 1.0)
+            try:
+                yield op, float32_twin(op, spec, prob)
+            finally:
+                if hasattr(op, "shutdown"):
+                    op.shutdown()
+    return build
 
 
 def run_assumption8(cfg: Assumption8JobConfig, progress: bool = True) -> list[dict[str, Any]]:
@@ -82,26 +107,25 @@ def run_assumption8(cfg: Assumption8JobConfig, progress: bool = True) -> list[di
             X = X[keep]
             label += f" ({entry.max_points} of {data.X.shape[0]} points)"
         acts = entry.activations or cfg.activations
+        spec = cfg.structured
         with arpack_errors():
-            found = assumption8(X, cfg.depths, acts, dataset=label, kernels_=cfg.kernels,
-                                max_dense=cfg.max_dense, progress=progress,
-                                structured=cfg.structured, rule=cfg.positivity)
+            found = assumption8(
+                X, cfg.depths, acts, dataset=label, kernels_=cfg.kernels,
+                max_dense=cfg.max_dense, progress=progress,
+                structured=operator_factory(spec) if spec.enabled else None,
+                # λ_max only sets τ: 6 digits are plenty, a tight Lanczos stalls on the
+                # clustered top of shallow JNTKs (sonar, L = 1: minutes at 1e-10)
+                settings=extremes_settings(spec, cfg.certify_max_n, max(spec.tol, 1e-6)),
+                rule=cfg.positivity)
         rows.extend(r.as_dict() for r in found)
     out, options = cfg.output, cfg.options_for(cfg.output)
     cols = ["dataset", "activation", "depth", "kernel", "n", "lambda_min", "lambda_min_residual",
             "lambda_max", "tolerance", "positive_relative", "threshold", "positive", "converged",
-            "method"]
+            "method", "lambda_min_lo", "lambda_min_hi", "certified", "verdict", "verdict_relative",
+            "certificate"]
     write_results(out, {
-        c: (np.array([r[c] for r in rows], dtype=str if c in ("dataset", "activation", "kernel",
-                                                                "method") else None), ["row"])
-        for c in cols}, {"job": "assumption8", "config": cfg.recorded(),
-                         "positivity": cfg.positivity.model_dump(),
-                         "tolerance_rule": "positive iff λ_min − lambda_min_residual > threshold, "
-                                           f"{cfg.positivity.describe()}; positive_relative iff "
-                                           "λ_min − lambda_min_residual > tolerance = "
-                                           "n·eps(float64)·λ_max (residual 0 for dense "
-                                           "eigensolvers; |Av − θv| of the Ritz value θ ≥ λ_min "
-                                           "in structured mode)"},
+        c: (np.array([r[c] for r in rows], dtype=str if c in _TEXT_COLUMNS else None), ["row"])
+        for c in cols}, _table_attrs(cfg),
         group="assumption8", storage_options=options)
     table = io.StringIO(newline="")
     w = csv.DictWriter(table, fieldnames=cols)
@@ -124,23 +148,54 @@ def run_assumption8(cfg: Assumption8JobConfig, progress: bool = True) -> list[di
     return rows
 
 
+_TEXT_COLUMNS = ("dataset", "activation", "kernel", "method", "verdict", "verdict_relative",
+                 "certificate")
+
+
+def _table_attrs(cfg: Assumption8JobConfig) -> dict[str, Any]:
+    """The attributes of the ``assumption8`` group: the config and the verdict rules."""
+    return {"job": "assumption8", "config": cfg.recorded(),
+            "positivity": cfg.positivity.model_dump(),
+            "verdict_rule": "verdict (adopted rule: threshold) and verdict_relative (tolerance = "
+                            "n·eps(float64)·λ_max) are three-way on the interval "
+                            "[lambda_min_lo, lambda_min_hi]: positive iff it is certified to "
+                            "hold λ_min and lambda_min_lo > the threshold, not positive iff "
+                            "lambda_min_hi ≤ the threshold, else undetermined",
+            "tolerance_rule": f"adopted rule {cfg.positivity.describe()}; positive / "
+                              "positive_relative iff verdict / verdict_relative is positive"}
+
+
 def markdown_table(rows: list[dict[str, Any]], rule: PositivityRule = RELATIVE) -> str:
     """The table as Markdown: λ_min, λ_max and both verdicts per dataset/activation/depth/kernel
     (the relative rule's τ, and the threshold of ``rule``, the configured one)."""
     lines = [f"positive (adopted): {rule.describe()}; positive (relative): "
              f"{RELATIVE.describe()}", "",
-             "| dataset | activation | depth | kernel | n | λ_min | ± residual | λ_max | τ_rel | "
-             "positive (relative) | threshold (adopted) | positive (adopted) |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|---|---:|---|"]
+             "| dataset | activation | depth | kernel | n | λ_min | ± residual | λ_min interval | "
+             "λ_max | τ_rel | positive (relative) | threshold (adopted) | positive (adopted) |",
+             "|---|---|---:|---|---:|---:|---:|---|---:|---:|---|---:|---|"]
     for r in rows:
         res = r.get("lambda_min_residual", 0.0)
         lines.append(f"| {r['dataset']} | {r['activation']} | {r['depth']} | {r['kernel']} | "
                      f"{r['n']} | {r['lambda_min']:.3e} | {f'{res:.1e}' if res else '—'} | "
-                     f"{r['lambda_max']:.3e} | {r['tolerance']:.1e} | "
-                     f"{'yes' if r['positive_relative'] else 'no'} | {r['threshold']:.2e} | "
-                     f"{'yes' if r['positive'] else 'no'}"
+                     f"{_interval_cell(r)} | {r['lambda_max']:.3e} | {r['tolerance']:.1e} | "
+                     f"{_verdict_cell(r, 'verdict_relative', 'positive_relative')} | "
+                     f"{r['threshold']:.2e} | {_verdict_cell(r, 'verdict', 'positive')}"
                      f"{'' if r.get('converged', True) else ' (not converged)'} |")
     return "\n".join(lines) + "\n"
+
+
+def _interval_cell(r: dict[str, Any]) -> str:
+    lo, hi = r.get("lambda_min_lo"), r.get("lambda_min_hi")
+    if lo is None or hi is None:
+        return "—"
+    return f"[{lo:.4e}, {hi:.4e}]{'' if r.get('certified', True) else ' (smallest not certified)'}"
+
+
+def _verdict_cell(r: dict[str, Any], verdict: str, boolean: str) -> str:
+    """The three-way verdict; rows written before it existed show their yes/no."""
+    if verdict in r:
+        return {"positive": "yes", "not positive": "no"}.get(r[verdict], r[verdict])
+    return "yes" if r[boolean] else "no"
 
 
 def plot(rows: Sequence[dict[str, Any]], path: Path | str,

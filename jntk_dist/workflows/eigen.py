@@ -19,13 +19,12 @@ import numpy as np
 from pydantic import Field
 
 from .. import solvers
-from ..analysis import (KernelRegressor, accuracy, finite_time_predictions, training_targets,
-                       write_results)
-from ..solvers import shift_invert_eigs, structured_eigs
+from ..analysis import (ExtremesSettings, KernelRegressor, accuracy, finite_time_predictions,
+                        structured_extremes, training_targets, write_results)
 from ..store import beside, open_file
 from .config import InexactResultError
 from .problem import ProblemSpec, arpack_errors, compute_context, load_problem
-from .structured import StructuredSpec, structured_off, train_operator
+from .structured import StructuredSpec, float32_twin, structured_off, train_operator
 
 
 class EigenJobConfig(ProblemSpec):
@@ -41,6 +40,8 @@ class EigenJobConfig(ProblemSpec):
     # write the results and exit 0 even when an iterative eigensolver misses its tolerance (they
     # still carry converged: false); by default such a run fails after writing them
     accept_inexact: bool = False
+    # structured: form the matrix for the inertia check that certifies λ_min up to this size
+    certify_max_n: int = Field(default=4096, ge=0)
 
 
 def run_eigen(cfg: EigenJobConfig, progress: bool = True) -> dict[str, Any]:
@@ -63,7 +64,8 @@ def run_eigen(cfg: EigenJobConfig, progress: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     with compute_context(cfg.compute) as sched, arpack_errors():
         res = solvers.eigen(gram, k=cfg.k, vectors=cfg.vectors, max_dense=cfg.max_dense,
-                           scheduler_name=sched)  # type: ignore[arg-type]
+                            scheduler_name=sched,  # type: ignore[arg-type]
+                            certify_max_n=cfg.certify_max_n)
     seconds = time.perf_counter() - t0
     main = res.get("full") or res["top"]
     bottom = res.get("full") or res["bottom"]
@@ -73,8 +75,8 @@ def run_eigen(cfg: EigenJobConfig, progress: bool = True) -> dict[str, Any]:
         "job": "eigen", "source": prob.source, "part": cfg.part, "lam": lam, "depth": prob.depth,
         "activation": prob.activation, "n": main.n, "method": main.method
         + ("" if "full" in res else f"; λ_min: {bottom.method}"),
-        "lambda_min": lo, "lambda_max": hi, "tolerance": tau, "positive_definite": bool(lo > tau),
-        "tolerance_rule": "positive iff λ_min > τ = n·eps(float64)·λ_max", "converged": True,
+        "lambda_min": lo, "lambda_max": hi, "tolerance": tau,
+        **_interval_summary(bottom.interval_min, main.interval_max, tau),
         "seconds": seconds, "scheduler": sched, "config": cfg.recorded(),
     }
     arrays: dict[str, tuple[np.ndarray, list[str]]] = {
@@ -111,63 +113,54 @@ def _write(cfg: EigenJobConfig, arrays: dict[str, tuple[np.ndarray, list[str]]],
     summary["plot"] = str(_plot(cfg, main, summary))
     if not summary["converged"] and not cfg.accept_inexact:
         raise InexactResultError(
-            f"λ_min did not converge: residual |Av − θv| = {summary['lambda_min_residual']:.2e} "
-            f"> {summary['residual_tolerance']:.2e} (structured.tol·λ_max); the results in "
-            f"{cfg.output}/eigen_{cfg.part} carry converged: false. Give it more iterations "
-            "(--set structured.maxiter=…), or accept the inexact result with "
-            "--set accept_inexact=true", report=summary_text(summary, cfg))
+            f"λ_min did not converge: residual |Av − θv| = "
+            f"{summary.get('lambda_min_residual', 0.0):.2e}; {summary['not_converged_why']}; "
+            f"the results in {cfg.output}/eigen_{cfg.part} carry converged: false. Give it a "
+            "tolerance float64 resolves (--set structured.tol=…), more iterations "
+            "(--set structured.maxiter=…), a larger inertia check (--set certify_max_n=…), or "
+            "accept the inexact result with --set accept_inexact=true",
+            report=summary_text(summary, cfg))
     return summary
 
 
 def _run_structured(cfg: EigenJobConfig, prob: Any, lam: float, progress: bool) -> dict[str, Any]:
-    """Top-k (Lanczos) and λ_min (shift-invert or LOBPCG, structured preconditioner) of the matrix-free
-    Θ_λ. The Ritz value θ ≥ λ_min, and some eigenvalue lies within |Av − θv| of θ; positivity is
-    decided on θ − |Av − θv| > τ, not on θ alone. That bounds λ_min from below when the iteration
-    found the smallest eigenvalue (all but certain from a random start, not a proof)."""
+    """Top-k (Lanczos) and λ_min (shift-invert or LOBPCG, structured preconditioner) of the
+    matrix-free Θ_λ by the one structured route (:func:`jntk_dist.analysis.structured_extremes`):
+    λ_min with an interval, certified smallest by inertia up to ``certify_max_n``."""
     with train_operator(prob, cfg, lam) as op, arpack_errors():
         return _structured_extremes(cfg, prob, op, lam, progress)
 
 
+def extremes_settings(spec: StructuredSpec, certify_max_n: int,
+                      top_tol: float | None = None) -> ExtremesSettings:
+    """The plain settings of the one structured λ route from a ``structured:`` config."""
+    return ExtremesSettings(tol=spec.tol, preconditioner=spec.preconditioner,
+                            maxiter=spec.maxiter, lambda_min_method=spec.lambda_min_method,
+                            checkpoint=None if spec.checkpoint is None else str(spec.checkpoint),
+                            checkpoint_every=spec.checkpoint_every, top_tol=top_tol,
+                            certify_max_n=certify_max_n)
+
+
 def _structured_extremes(cfg: EigenJobConfig, prob: Any, op: Any, lam: float,
                          progress: bool) -> dict[str, Any]:
-    spec = cfg.structured
     t0 = time.perf_counter()
-    n = op.shape[0]
-    top = structured_eigs(op, k=min(cfg.k, n - 1), which="LA", method="lanczos", tol=spec.tol,
-                          maxiter=spec.maxiter, progress=progress, return_vectors=cfg.vectors)
-    hi = float(top.values[-1])
-    tau = solvers.positivity_tolerance(hi, n)
-    if spec.lambda_min_method == "shift_invert":
-        # (A + τI)⁻¹ by inner PCG, Rayleigh–Ritz with A: θ ≥ λ_min and |Av − θv| are exact
-        bottom = shift_invert_eigs(op, k=1, shift=tau, preconditioner=spec.preconditioner,
-                                   tol=spec.tol * hi, maxiter=spec.maxiter or 200,
-                                   checkpoint=spec.checkpoint,
-                                   checkpoint_every=spec.checkpoint_every,
-                                   progress=progress, return_vectors=False)
-    else:
-        # LOBPCG rounds with a checkpoint restart the search directions (slower;
-        # docs/benchmarks.md), so λ_min is checkpointed only when a path is given
-        bottom = structured_eigs(op, k=1, which="SA", method="lobpcg", tol=spec.tol * hi,
-                                 maxiter=spec.maxiter, preconditioner=spec.preconditioner,
-                                 shift=1000 * tau, checkpoint=spec.checkpoint, progress=progress,
-                                 return_vectors=False)
-    lo, lo_res = float(bottom.values[0]), float(bottom.residuals[0])
-    wanted = spec.tol * hi  # the residual both λ_min routes were asked for
+    inner = float32_twin(op, cfg.structured, prob)
+    ext = structured_extremes(op, extremes_settings(cfg.structured, cfg.certify_max_n),
+                              k_top=cfg.k, top_vectors=cfg.vectors, inner_op=inner,
+                              progress=progress)
+    top, bottom, iv = ext.top, ext.bottom, ext.interval_min
+    n, hi, tau = op.shape[0], float(top.values[-1]), ext.tolerance
     summary: dict[str, Any] = {
         "job": "eigen", "source": prob.source, "part": cfg.part, "lam": lam, "depth": prob.depth,
-        "activation": prob.activation, "n": n, "structured": True,
-        "method": f"structured: top-{top.values.size} lanczos; λ_min: "
-                  f"{spec.lambda_min_method}[{spec.preconditioner}]",
+        "activation": prob.activation, "n": n, "structured": True, "method": ext.method,
         "lambda_min_products": int(bottom.n_products),
-        "lambda_min": lo, "lambda_min_residual": lo_res, "lambda_max": hi,
-        "lambda_max_residual": float(top.residuals[-1]), "tolerance": tau,
-        "residual_tolerance": wanted, "converged": bool(lo_res <= wanted),
-        "positive_definite": bool(lo - lo_res > tau),
-        "tolerance_rule": "positive iff λ_min > τ = n·eps(float64)·λ_max, with λ_min ≥ θ − |Av − θv| "
-                          "(θ: the Ritz value, an upper bound)",
+        "lambda_min": iv.value, "lambda_min_residual": float(bottom.residuals[0]),
+        "lambda_max": hi, "lambda_max_residual": float(top.residuals[-1]), "tolerance": tau,
+        "residual_tolerance": cfg.structured.tol * abs(iv.value),
+        **_interval_summary(iv, ext.interval_max, tau),
         "operator_products": int(top.n_products + bottom.n_products),
         "seconds": time.perf_counter() - t0, "scheduler": f"matrix-free on {op.device}",
-        "config": cfg.recorded(),
+        "precision": cfg.structured.precision, "config": cfg.recorded(),
     }
     arrays: dict[str, tuple[np.ndarray, list[str]]] = {
         "eigenvalues": (top.values, ["eig"]),
@@ -177,6 +170,19 @@ def _structured_extremes(cfg: EigenJobConfig, prob: Any, op: Any, lam: float,
     if top.vectors is not None:
         arrays["eigenvectors"] = (top.vectors, ["gram_entry", "eig"])
     return _write(cfg, arrays, summary, top)
+
+
+def _interval_summary(iv: Any, iv_max: Any, tau: float) -> dict[str, Any]:
+    """λ_min's interval, certificate and three-way verdict (and λ_max's interval)."""
+    verdict = iv.verdict(tau)
+    return {"lambda_min_lo": iv.lo, "lambda_min_hi": iv.hi, "certified": iv.certified,
+            "certificate": iv.how, "converged": bool(iv.converged), "not_converged_why": iv.why,
+            "lambda_max_lo": None if iv_max is None else iv_max.lo,
+            "lambda_max_hi": None if iv_max is None else iv_max.hi,
+            "verdict": verdict, "positive_definite": verdict == "positive",
+            "tolerance_rule": "positive iff the certified interval of λ_min lies above "
+                              "τ = n·eps(float64)·λ_max; not positive iff it lies at or below "
+                              "τ; otherwise undetermined"}
 
 
 def _plot(cfg: EigenJobConfig, res: Any, summary: dict[str, Any]) -> Path | str:
@@ -217,11 +223,14 @@ def _plot(cfg: EigenJobConfig, res: Any, summary: dict[str, Any]) -> Path | str:
 
 def summary_text(s: dict[str, Any], cfg: EigenJobConfig) -> str:
     """What ``jntk eigen`` prints."""
-    verdict = "positive definite" if s["positive_definite"] else "NOT numerically positive definite"
+    verdict = {"positive": "positive definite", "not positive": "NOT numerically positive "
+               "definite", "undetermined": "positivity UNDETERMINED"}[s["verdict"]]
     if not s.get("converged", True):
-        verdict += " (NOT CONVERGED: inexact)"
+        verdict += f" (NOT CONVERGED: {s.get('not_converged_why', 'inexact')})"
+    cert = "certified" if s["certified"] else "not certified smallest"
     text = (f"eigen: {s['source']}, {s['part']} Gram n={s['n']} ({s['method']}, "
-            f"{s['seconds']:.2f}s): λ_min={s['lambda_min']:.3e}, λ_max={s['lambda_max']:.3e}, "
+            f"{s['seconds']:.2f}s): λ_min={s['lambda_min']:.3e} in [{s['lambda_min_lo']:.4e}, "
+            f"{s['lambda_min_hi']:.4e}] ({cert}), λ_max={s['lambda_max']:.3e}, "
             f"τ={s['tolerance']:.2e} -> {verdict}; results {cfg.output}/eigen_{s['part']}, "
             f"plot {s['plot']}")
     if "test_accuracy_vs_time" in s:
