@@ -28,6 +28,7 @@ from ..store import beside, open_file
 from .config import DatasetSpec, InexactResultError, OutputJobConfig, StoreOutput
 from .problem import arpack_errors
 from .structured import StructuredSpec, structured_off
+from ..errors import ConfigError
 
 
 class Assumption8Dataset(BaseModel):
@@ -62,10 +63,10 @@ class Assumption8JobConfig(OutputJobConfig):
     @classmethod
     def _structured_supported(cls, spec: StructuredSpec) -> StructuredSpec:
         if spec.enabled and spec.lambda_min_method != "shift_invert":
-            raise ValueError("assumption8 computes λ_min by shift-invert only "
+            raise ConfigError("assumption8 computes λ_min by shift-invert only "
                              f"(structured.lambda_min_method: {spec.lambda_min_method!r})")
         if spec.enabled and spec.checkpoint is not None:
-            raise ValueError("structured.checkpoint is not supported by assumption8 (one λ_min "
+            raise ConfigError("structured.checkpoint is not supported by assumption8 (one λ_min "
                              "per dataset, activation and depth; each takes seconds to minutes)")
         return spec
 

@@ -26,6 +26,7 @@ from ..store import beside, open_file
 from .config import InexactResultError
 from .problem import ProblemSpec, arpack_errors, compute_context, load_problem
 from .structured import StructuredSpec, structured_off, train_operator
+from ..errors import ConfigError
 
 
 class EigenJobConfig(ProblemSpec):
@@ -46,14 +47,14 @@ class EigenJobConfig(ProblemSpec):
 def run_eigen(cfg: EigenJobConfig, progress: bool = True) -> dict[str, Any]:
     """Decompose, write eigenpairs (and finite-time predictions), plot; returns the summary."""
     if cfg.structured.enabled and (cfg.times or cfg.part == "ntk"):
-        raise ValueError("structured mode gives the extreme eigenvalues (λ_min, λ_max, top-k) of "
+        raise ConfigError("structured mode gives the extreme eigenvalues (λ_min, λ_max, top-k) of "
                          "the JNTK Θ_λ only: no full spectrum, so no finite-time predictions "
                          "(drop 'times', e.g. --set times=[]) and no part: ntk (its N×N Gram "
                          "needs no structured operator)")
     prob = load_problem(cfg)
     lam = 0.0 if cfg.part == "ntk" else prob.lam
     if cfg.part == "jntk" and lam == 0:
-        raise ValueError("part: jntk with lam: 0 has a zero Jacobian part; use part: ntk")
+        raise ConfigError("part: jntk with lam: 0 has a zero Jacobian part; use part: ntk")
     if cfg.structured.enabled:
         return _run_structured(cfg, prob, lam, progress)
     model = KernelRegressor(prob.depth, prob.activation, lam=lam)
@@ -87,7 +88,7 @@ def run_eigen(cfg: EigenJobConfig, progress: bool = True) -> dict[str, Any]:
         arrays["eigenvectors"] = (main.vectors, ["gram_entry", "eig"])
     if cfg.times:
         if "full" not in res or main.vectors is None:
-            raise ValueError("finite-time predictions need the full eigendecomposition with "
+            raise ConfigError("finite-time predictions need the full eigendecomposition with "
                              "vectors (raise max_dense or drop 'times')")
         model.X_train_ = prob.X[prob.train]
         Y = training_targets(prob.y[prob.train], model.q_)

@@ -23,6 +23,7 @@ from ..analysis import (KernelRegressor, accuracy, eigenfeatures, feature_accura
                        pgd_perturb, training_targets, write_results)
 from ..store import beside, open_file
 from .problem import ProblemSpec, compute_context, load_problem
+from ..errors import ConfigError
 
 
 class EigenfeaturesJobConfig(ProblemSpec):
@@ -37,9 +38,9 @@ def run_eigenfeatures(cfg: EigenfeaturesJobConfig, progress: bool = True) -> dic
     """All λ: eigendecompose, evaluate eigenfeatures on clean and perturbed test inputs, write."""
     prob = load_problem(cfg)
     if prob.test.size == 0:
-        raise ValueError("eigenfeatures need test points: set test_fraction > 0")
+        raise ConfigError("eigenfeatures need test points: set test_fraction > 0")
     if any(l <= 0 for l in cfg.lams):
-        raise ValueError(f"lams must be > 0 (standard training is 'standard: true'), got {cfg.lams}")
+        raise ConfigError(f"lams must be > 0 (standard training is 'standard: true'), got {cfg.lams}")
     Xtr, ytr, Xte, yte = prob.X[prob.train], prob.y[prob.train], prob.X[prob.test], prob.y[prob.test]
     t0 = time.perf_counter()
     with compute_context(cfg.compute) as sched:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import JobConfig, load_config
+from .config import JobConfig, read_config, validate_config
+from ..errors import ConfigError
 
 __all__ = ["Job", "JOBS", "get_job", "load_job_config", "run_config_job"]
 
@@ -81,7 +82,7 @@ JOBS: dict[str, Job] = {job.name: job for job in (
 def get_job(name: str) -> Job:
     """The job called ``name``, or a ValueError listing the jobs."""
     if name not in JOBS:
-        raise ValueError(f"unknown job {name!r}; jobs: {', '.join(JOBS)}")
+        raise ConfigError(f"unknown job {name!r}; jobs: {', '.join(JOBS)}")
     return JOBS[name]
 
 
@@ -89,7 +90,8 @@ def load_job_config(job: Job, source: str | Path | dict[str, Any],
                     overrides: Sequence[str] = (), structured: bool = False) -> JobConfig:
     """The job's config from a YAML file (or a mapping), ``--set`` overrides and
     ``--structured`` (turns the matrix-free mode on)."""
-    cfg = load_config(source, job.config_class(), overrides)
+    read = read_config(source)  # a wrong path or bad YAML fails before the job is imported
+    cfg = validate_config(read, job.config_class(), overrides)
     if structured and job.structured and not cfg.structured.enabled:  # type: ignore[attr-defined]
         cfg.structured = cfg.structured.model_copy(update={"enabled": True})  # type: ignore[attr-defined]
     return cfg

@@ -29,6 +29,7 @@ from .config import InexactResultError, JobError
 from .problem import Problem, ProblemSpec, compute_context, load_problem
 from .structured import (StoreFieldsView, StructuredSpec, float32_twin, structured_off,
                          train_operator)
+from ..errors import ConfigError
 
 __all__ = ["SolveJobConfig", "run_solve", "summary_text", "CONFIG", "execute"]
 
@@ -133,7 +134,7 @@ class SolveJobConfig(ProblemSpec):
     @classmethod
     def _ridge(cls, value: float | str) -> float | str:
         if value != "auto" and not float(value) >= 0.0:
-            raise ValueError(f"ridge μ must be ≥ 0 or 'auto', got {value}")
+            raise ConfigError(f"ridge μ must be ≥ 0 or 'auto', got {value}")
         return value
 
 
@@ -142,7 +143,7 @@ def _targets(cfg: SolveJobConfig, prob: Problem) -> tuple[np.ndarray, np.ndarray
     if not cfg.multiclass:
         return prob.y, prob.y, None
     if cfg.dataset is None or cfg.dataset.name is None:
-        raise ValueError("multiclass: true needs a named dataset (its original labels)")
+        raise ConfigError("multiclass: true needs a named dataset (its original labels)")
     from ..data import load_dataset, one_vs_rest_targets
 
     labels = load_dataset(cfg.dataset.name, **cfg.dataset.options).labels
