@@ -90,6 +90,12 @@ def _plant_lock_folder(tmp: Path) -> list[str]:
     return _points_job(tmp)
 
 
+def _plant_lock_hardlink(tmp: Path) -> list[str]:
+    (tmp / "empty.txt").write_text("")  # an empty file looks like a free lock but for its links
+    os.link(tmp / "empty.txt", tmp / "out.zarr.lock")
+    return _points_job(tmp)
+
+
 def _plant_lock_foreign(tmp: Path) -> list[str]:
     (tmp / "out.zarr.lock").write_text("my notes, not a lock\n")
     return _points_job(tmp)
@@ -133,6 +139,7 @@ CASES: dict[str, Callable[[Path], list[str]]] = {
     "output-symlink-file": _output_symlink_file,
     "lock-symlink": _plant_lock_symlink,
     "lock-folder": _plant_lock_folder,
+    "lock-hardlink": _plant_lock_hardlink,
     "lock-foreign": _plant_lock_foreign,
     "output-read-only": _read_only,
     "disk-too-small": _disk_too_small,

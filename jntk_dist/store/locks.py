@@ -363,9 +363,9 @@ def store_lock(location: str | Path, storage_options: dict[str, Any] | None = No
     where = canonical_location(location)
     if isinstance(where, Path):
         if (not is_url(location) and os.path.islink(Path(location).expanduser())
-                and not where.is_dir()):
-            raise StoreError(f"output {location} is a symbolic link to "
-                             f"{'a file' if where.exists() else 'nothing'} ({where}): refusing "
-                             "to write through it; give the real path of a store or a new one")
+                and where.exists() and not where.is_dir()):
+            raise StoreError(f"output {location} is a symbolic link to a file ({where}): "
+                             "refusing to write through it; give the real path of a store or "
+                             "a new one")
         return StoreLock(where)
     return ObjectStoreLock(where, storage_options)
