@@ -17,7 +17,8 @@ from __future__ import annotations
 import errno
 
 __all__ = ["JntkError", "ConfigError", "InputError", "StoreError", "ConvergenceError",
-           "ResourceError", "JobInterrupted", "USER_OS_ERRNOS", "is_user_os_error"]
+           "ResourceError", "JobInterrupted", "USER_OS_ERRNOS", "is_user_os_error",
+           "available_memory", "require_memory"]
 
 
 class JntkError(Exception):
@@ -78,3 +79,26 @@ def is_user_os_error(err: BaseException) -> bool:
                         NotADirectoryError, PermissionError)):
         return True  # raised by the package too, with a message naming the path
     return isinstance(err, OSError) and err.errno in USER_OS_ERRNOS
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (``MemAvailable`` of /proc/meminfo, Linux),
+    or None where it cannot be told."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def require_memory(need: float, what: str, instead: str) -> None:
+    """A :class:`ResourceError` before work that needs ``need`` bytes when fewer are available:
+    one line naming ``what`` and what to do ``instead`` (numpy would fail half-way with an
+    ``_ArrayMemoryError``)."""
+    free = available_memory()
+    if free is not None and need > free:
+        raise ResourceError(f"{what} needs {need / 2**30:.3g} GiB of memory but "
+                            f"{free / 2**30:.3g} GiB are available: {instead}")

@@ -121,6 +121,21 @@ def _disk_too_small(tmp: Path) -> list[str]:
     return ["gram", str(_config(tmp, {"path": str(points)}))]
 
 
+def _eigen_out_of_memory(tmp: Path) -> list[str]:
+    from jntk_dist.errors import available_memory
+
+    free = available_memory()
+    if free is None:
+        pytest.skip("this machine does not say how much memory is available")
+    n = int(np.sqrt(2 * free / 24) / 30) + 1  # 3 float64 copies of the n·30-row Gram: 2× free
+    points = _points(tmp, n=n, d0=29)
+    config = tmp / "eigen.yaml"
+    config.write_text(json.dumps({"dataset": {"path": str(points)}, "kernel": {"depth": 2},
+                                  "lam": 0.01, "max_dense": 30 * n, "times": [],
+                                  "output": "e.zarr"}))
+    return ["eigen", str(config)]
+
+
 CASES: dict[str, Callable[[Path], list[str]]] = {
     "config-missing": lambda tmp: ["gram", "nope.yaml"],
     "config-folder": lambda tmp: ["gram", str(tmp)],
@@ -143,6 +158,7 @@ CASES: dict[str, Callable[[Path], list[str]]] = {
     "lock-foreign": _plant_lock_foreign,
     "output-read-only": _read_only,
     "disk-too-small": _disk_too_small,
+    "eigen-out-of-memory": _eigen_out_of_memory,
 }
 
 

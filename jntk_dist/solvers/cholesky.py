@@ -16,6 +16,7 @@ import dask.array as da
 import numpy as np
 import scipy.sparse.linalg
 
+from ..errors import InputError
 from ..operators.dask_arrays import (DEFAULT_BLOCK, MatrixLike, SchedulerName, as_dask,
                                      check_square, scheduler)
 
@@ -25,7 +26,7 @@ __all__ = ["NotPositiveDefiniteError", "add_ridge", "cholesky_factor", "cholesky
 log = logging.getLogger(__name__)
 
 
-class NotPositiveDefiniteError(ValueError):
+class NotPositiveDefiniteError(InputError):  # a ValueError too
     """The matrix handed to a Cholesky solve is not numerically positive definite."""
 
 

@@ -26,7 +26,7 @@ from ..store import beside, open_file
 from .config import InexactResultError
 from .problem import ProblemSpec, arpack_errors, compute_context, load_problem
 from .structured import StructuredSpec, structured_off, train_operator
-from ..errors import ConfigError
+from ..errors import ConfigError, require_memory
 
 
 class EigenJobConfig(ProblemSpec):
@@ -57,6 +57,7 @@ def run_eigen(cfg: EigenJobConfig, progress: bool = True) -> dict[str, Any]:
         raise ConfigError("part: jntk with lam: 0 has a zero Jacobian part; use part: ntk")
     if cfg.structured.enabled:
         return _run_structured(cfg, prob, lam, progress)
+    _check_dense_memory(cfg, len(prob.train) * (prob.q_per_point if lam > 0 else 1))
     model = KernelRegressor(prob.depth, prob.activation, lam=lam)
     gram = prob.train_gram(lam)
     if gram is None:
@@ -103,6 +104,14 @@ def run_eigen(cfg: EigenJobConfig, progress: bool = True) -> dict[str, Any]:
             summary["test_accuracy_vs_time"] = [float(accuracy(f, prob.y[prob.test]))
                                                 for f in ode["test"]]
     return _write(cfg, arrays, summary, main)
+
+
+def _check_dense_memory(cfg: EigenJobConfig, rows: int) -> None:
+    """Refuse a dense eigendecomposition whose Gram, eigenvectors and LAPACK's copy do not fit."""
+    if rows <= cfg.max_dense:
+        require_memory(3 * 8 * rows**2, f"the dense eigendecomposition of the {rows}×{rows} Gram",
+                       "use --structured (matrix-free λ_min/λ_max), a smaller max_dense (Lanczos "
+                       "on the Dask array) or fewer points")
 
 
 def _write(cfg: EigenJobConfig, arrays: dict[str, tuple[np.ndarray, list[str]]],

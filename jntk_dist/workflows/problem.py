@@ -14,10 +14,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..store import open_gram
-from .config import (DatasetSpec, JobError, KernelSpec, OutputJobConfig, StoreLocation,
+from .config import (DatasetSpec, KernelSpec, OutputJobConfig, StoreLocation,
                      StoreOutput)
 from .ray_session import ray_session
-from ..errors import ConfigError, InputError, StoreError
+from ..errors import ConfigError, ConvergenceError, InputError, StoreError
 
 __all__ = ["ComputeSpec", "ProblemSpec", "Problem", "split_indices", "load_problem",
            "compute_context", "arpack_errors"]
@@ -204,6 +204,6 @@ def arpack_errors() -> Iterator[None]:
     try:
         yield
     except ArpackNoConvergence as err:
-        raise JobError(f"Lanczos (ARPACK) did not converge ({err}); nothing was written. Give "
+        raise ConvergenceError(f"Lanczos (ARPACK) did not converge ({err}); nothing was written. Give "
                        "it more iterations (structured.maxiter), or raise max_dense: a dense "
                        "eigendecomposition always converges") from None
