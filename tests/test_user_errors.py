@@ -274,3 +274,30 @@ def test_ctrl_c_of_a_gram_job_is_one_line_and_the_same_command_resumes(tmp_path:
                            timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     assert re.search(rf"tiles: {total - kept} computed now, {kept} already done", rerun.stdout)
+
+
+def test_a_bug_shows_its_traceback_and_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from jntk_dist.cli import main
+    from jntk_dist.workflows import verify
+
+    def broken(*args: object, **kwargs: object) -> str:
+        raise ValueError("an internal slip")  # a plain ValueError is a bug, not a user error
+
+    monkeypatch.setattr(verify, "run_verify", broken)
+    assert main(["verify", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ValueError: an internal slip" in err
+    assert err.strip().splitlines()[-1].startswith("jntk verify: internal error ValueError: this "
+                                                   "is a bug in jntk_dist")
+
+
+def test_verbose_adds_the_traceback_to_a_user_error(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from jntk_dist.cli import main
+
+    assert main(["-v", "gram", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "FileNotFoundError" in err
+    assert err.strip().splitlines()[-1] == (f"jntk gram: error: config file "
+                                            f"{tmp_path / 'nope.yaml'} does not exist")
