@@ -1,5 +1,9 @@
 """The ``jntk`` command line: thin. It parses, looks the job up in the one registry
-(:mod:`jntk_dist.workflows.registry`), runs it and prints one-line errors.
+(:mod:`jntk_dist.workflows.registry`), runs it and prints one-line errors: the package's errors
+(:mod:`jntk_dist.errors`) and the OS errors a user causes as ``jntk <cmd>: error: …`` (exit 2),
+Ctrl-C as ``jntk <cmd>: interrupted…`` (exit 130), anything else -- a bug -- with its traceback
+(exit 1). ``-v`` adds the traceback to every error. Jobs are imported only when they run, so
+``jntk --help`` and a wrong config path answer without importing torch, Ray or Zarr.
 
     jntk <job> CONFIG [--set key=value …] [--overwrite] [--repair] [--structured] [--no-progress]
     jntk kernel …        one dataset's kernel in this process, to .npy/.npz/.zarr
