@@ -301,3 +301,17 @@ def test_verbose_adds_the_traceback_to_a_user_error(tmp_path: Path,
     assert "Traceback" in err and "FileNotFoundError" in err
     assert err.strip().splitlines()[-1] == (f"jntk gram: error: config file "
                                             f"{tmp_path / 'nope.yaml'} does not exist")
+
+
+def test_ctrl_c_in_any_command_is_one_line_exit_130(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from jntk_dist.cli import main
+    from jntk_dist.workflows import verify
+
+    def stopped(*args: object, **kwargs: object) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(verify, "run_verify", stopped)
+    assert main(["verify", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "jntk verify: interrupted\n"

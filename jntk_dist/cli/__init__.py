@@ -89,7 +89,9 @@ def _one_line(err: BaseException) -> str:
 def _interrupted(command: str, err: KeyboardInterrupt, verbose: bool) -> int:
     if verbose:
         traceback.print_exception(err)
-    detail = getattr(err, "detail", "")
+    job = JOBS.get(command)
+    detail = getattr(err, "detail", "") or ("the same command resumes" if job and job.resumes
+                                            else "")
     print(f"jntk {command}: interrupted" + (f"; {detail}" if detail else ""), file=sys.stderr,
           flush=True)
     return 130

@@ -31,6 +31,7 @@ class Job:
     overwrite_help: str | None = None  # the job can replace an existing output (--overwrite)
     repair_help: str | None = None  # the job can repair its existing output (--repair)
     structured: bool = False  # the job has the matrix-free mode (--structured)
+    resumes: bool = False  # rerun after an interruption, it goes on where it stopped
 
     def workflow(self) -> Any:
         """The job's module (imported now)."""
@@ -50,14 +51,14 @@ JOBS: dict[str, Job] = {job.name: job for job in (
         _P + "gram", "configs/quickstart.yaml",
         overwrite_help="replace an existing store written by a different config",
         repair_help="verify every chunk of the existing store first (as `jntk verify`) and "
-                    "recompute exactly the bad tiles"),
+                    "recompute exactly the bad tiles", resumes=True),
     Job("drift", "kernel distance of many finite networks vs width (Ray Train, resumable)",
         "Run a grid of finite networks (widths × depths × seeds) concurrently on Ray and record "
         "the max-norm distance of their finite JNTK (during robust training) or Monte-Carlo "
         "Jacobian NNGP to the analytic kernel. Rerunning finishes an interrupted grid; runs "
         "resume from their checkpoints.",
         _P + "drift", "configs/drift_quick.yaml",
-        overwrite_help="replace an existing store (and its checkpoints)"),
+        overwrite_help="replace an existing store (and its checkpoints)", resumes=True),
     Job("solve", "kernel regression f_ntk (eq. 4) by blockwise Dask Cholesky",
         "Solve (Θ_λ(X,X) + μI) α = Y on a train split of a Gram store (or a small dataset) and "
         "write predictions and train/test accuracy to Zarr.",
