@@ -17,8 +17,8 @@ from __future__ import annotations
 import errno
 
 __all__ = ["JntkError", "ConfigError", "InputError", "StoreError", "ConvergenceError",
-           "ResourceError", "JobInterrupted", "USER_OS_ERRNOS", "is_user_os_error",
-           "available_memory", "require_memory"]
+           "ResourceError", "MissingBackendError", "JobInterrupted", "USER_OS_ERRNOS",
+           "is_user_os_error", "available_memory", "require_memory"]
 
 
 class JntkError(Exception):
@@ -54,6 +54,11 @@ class ConvergenceError(JntkError, RuntimeError):
 class ResourceError(JntkError, RuntimeError):
     """Not enough memory, disk space, workers or devices for the job as configured; the message
     says what would fit (a smaller tile, another output, the matrix-free route)."""
+
+
+class MissingBackendError(ConfigError, ImportError):
+    """A URL whose fsspec backend (s3fs, gcsfs, …) is not installed; the message names the pip
+    extra. An :class:`ImportError` as well."""
 
 
 class JobInterrupted(KeyboardInterrupt):
