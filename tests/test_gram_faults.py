@@ -21,6 +21,7 @@ import pytest
 from jntk_dist import kernels
 from jntk_dist.cli import main
 from jntk_dist.workflows.config import load_config
+from jntk_dist.workflows import gram as gram_workflow
 from jntk_dist.workflows.gram import GramJobConfig, run_gram
 from jntk_dist.store import StoreLockedError, open_gram, verify_store
 from jntk_dist.store.layout import DONE_PATH
@@ -202,11 +203,18 @@ def small_disk(tmp_path: Path) -> Any:
 def test_disk_full_is_one_line_and_the_rerun_resumes(ray_session: str, small_disk: Any,
                                                      tmp_path: Path,
                                                      capsys: pytest.CaptureFixture,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+                                                     caplog: pytest.LogCaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     mount, resize = small_disk
     data, out = _dataset(tmp_path, n=60, seed=6), mount / "g.zarr"
     cfg = _yaml(tmp_path, data, out, tile_points=10)  # 21 tiles of 40 x 40 float64
     args = ["gram", str(cfg), "--no-progress"]
+    assert main(args) == 2  # 128 KiB: the store's size is refused before any work
+    err = capsys.readouterr().err
+    assert "GB free: choose another output" in err and len(err.strip().splitlines()) == 1
+    assert store_state(out) == "absent" and not list(mount.iterdir())  # no store, no lock
+    # a disk that fills while the job runs (other writers): the up-front check passes
+    monkeypatch.setattr(gram_workflow, "check_disk_space", lambda *args: None)
     assert main(args) == 2  # 128 KiB: full while the arrays are created
     err = capsys.readouterr().err
     assert err.startswith(f"jntk gram: error: no space left on device while writing store {out}")

@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..kernels import KINDS, available_activations
+from ..errors import ConfigError
 from .text import plain_text
 
 __all__ = ["register"]
@@ -35,9 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="dataset option, e.g. near_parallel_threshold=0.99 (repeatable)")
     p.add_argument("--depth", type=int, required=True, help="hidden layers L")
     p.add_argument("--activation", default="gelu",
-                   help=f"one of {', '.join(available_activations())}")
-    p.add_argument("--kind", choices=KINDS, default="jntk",
-                   help="jntk (Θ) or nngp (Jacobian NNGP Σ^(L))")
+                   help="the activation's name (default gelu; a name it does not know is "
+                        "answered with the list)")
+    p.add_argument("--kind", default="jntk",  # checked by the kernels (torch: not imported here)
+                   help="jntk (Θ, the default) or nngp (Jacobian NNGP Σ^(L))")
     p.add_argument("--lam", type=float, default=None, help="report Θ_λ = ΛΘΛ")
     p.add_argument("--plain", action="store_true",
                    help="only the 00 entries (plain NNGP/NTK, N×N; any activation)")
@@ -58,7 +59,7 @@ def _options(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--option expects KEY=VALUE, got {item!r}")
         options[key.strip()] = yaml.safe_load(value)
     return options
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 from .text import plain_text
+from ..errors import ConfigError
 
 __all__ = ["register"]
 
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
     if is_url(args.out):
-        raise ValueError(f"--out {args.out} is a URL; the runs folder (run.json, stores, "
+        raise ConfigError(f"--out {args.out} is a URL; the runs folder (run.json, stores, "
                          "figures read by jntk report) must be a local or shared path")
     exps = paper_configs(args.configs, only)
     records = reproduce(exps, args.out, quick=args.quick, overrides=args.overrides,

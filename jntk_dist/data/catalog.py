@@ -12,6 +12,7 @@ from .preprocessing import as_value_set, binary_labels, constant_columns, scale_
 from .images import load_image_set
 from .synthetic import fibonacci_sphere
 from .uci import load_banknote, load_forest_fires, load_sonar
+from ..errors import ConfigError
 
 __all__ = ["DATASET_NAMES", "IMAGE_DATASET_NAMES", "dataset_options", "load_dataset"]
 
@@ -26,7 +27,7 @@ def _load_digits(*, positive: Any = (0, 2, 4, 6, 8), scaling: str = "pixel", ded
     from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
 
     if scaling not in DIGITS_SCALINGS:
-        raise ValueError(f"scaling={scaling!r} is not one of {DIGITS_SCALINGS}")
+        raise ConfigError(f"scaling={scaling!r} is not one of {DIGITS_SCALINGS}")
     bunch = load_digits()
     X = np.asarray(bunch.data, dtype=np.float64)
     labels = np.asarray(bunch.target, dtype=np.int64)
@@ -53,7 +54,7 @@ def _load_digits(*, positive: Any = (0, 2, 4, 6, 8), scaling: str = "pixel", ded
 def _load_fibonacci(*, n: int = 256, d: int = 4, labels: str = "sign",
                     near_parallel_threshold: float | None = None) -> Dataset:
     if labels not in FIBONACCI_LABELS:
-        raise ValueError(f"labels={labels!r} is not one of {FIBONACCI_LABELS}")
+        raise ConfigError(f"labels={labels!r} is not one of {FIBONACCI_LABELS}")
     X = fibonacci_sphere(n, d)
     notes = [f"generated {X.shape[0]} points of the generalised Fibonacci lattice on S^{d - 1} "
              f"(d={d}); no column scaling (the points are unit vectors already)"]
@@ -99,7 +100,7 @@ _LOADERS: dict[str, Callable[..., Dataset]] = {
 def _canonical_name(name: str) -> str:
     key = str(name).strip().lower().replace("-", "_")
     if key not in _LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: "
+        raise ConfigError(f"unknown dataset {name!r}; valid names: "
                          f"{', '.join(DATASET_NAMES + IMAGE_DATASET_NAMES)}")
     return key
 
@@ -130,6 +131,6 @@ def load_dataset(name: str, **options: Any) -> Dataset:
     valid = dataset_options(key)
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for dataset {key!r}; valid options: "
+        raise ConfigError(f"unknown option(s) {unknown} for dataset {key!r}; valid options: "
                          f"{', '.join(valid)}")
     return _LOADERS[key](**options)

@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .preprocessing import normalize_rows, remove_near_parallel
+from ..errors import InputError
 
 __all__ = ["CITATIONS", "Dataset", "finish_dataset"]
 
@@ -51,20 +52,20 @@ class Dataset:
     def __post_init__(self) -> None:
         X, y = self.X, self.y
         if not isinstance(X, np.ndarray) or X.ndim != 2 or X.dtype != np.float64:
-            raise ValueError(f"Dataset {self.name!r}: X must be a float64 array of shape (n, d0), got "
+            raise InputError(f"Dataset {self.name!r}: X must be a float64 array of shape (n, d0), got "
                              f"{getattr(X, 'dtype', type(X))} with shape {getattr(X, 'shape', None)}")
         n = X.shape[0]
         if not isinstance(y, np.ndarray) or y.shape != (n,) or y.dtype != np.float64:
-            raise ValueError(f"Dataset {self.name!r}: y must be float64 of shape ({n},), got "
+            raise InputError(f"Dataset {self.name!r}: y must be float64 of shape ({n},), got "
                              f"{getattr(y, 'dtype', type(y))} with shape {getattr(y, 'shape', None)}")
         if not np.isin(y, (-1.0, 1.0)).all():
-            raise ValueError(f"Dataset {self.name!r}: y must hold labels ±1, found values "
+            raise InputError(f"Dataset {self.name!r}: y must hold labels ±1, found values "
                              f"{np.unique(y[~np.isin(y, (-1.0, 1.0))])[:5].tolist()}")
         if np.shape(self.labels) != (n,) or np.shape(self.source_index) != (n,):
-            raise ValueError(f"Dataset {self.name!r}: labels and source_index must have shape ({n},), got "
+            raise InputError(f"Dataset {self.name!r}: labels and source_index must have shape ({n},), got "
                              f"{np.shape(self.labels)} and {np.shape(self.source_index)}")
         if len(self.feature_names) != X.shape[1]:
-            raise ValueError(f"Dataset {self.name!r}: {len(self.feature_names)} feature names for "
+            raise InputError(f"Dataset {self.name!r}: {len(self.feature_names)} feature names for "
                              f"d0={X.shape[1]} columns")
         object.__setattr__(self, "feature_names", tuple(self.feature_names))
 
@@ -82,7 +83,7 @@ class Dataset:
         """The rows ``indices`` (in that order) as a new Dataset; ``note`` is appended to the report."""
         idx = np.asarray(indices, dtype=np.int64)
         if idx.ndim != 1 or (idx.size and (idx.min() < -self.n or idx.max() >= self.n)):
-            raise ValueError(f"Dataset {self.name!r}: row indices must be a 1-D array within [0, {self.n}), "
+            raise InputError(f"Dataset {self.name!r}: row indices must be a 1-D array within [0, {self.n}), "
                              f"got shape {idx.shape}" + (f", range {idx.min()}..{idx.max()}" if idx.size else ""))
         return Dataset(X=self.X[idx].copy(), y=self.y[idx].copy(), labels=self.labels[idx].copy(),
                        name=self.name if name is None else name, feature_names=self.feature_names,

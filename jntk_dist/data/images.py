@@ -22,11 +22,13 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import ConfigError, InputError
 from .preprocessing import binary_labels, normalize_rows, scale_columns
 
 __all__ = ["read_idx", "load_mnist", "load_cifar10", "read_cifar10_binary",
@@ -48,22 +50,34 @@ def _open(path: Path) -> Any:
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
+def _read_bytes(path: Path) -> bytes:
+    """The bytes of a raw or ``.gz`` file; a damaged gzip stream is an :class:`InputError`."""
+    try:
+        with _open(path) as fh:
+            return fh.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise InputError(f"{path} is not a readable gzip file ({err or 'cut short'}): download "
+                         "or unpack it again") from None
+
+
 def read_idx(path: str | Path) -> np.ndarray:
     """Read one IDX file (raw or ``.gz``): magic 0x0000 TT DD, DD big-endian uint32 dims, data."""
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"no IDX file at {path}")
-    with _open(path) as fh:
-        raw = fh.read()
+    raw = _read_bytes(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise ValueError(f"{path} is not an IDX file (magic bytes {raw[:4].hex()!r}; expected "
+        raise InputError(f"{path} is not an IDX file (magic bytes {raw[:4].hex()!r}; expected "
                          f"00 00 <type in {[hex(t) for t in _IDX_TYPES]}> <ndim>)")
     dtype, ndim = np.dtype(_IDX_TYPES[raw[2]]), raw[3]
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise InputError(f"{path} is truncated: its IDX header names {ndim} dimensions but the "
+                         f"file holds {len(raw)} bytes")
     dims = struct.unpack(">" + "I" * ndim, raw[4:header])
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise ValueError(f"{path} is truncated or padded: header says dims {dims} "
+        raise InputError(f"{path} is truncated or padded: header says dims {dims} "
                          f"({expected} data bytes) but the file holds {len(raw) - header}")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
@@ -83,13 +97,13 @@ def load_mnist(directory: str | Path, split: str = "train", limit: int | None = 
                ) -> tuple[np.ndarray, np.ndarray]:
     """Raw MNIST images (n, 784) float64 in [0, 255] and labels (n,) int64 from the IDX files."""
     if split not in MNIST_FILES:
-        raise ValueError(f"split must be one of {list(MNIST_FILES)}, got {split!r}")
+        raise ConfigError(f"split must be one of {list(MNIST_FILES)}, got {split!r}")
     directory = Path(directory).expanduser()
     img_name, lab_name = MNIST_FILES[split]
     images = read_idx(_find(directory, img_name))
     labels = read_idx(_find(directory, lab_name))
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise ValueError(f"MNIST {split}: images {images.shape} and labels {labels.shape} do not "
+        raise InputError(f"MNIST {split}: images {images.shape} and labels {labels.shape} do not "
                          "form a (n, rows, cols) / (n,) pair")
     n = images.shape[0] if limit is None else min(int(limit), images.shape[0])
     return (images[:n].reshape(n, -1).astype(np.float64), labels[:n].astype(np.int64))
@@ -128,18 +142,23 @@ def read_cifar10_python(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         try:
             batch = RestrictedUnpickler(fh, encoding="bytes").load()
         except pickle.UnpicklingError as err:
-            raise ValueError(f"{path}: {err}") from None
+            raise InputError(f"{path} is not a readable CIFAR-10 python batch: {err}") from None
+        except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+                struct.error, UnicodeDecodeError) as err:  # what garbage bytes make pickle say
+            raise InputError(f"{path} is not a readable CIFAR-10 python batch (pickle: "
+                             f"{type(err).__name__}: {err}); unpack cifar-10-python.tar.gz "
+                             "again") from None
     if not isinstance(batch, dict):
-        raise ValueError(f"{path} is not a CIFAR-10 python batch (a pickled {type(batch).__name__}"
+        raise InputError(f"{path} is not a CIFAR-10 python batch (a pickled {type(batch).__name__}"
                          ", not a dict)")
     data = batch.get(b"data", batch.get("data"))
     labels = batch.get(b"labels", batch.get("labels"))
-    if data is None or labels is None:
-        raise ValueError(f"{path} is not a CIFAR-10 python batch (no 'data'/'labels' keys)")
+    if data is None or not isinstance(labels, (list, tuple, np.ndarray)):
+        raise InputError(f"{path} is not a CIFAR-10 python batch (no 'data'/'labels' keys)")
     data = np.asarray(data)
     if (data.ndim != 2 or data.shape[1] != CIFAR_PIXELS or data.shape[0] != len(labels)
             or data.dtype.kind not in "ui"):
-        raise ValueError(f"{path}: data {data.shape} {data.dtype} / {len(labels)} labels is not "
+        raise InputError(f"{path}: data {data.shape} {data.dtype} / {len(labels)} labels is not "
                          "a CIFAR-10 batch of (n, 3072) uint8 rows")
     return data, np.asarray(labels, dtype=np.int64)
 
@@ -149,13 +168,13 @@ def read_cifar10_binary(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path).expanduser()
     raw = path.read_bytes()
     if not raw or len(raw) % CIFAR_RECORD:
-        raise ValueError(f"{path} is not a CIFAR-10 binary batch: {len(raw)} bytes is not a "
+        raise InputError(f"{path} is not a CIFAR-10 binary batch: {len(raw)} bytes is not a "
                          f"whole number of {CIFAR_RECORD}-byte records (1 label + 3072 pixels)")
     records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, CIFAR_RECORD)
     labels = records[:, 0].astype(np.int64)
     if labels.max() > 9:
         row = int(np.argmax(labels > 9))
-        raise ValueError(f"{path}: record {row} has label {labels[row]}, not 0..9 -- not a "
+        raise InputError(f"{path}: record {row} has label {labels[row]}, not 0..9 -- not a "
                          "CIFAR-10 binary batch (CIFAR-100's .bin files have two label bytes)")
     return records[:, 1:], labels
 
@@ -177,7 +196,7 @@ def load_cifar10(directory: str | Path, split: str = "train", limit: int | None 
     Reads ``<batch>.bin`` (binary version) where present, else the python batch ``<batch>``.
     """
     if split not in CIFAR_BATCHES:
-        raise ValueError(f"split must be one of {list(CIFAR_BATCHES)}, got {split!r}")
+        raise ConfigError(f"split must be one of {list(CIFAR_BATCHES)}, got {split!r}")
     directory = Path(directory).expanduser()
     xs, ys, have = [], [], 0
     for name in CIFAR_BATCHES[split]:
@@ -216,7 +235,7 @@ def load_image_set(name: str, *, directory: str | Path | None = None, split: str
     if directory is None:
         files = ("the IDX files train-images-idx3-ubyte[.gz] …" if name == "mnist"
                  else "data_batch_1[.bin] … test_batch[.bin]")
-        raise ValueError(f"dataset {name!r} needs options.directory: the folder that holds your "
+        raise ConfigError(f"dataset {name!r} needs options.directory: the folder that holds your "
                          f"{name} files ({files}); nothing is downloaded")
     loader = load_mnist if name == "mnist" else load_cifar10
     X, labels = loader(directory, split=split, limit=limit)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..kernels import validate_inputs
+from ..errors import InputError
 
 __all__ = ["binary_labels", "constant_columns", "normalize_rows", "one_vs_rest_targets",
            "remove_near_parallel", "near_parallel_pairs", "scale_columns", "as_value_set"]
@@ -20,13 +21,13 @@ __all__ = ["binary_labels", "constant_columns", "normalize_rows", "one_vs_rest_t
 def _as_matrix(X: Any, what: str = "X") -> np.ndarray:
     A = np.asarray(X, dtype=np.float64)
     if A.ndim != 2:
-        raise ValueError(f"{what} must be a 2-D array of shape (n, d0), got shape {A.shape}")
+        raise InputError(f"{what} must be a 2-D array of shape (n, d0), got shape {A.shape}")
     if A.shape[0] == 0 or A.shape[1] == 0:
-        raise ValueError(f"{what} is empty: shape {A.shape}")
+        raise InputError(f"{what} is empty: shape {A.shape}")
     bad = ~np.isfinite(A)
     if bad.any():
         rows = np.flatnonzero(bad.any(axis=1))
-        raise ValueError(f"{what} has {rows.size} row(s) with NaN/inf values, e.g. row {rows[0]} "
+        raise InputError(f"{what} has {rows.size} row(s) with NaN/inf values, e.g. row {rows[0]} "
                          f"(column {int(np.flatnonzero(bad[rows[0]])[0])}); rows {rows[:10].tolist()}")
     return A
 
@@ -53,15 +54,15 @@ def scale_columns(X: Any, *, drop_constant: bool = False, bounds: tuple[float, f
     A = _as_matrix(X)
     names = None if feature_names is None else list(feature_names)
     if names is not None and len(names) != A.shape[1]:
-        raise ValueError(f"{len(names)} feature names for {A.shape[1]} columns")
+        raise InputError(f"{len(names)} feature names for {A.shape[1]} columns")
     if bounds is not None:
         lo_b, hi_b = (float(b) for b in bounds)
         if not hi_b > lo_b:
-            raise ValueError(f"bounds must be (lo, hi) with lo < hi, got {bounds!r}")
+            raise InputError(f"bounds must be (lo, hi) with lo < hi, got {bounds!r}")
         outside = (A < lo_b) | (A > hi_b)
         if outside.any():
             i, j = (int(v) for v in np.argwhere(outside)[0])
-            raise ValueError(f"value {A[i, j]} at row {i}, {_column_label(j, names)} lies outside "
+            raise InputError(f"value {A[i, j]} at row {i}, {_column_label(j, names)} lies outside "
                              f"bounds {bounds!r}")
         return 2.0 * (A - lo_b) / (hi_b - lo_b) - 1.0
     lo, hi = A.min(axis=0), A.max(axis=0)
@@ -69,13 +70,13 @@ def scale_columns(X: Any, *, drop_constant: bool = False, bounds: tuple[float, f
     if const.any():
         if not drop_constant:
             j = int(np.flatnonzero(const)[0])
-            raise ValueError(
+            raise InputError(
                 f"{_column_label(j, names)} is constant (every value {lo[j].item()!r}), so min/max scaling to "
                 f"[-1, 1] is undefined; constant columns: {np.flatnonzero(const).tolist()}. Pass "
                 "drop_constant=True to drop them.")
         A, lo, hi = A[:, ~const], lo[~const], hi[~const]
         if A.shape[1] == 0:
-            raise ValueError("every column is constant: nothing is left after dropping them")
+            raise InputError("every column is constant: nothing is left after dropping them")
     # (x - lo) / (hi - lo) is exactly 0 at the minimum and exactly 1 at the maximum.
     return 2.0 * (A - lo) / (hi - lo) - 1.0
 
@@ -100,10 +101,10 @@ def remove_near_parallel(X: Any, y: Any | None, threshold: float, *, block_size:
     A = _as_matrix(X)
     t = float(threshold)
     if not 0.0 < t < 1.0:
-        raise ValueError(f"near-parallel threshold must lie in (0, 1), got {threshold!r}")
+        raise InputError(f"near-parallel threshold must lie in (0, 1), got {threshold!r}")
     Y = None if y is None else np.asarray(y)
     if Y is not None and Y.shape[:1] != A.shape[:1]:
-        raise ValueError(f"y has {Y.shape[0] if Y.ndim else 0} rows but X has {A.shape[0]}")
+        raise InputError(f"y has {Y.shape[0] if Y.ndim else 0} rows but X has {A.shape[0]}")
     U = normalize_rows(A)
     n = U.shape[0]
     kept: list[int] = []
@@ -158,11 +159,11 @@ def binary_labels(labels: Any, positive: Any) -> np.ndarray:
     values), -1 elsewhere. A ``positive`` that matches no label is an error listing the labels seen."""
     lab = np.asarray(labels)
     if lab.ndim != 1:
-        raise ValueError(f"labels must be 1-D, got shape {lab.shape}")
+        raise InputError(f"labels must be 1-D, got shape {lab.shape}")
     values = as_value_set(positive)
     pos = np.isin(lab, values)
     if not pos.any():
-        raise ValueError(f"positive={positive!r} matches no label; labels present: "
+        raise InputError(f"positive={positive!r} matches no label; labels present: "
                          f"{np.unique(lab)[:20].tolist()}")
     return np.where(pos, 1.0, -1.0)
 
@@ -174,13 +175,13 @@ def one_vs_rest_targets(labels: Any, low: float = -0.1, high: float = 0.9,
     (default: the sorted distinct labels); a label outside ``classes`` is an error."""
     lab = np.asarray(labels)
     if lab.ndim != 1:
-        raise ValueError(f"labels must be 1-D, got shape {lab.shape}")
+        raise InputError(f"labels must be 1-D, got shape {lab.shape}")
     cls = np.unique(lab) if classes is None else np.asarray(list(classes))
     if cls.size != np.unique(cls).size:
-        raise ValueError(f"classes must be distinct, got {cls.tolist()}")
+        raise InputError(f"classes must be distinct, got {cls.tolist()}")
     hit = lab[:, None] == cls[None, :]
     missing = ~hit.any(axis=1)
     if missing.any():
         i = int(np.flatnonzero(missing)[0])
-        raise ValueError(f"label {lab[i].item()!r} of row {i} is not among classes {cls.tolist()}")
+        raise InputError(f"label {lab[i].item()!r} of row {i} is not among classes {cls.tolist()}")
     return np.where(hit, float(high), float(low))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
 from .dataset import Dataset
 
 __all__ = ["split_xy", "train_test_split"]
@@ -20,7 +21,7 @@ def train_test_split(ds: Dataset, test_fraction: float = 0.25, seed: int = 0,
     """
     f = float(test_fraction)
     if not 0.0 < f < 1.0:
-        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
+        raise InputError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
     rng = np.random.default_rng(seed)
     if stratify:
         groups = [np.flatnonzero(ds.labels == c) for c in np.unique(ds.labels)]
@@ -33,7 +34,7 @@ def train_test_split(ds: Dataset, test_fraction: float = 0.25, seed: int = 0,
     test = np.sort(np.concatenate(test_parts))
     train = np.setdiff1d(np.arange(ds.n), test)
     if test.size == 0 or train.size == 0:
-        raise ValueError(f"test_fraction={test_fraction} splits {ds.n} rows into {train.size} train and "
+        raise InputError(f"test_fraction={test_fraction} splits {ds.n} rows into {train.size} train and "
                          f"{test.size} test rows: both parts must be non-empty")
     how = "stratified by label" if stratify else "not stratified"
     note = (f"split: test_fraction={f}, seed={seed}, {how}: {train.size} train / {test.size} test rows")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.special import betaincinv
+from ..errors import ConfigError
 
 __all__ = ["fibonacci_sphere"]
 
@@ -28,9 +29,9 @@ def fibonacci_sphere(n: int, d: int = 3) -> np.ndarray:
     (z_i = 1 - (2i+1)/n, longitude 2π i/φ). For d = 2 it is n equally spaced points on the circle.
     """
     if isinstance(n, bool) or int(n) != n or n < 1:
-        raise ValueError(f"n (number of points) must be an integer ≥ 1, got {n!r}")
+        raise ConfigError(f"n (number of points) must be an integer ≥ 1, got {n!r}")
     if isinstance(d, bool) or int(d) != d or d < 2:
-        raise ValueError(f"d (ambient dimension, points on S^(d-1)) must be an integer ≥ 2, got {d!r}")
+        raise ConfigError(f"d (ambient dimension, points on S^(d-1)) must be an integer ≥ 2, got {d!r}")
     n, d = int(n), int(d)
     i = np.arange(n, dtype=np.float64)
     u = np.empty((n, d - 1))

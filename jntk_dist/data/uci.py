@@ -12,6 +12,7 @@ import numpy as np
 
 from .dataset import Dataset, finish_dataset
 from .preprocessing import binary_labels, scale_columns
+from ..errors import ConfigError, InputError
 
 FOREST_FIRES_FILE = "Algerian_forest_fires_dataset_UPDATE.csv"
 BANKNOTE_FILE = "data_banknote_authentication.txt"
@@ -41,7 +42,7 @@ class _Source:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise ValueError(f"{self.display}: not a text file ({e})") from None
+            raise InputError(f"{self.display}: not a text file ({e})") from None
         self.lines = text.splitlines()  # handles CRLF and a missing final newline
 
     def error(self, line_no: int, msg: str) -> ValueError:
@@ -72,7 +73,7 @@ def _forest_row(src: _Source, fields: list[str], where: str, malformed: str,
     else:
         what = f"{where} has {len(fields)} fields instead of {len(FOREST_HEADER)}"
     if malformed == "error" or (malformed == "repair" and not run_together):
-        raise ValueError(f"{src.display}: malformed row: {what} (malformed={malformed!r}; "
+        raise InputError(f"{src.display}: malformed row: {what} (malformed={malformed!r}; "
                          "'drop' skips the row, 'repair' splits run-together numbers)")
     if malformed == "drop":
         notes["dropped"].append(what)
@@ -127,7 +128,7 @@ def _read_forest_fires(src: _Source, malformed: str, notes: list[str]
         classes.append(label)
         index.append(row_index)
     if counts["data"] == 0:
-        raise ValueError(f"{src.display}: no data rows found")
+        raise InputError(f"{src.display}: no data rows found")
     _forest_notes(notes, src, counts, per_region, changed)
     return (np.asarray(rows, dtype=np.float64), np.asarray(regions, dtype=np.float64),
             np.asarray(classes), np.asarray(index, dtype=np.int64))
@@ -164,7 +165,7 @@ def _read_csv_rows(src: _Source, n_features: int, label_of: Callable[[str, int],
         rows.append([src.number(c, line_no, feature_names[j]) for j, c in enumerate(fields[:-1])])
         labels.append(label_of(fields[-1].strip(), line_no))
     if not rows:
-        raise ValueError(f"{src.display}: no data rows found")
+        raise InputError(f"{src.display}: no data rows found")
     notes.append(f"read {len(rows)} data rows from {len(src.lines)} lines ({n_blank} blank)")
     return np.asarray(rows, dtype=np.float64), np.asarray(labels), np.arange(len(rows), dtype=np.int64)
 
@@ -195,9 +196,9 @@ def load_forest_fires(*, features: str = "weather+region", malformed: str = "dro
                        near_parallel_threshold: float | None = None,
                        path: str | Path | None = None) -> Dataset:
     if features not in FOREST_FEATURE_SETS:
-        raise ValueError(f"features={features!r} is not one of {FOREST_FEATURE_SETS}")
+        raise ConfigError(f"features={features!r} is not one of {FOREST_FEATURE_SETS}")
     if malformed not in FOREST_MALFORMED:
-        raise ValueError(f"malformed={malformed!r} is not one of {FOREST_MALFORMED}")
+        raise ConfigError(f"malformed={malformed!r} is not one of {FOREST_MALFORMED}")
     src = _Source(FOREST_FIRES_FILE, path)
     notes: list[str] = [f"file: {src.display}"]
     values, region, classes, index = _read_forest_fires(src, malformed, notes)

@@ -22,6 +22,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
+from ..errors import ConfigError, InputError
 
 __all__ = [
     "Activation",
@@ -50,7 +51,7 @@ class DualJet(NamedTuple):
     BC: Tensor
 
 
-class NonSmoothActivationError(ValueError):
+class NonSmoothActivationError(InputError):
     """Raised when a Jacobian kernel is asked of an activation without Lipschitz φ''."""
 
 
@@ -308,7 +309,7 @@ class QuadratureActivation(Activation):
         self.smooth = smooth
         super().__init__()
         if not math.isfinite(self._scale) or self._scale <= 0:
-            raise ValueError(f"activation {self.name!r} has E[φ(z)²] = {self._scale**2}: "
+            raise ConfigError(f"activation {self.name!r} has E[φ(z)²] = {self._scale**2}: "
                              "cannot normalise it")
 
     def raw(self, z: Tensor) -> Tensor:
@@ -370,7 +371,7 @@ def get_activation(activation: str | Activation | Callable[[Tensor], Tensor]) ->
     if isinstance(activation, str):
         key = activation.lower()
         if key not in _PRESETS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of "
+            raise ConfigError(f"unknown activation {activation!r}; choose one of "
                              f"{available_activations()} or pass a smooth torch callable")
         if key not in _CACHE:
             _CACHE[key] = _PRESETS[key]()

@@ -6,6 +6,8 @@ from typing import Literal
 
 import torch
 
+from ..errors import ConfigError
+
 __all__ = ["DeviceChoice", "choose_device"]
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
@@ -21,6 +23,6 @@ def choose_device(setting: str | torch.device | None = "auto", *, use_gpu: bool 
         return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
     device = torch.device(setting)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{what}: cuda, but torch sees no CUDA device here "
+        raise ConfigError(f"{what}: cuda, but torch sees no CUDA device here "
                          f"(torch.cuda.is_available() is False); use {what}: auto or cpu")
     return device

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from ..errors import InputError
 
 __all__ = ["KINDS", "validate_inputs", "check_depth", "check_kind", "check_lam"]
 
@@ -33,19 +34,19 @@ def to_tensor(x: ArrayLike, dtype: torch.dtype | None,
 def validate_inputs(x: Tensor, name: str = "x", d0: int | None = None) -> None:
     """Reject what the kernels are not defined for, naming the offending rows."""
     if x.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array of shape (n, d0), got shape {tuple(x.shape)}")
+        raise InputError(f"{name} must be a 2-D array of shape (n, d0), got shape {tuple(x.shape)}")
     if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
+        raise InputError(f"{name} is empty: shape {tuple(x.shape)}")
     if d0 is not None and x.shape[1] != d0:
-        raise ValueError(f"{name} has d0={x.shape[1]} features but d0={d0} was expected")
+        raise InputError(f"{name} has d0={x.shape[1]} features but d0={d0} was expected")
     bad = ~torch.isfinite(x).all(dim=1)
     if bad.any():
         rows = torch.nonzero(bad).flatten()[:10].tolist()
-        raise ValueError(f"{name} has {int(bad.sum())} row(s) with NaN/inf values, e.g. rows {rows}")
+        raise InputError(f"{name} has {int(bad.sum())} row(s) with NaN/inf values, e.g. rows {rows}")
     zero = (x == 0).all(dim=1)
     if zero.any():
         rows = torch.nonzero(zero).flatten()[:10].tolist()
-        raise ValueError(f"{name} has {int(zero.sum())} zero row(s), e.g. rows {rows}: the "
+        raise InputError(f"{name} has {int(zero.sum())} zero row(s), e.g. rows {rows}: the "
                          "kernels need nonzero inputs (the paper scales rows to unit norm)")
 
 
@@ -65,14 +66,14 @@ def prepare(x1: ArrayLike, x2: ArrayLike | None, dtype: torch.dtype | None,
 def check_depth(depth: int) -> int:
     """The number of hidden layers L as an int ≥ 1, or a ValueError naming it."""
     if isinstance(depth, bool) or int(depth) != depth or depth < 1:
-        raise ValueError(f"depth (number of hidden layers L) must be an integer ≥ 1, got {depth!r}")
+        raise InputError(f"depth (number of hidden layers L) must be an integer ≥ 1, got {depth!r}")
     return int(depth)
 
 
 def check_kind(kind: str) -> str:
     """``"jntk"`` (Θ) or ``"nngp"`` (Σ^(L)), or a ValueError naming it."""
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
     return kind
 
 
@@ -80,7 +81,7 @@ def check_lam(lam: float) -> float:
     """The Jacobian-regularisation weight λ as a finite float ≥ 0 — the one λ check."""
     lam = float(lam)
     if not (0.0 <= lam) or not math.isfinite(lam):
-        raise ValueError(f"lam (Jacobian-regularisation weight λ) must be ≥ 0, got {lam}")
+        raise InputError(f"lam (Jacobian-regularisation weight λ) must be ≥ 0, got {lam}")
     return lam
 
 

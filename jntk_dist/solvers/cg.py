@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..kernels import point_major_targets
+from ..errors import InputError
 from ..operators.base import AddedDiag, KernelOperator
 from ..progress import Progress
 from .checkpoint import IterativeCheckpoint, fingerprint
@@ -60,7 +61,7 @@ def as_vector_map(op: Any) -> Callable[[Tensor], Tensor]:
     return lambda v: mm(v[:, None])[:, 0]
 
 
-class IndefiniteError(ValueError):
+class IndefiniteError(InputError):  # a ValueError too
     """CG met a direction p with pᵀAp ≤ 0; ``rayleigh`` = pᵀAp/pᵀp (so λ_min(A) ≤ rayleigh)."""
 
     def __init__(self, message: str, rayleigh: float) -> None:

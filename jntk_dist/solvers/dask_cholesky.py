@@ -13,6 +13,7 @@ import dask.array as da
 import numpy as np
 import scipy.sparse.linalg
 
+from ..errors import InputError
 from ..operators.dask_arrays import (DEFAULT_BLOCK, MatrixLike, SchedulerName, as_dask,
                                      check_square, scheduler)
 
@@ -20,7 +21,7 @@ __all__ = ["NotPositiveDefiniteError", "add_ridge", "cholesky_factor", "Cholesky
            "is_not_positive_definite"]
 
 
-class NotPositiveDefiniteError(ValueError):
+class NotPositiveDefiniteError(InputError):  # a ValueError too
     """The matrix handed to a Cholesky solve is not numerically positive definite."""
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ..errors import StoreError
 
 __all__ = ["JSON_ATTRIBUTES_KEY", "encode_attrs", "decode_attrs", "provenance", "array_sha256",
            "array_attrs", "COMPONENT_DESCRIPTION"]
@@ -57,7 +58,7 @@ def decode_attrs(raw: dict[str, Any]) -> dict[str, Any]:
             try:
                 attrs[key] = json.loads(value)
             except json.JSONDecodeError as err:
-                raise ValueError(f"attribute {key!r} is not valid JSON ({err})") from None
+                raise StoreError(f"attribute {key!r} is not valid JSON ({err})") from None
     return attrs
 
 

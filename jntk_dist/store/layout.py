@@ -7,6 +7,7 @@ from typing import Any
 
 import zarr
 
+from ..errors import StoreError
 from .tiling import n_tiles, tile_range
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MODES", "LAYOUT_DESCRIPTION", "DONE_PATH", "StoreError",
@@ -23,10 +24,6 @@ LAYOUT_DESCRIPTION = (
     "point-major: Gram row i*(d0+1)+alpha is point i, component alpha (0 = output, 1..d0 = "
     "input-Jacobian); full symmetric matrix, the tile (J, I) below the diagonal is the exact "
     "transpose of the computed tile (I, J); unscaled kernel (apply lambda when reading)")
-
-
-class StoreError(ValueError):
-    """A store that cannot be used as asked (written by another config, not a Gram store, …)."""
 
 
 class StoreLockedError(StoreError):

@@ -14,6 +14,7 @@ from typing import IO, Any, Iterator
 
 import zarr
 
+from ..errors import MissingBackendError
 from .layout import StoreError
 
 __all__ = ["FSSPEC_EXTRAS", "is_url", "url_filesystem", "zarr_target", "open_group",
@@ -40,8 +41,8 @@ def _filesystem_class(url: str) -> type:
         extra = FSSPEC_EXTRAS.get(protocol)
         hint = (f'pip install "jntk-dist[{extra}]"' if extra
                 else "install the fsspec backend for it")
-        raise ImportError(f"{protocol}:// stores need an fsspec backend that is not installed "
-                          f"({err}); {hint}") from None
+        raise MissingBackendError(f"{protocol}:// stores need an fsspec backend that is not "
+                                  f"installed ({err}); {hint}") from None
     except ValueError:
         raise StoreError(f"unknown URL scheme {protocol!r} in {url!r}: not an fsspec protocol "
                          "(use a local path, file://, s3://, gs://, …)") from None

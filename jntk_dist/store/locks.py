@@ -7,19 +7,22 @@ never taken over."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from .layout import StoreLockedError
-from .locations import canonical_location, url_filesystem
+from .layout import StoreError, StoreLockedError
+from .locations import canonical_location, is_url, url_filesystem
 
 __all__ = ["LOCK_SUFFIX", "StoreLock", "ObjectStoreLock", "store_lock", "lock_path"]
 
@@ -59,11 +62,67 @@ def _pid_alive(pid: int, started: int | None = None) -> bool:
     return True
 
 
+def _refuse(path: Path, what: str) -> StoreError:
+    return StoreError(f"{path} is {what} where the store's writer lock belongs: refusing to "
+                      "use it (nothing was written); remove it or choose another output")
+
+
+def _open_lock_file(path: Path) -> int:
+    """A descriptor of the lock file, never through a symbolic link: created (``O_EXCL |
+    O_NOFOLLOW``) or, when it exists, opened without following a link and checked to be a
+    regular file with one name; a link, a folder or anything else there is refused."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(10):  # another job may create or remove it between our two calls
+        try:
+            return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            pass
+        try:
+            fd = os.open(path, flags | os.O_NONBLOCK)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise _refuse(path, "a symbolic link") from None
+            if err.errno == errno.EISDIR:
+                raise _refuse(path, "a folder") from None
+            if err.errno in (errno.ENXIO, errno.EOPNOTSUPP):
+                raise _refuse(path, "a socket or device") from None
+            raise
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            raise _refuse(path, "not a regular file" if not stat.S_ISREG(info.st_mode)
+                          else "a file with other names (hard links)")
+        return fd
+    raise StoreLockedError(f"{path}: the lock file keeps appearing and vanishing; try again")
+
+
+def _holder_of(fd: int, path: Path) -> dict[str, Any]:
+    """What an open lock file says about its holder; {} when empty; a file that is not a lock
+    (other data in it) is refused, so it is never truncated."""
+    raw = os.pread(fd, 1 << 16, 0)
+    if not raw.strip():
+        return {}
+    try:
+        info = json.loads(raw.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        info = None
+    if not isinstance(info, dict) or "pid" not in info:
+        os.close(fd)
+        raise _refuse(path, "a file that is not a jntk lock (it holds other data)")
+    return info
+
+
 class StoreLock:
     """Exclusive writer lock of a store: ``<store>.lock``, an flock'd file holding pid/host/time.
 
     The OS releases an flock when its process dies (SIGKILL included), so a crashed job never
-    blocks the next one; a lock file left by a dead holder is taken over with a warning.
+    blocks the next one; a lock file left by a dead holder is taken over with a warning. The
+    file is created with ``O_EXCL | O_NOFOLLOW`` and reopened without following links: a
+    symbolic link, a folder or a foreign file planted where it belongs is refused, never
+    written through. Released, it stays (empty) beside a store and is removed where no store
+    was made.
     """
 
     def __init__(self, store_path: str | Path) -> None:
@@ -73,20 +132,39 @@ class StoreLock:
 
     def _holder(self) -> dict[str, Any]:
         try:
-            text = self.path.read_text().strip()
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return {}
+        try:
+            text = os.pread(fd, 1 << 16, 0).decode(errors="replace").strip()
             return json.loads(text) if text else {}
         except (OSError, json.JSONDecodeError):
             return {}
+        finally:
+            os.close(fd)
+
+    def _flocked(self) -> int:
+        """The lock file's descriptor with the flock held, on the file now at ``self.path``."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(10):
+            fd = _open_lock_file(self.path)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise self._locked(self._holder()) from None
+            try:  # a holder that released removed the file: lock the one now there instead
+                same = os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+            os.close(fd)
+        raise StoreLockedError(f"{self.path}: the lock file keeps being replaced; try again")
 
     def acquire(self) -> "StoreLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise self._locked(self._holder()) from None
-        previous = self._holder()
+        fd = self._flocked()
+        previous = _holder_of(fd, self.path)
         if previous.get("pid") and int(previous["pid"]) != os.getpid():
             here = previous.get("host") == socket.gethostname()
             if here and _pid_alive(int(previous["pid"]), previous.get("pid_start")):
@@ -118,6 +196,10 @@ class StoreLock:
         if self._fd is None:
             return
         os.ftruncate(self._fd, 0)  # an empty lock file is a free lock; keep the inode
+        if not os.path.isdir(self.store):  # no store was made (refused, or stopped early)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(self._fd).st_ino:
+                    os.unlink(self.path)
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None
@@ -280,5 +362,10 @@ def store_lock(location: str | Path, storage_options: dict[str, Any] | None = No
     local path or ``file://`` URL, else :class:`ObjectStoreLock`."""
     where = canonical_location(location)
     if isinstance(where, Path):
+        if (not is_url(location) and os.path.islink(Path(location).expanduser())
+                and where.exists() and not where.is_dir()):
+            raise StoreError(f"output {location} is a symbolic link to a file ({where}): "
+                             "refusing to write through it; give the real path of a store or "
+                             "a new one")
         return StoreLock(where)
     return ObjectStoreLock(where, storage_options)

@@ -30,6 +30,7 @@ from .config import DatasetSpec, InexactResultError, OutputJobConfig, StoreOutpu
 from .eigen import extremes_settings
 from .problem import ComputeSpec, Problem, arpack_errors, compute_context
 from .structured import StructuredSpec, float32_twin, structured_off, structured_train_operator
+from ..errors import ConfigError
 
 
 class Assumption8Dataset(BaseModel):
@@ -66,10 +67,10 @@ class Assumption8JobConfig(OutputJobConfig):
     @classmethod
     def _structured_supported(cls, spec: StructuredSpec) -> StructuredSpec:
         if spec.enabled and spec.lambda_min_method != "shift_invert":
-            raise ValueError("assumption8 computes λ_min by shift-invert only "
+            raise ConfigError("assumption8 computes λ_min by shift-invert only "
                              f"(structured.lambda_min_method: {spec.lambda_min_method!r})")
         if spec.enabled and spec.checkpoint is not None:
-            raise ValueError("structured.checkpoint is not supported by assumption8 (one λ_min "
+            raise ConfigError("structured.checkpoint is not supported by assumption8 (one λ_min "
                              "per dataset, activation and depth; each takes seconds to minutes)")
         return spec
 

@@ -25,15 +25,22 @@ import numpy as np
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from ..errors import ConfigError, ConvergenceError, InputError, ResourceError
+
 __all__ = [
     "ConfigError",
     "InexactResultError",
+    "InputError",
+    "MAX_DEPTH",
+    "check_max_depth",
     "JobError",
     "JobConfig",
     "DatasetSpec",
     "KernelSpec",
     "LoadedData",
     "load_config",
+    "read_config",
+    "validate_config",
     "apply_overrides",
     "config_hash",
     "config_diff",
@@ -110,25 +117,14 @@ StoreLocation = Annotated[Path | str, BeforeValidator(_store_output)]
 """A store a job reads (e.g. the analyses' ``store:``): a local path or an fsspec URL."""
 
 
-class JobError(RuntimeError):
-    """A job could not finish for a reason its message names (the CLI prints it, no traceback).
-
-    ``report``: what the job has to show besides the one-line message (the CLI prints it first),
-    e.g. the summary of results written with ``converged: false``.
-    """
-
-    def __init__(self, message: str, report: str | None = None) -> None:
-        super().__init__(message)
-        self.report = report
+JobError = ResourceError
+"""A job that could not finish for a reason its message names (workers, memory, disk): the
+package's :class:`~jntk_dist.errors.ResourceError` under its older name."""
 
 
-class InexactResultError(JobError):
+class InexactResultError(ConvergenceError):
     """A solve, eigendecomposition or λ_min missed its tolerance: its results are written with
     ``converged: false``, and the job fails unless the config says ``accept_inexact: true``."""
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the file (or source) and the key."""
 
 
 class JobConfig(BaseModel):
@@ -242,6 +238,24 @@ class DatasetSpec(BaseModel):
 # ---- kernel -----------------------------------------------------------------------------
 
 
+MAX_DEPTH = 1000
+"""The deepest kernel a config may ask for. Measured (2026-12-07, ``jntk_dist.nngp`` / ``ntk``
+of 4 unit points in d0 = 3): by depth 1000 the normalised NNGP and NTK of gelu and the NNGP of
+erf equal their depth-2000 values to 1e-30 (at depth 300 to 1e-9): the fields have reached
+their fixed point, so a deeper network gives the same kernel; beyond it the erf NTK overflows
+float64, and the recursion costs one layer step per depth (depth 10⁸ ran for minutes with no
+output). A bound with this reason, not a limit of the code."""
+
+
+def check_max_depth(depth: int) -> int:
+    """``depth`` when it is at most :data:`MAX_DEPTH`, else a :class:`ConfigError` saying why."""
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"depth {depth} > {MAX_DEPTH}: by depth {MAX_DEPTH} the kernel's "
+                          "fields have reached their fixed point (deeper networks give the "
+                          "same kernel to float64 precision; see docs/store.md)")
+    return depth
+
+
 class KernelSpec(BaseModel):
     """Which kernel: ``kind`` jntk (Θ) or nngp (Jacobian NNGP Σ^(L)), depth L ≥ 1, activation.
 
@@ -255,7 +269,7 @@ class KernelSpec(BaseModel):
     depth: int = Field(ge=1)
     activation: str = "gelu"
     dtype: Literal["float64", "float32"] = "float64"
-    lam: float | None = Field(default=None, ge=0.0)
+    lam: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
 
     @field_validator("activation")
     @classmethod
@@ -265,6 +279,11 @@ class KernelSpec(BaseModel):
         act = get_activation(value)  # raises ValueError naming the accepted names
         act.require_smooth()  # Jacobian kernels need φ'' Lipschitz
         return act.name
+
+    @field_validator("depth")
+    @classmethod
+    def _depth_below_fixed_point(cls, value: int) -> int:
+        return check_max_depth(value)
 
 
 # ---- loading ----------------------------------------------------------------------------
@@ -356,26 +375,47 @@ def _yaml_problem(path: Path, err: yaml.YAMLError) -> str:
     return f"config {path}{where}: not valid YAML ({' '.join(what.split())})"
 
 
-def load_config(source: str | Path | Mapping[str, Any], model_cls: type[ConfigT],
-                overrides: Sequence[str] = ()) -> ConfigT:
-    """Validate a YAML file (or a dict) plus ``key.sub=value`` overrides into ``model_cls``.
+def _config_text(path: Path) -> str:
+    """The text of a config file, or a one-line error naming what is wrong with the path."""
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a folder, not a YAML file")
+    if not path.is_file():
+        raise ConfigError(f"config {path} is not a regular file (a device, a pipe or a socket)")
+    try:
+        return path.read_text(encoding="utf-8")
+    except PermissionError:
+        raise ConfigError(f"config {path} cannot be read: permission denied") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config {path} is not a UTF-8 text file (byte {err.start}: "
+                          f"{err.reason})") from None
+    except OSError as err:
+        raise ConfigError(f"config {path} cannot be read: {err.strerror or err}") from None
 
-    Errors are :class:`ConfigError` (a ``ValueError``) naming the file and each offending key.
-    """
+
+def read_config(source: str | Path | Mapping[str, Any]
+                ) -> tuple[dict[str, Any], str, Path | None]:
+    """A config's keys as a plain dict, how to name it in errors, and the folder its relative
+    paths are taken from: read from a YAML file (or copied from a mapping); no model needed, so
+    a wrong path or bad YAML is answered before any job module is imported."""
     if isinstance(source, Mapping):
-        data, label, base_dir = json.loads(json.dumps(dict(source), default=str)), "(dict)", None
-    else:
-        path = Path(source)
-        if not path.exists():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(_yaml_problem(path, err)) from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config {path}: top level must be a mapping of keys, "
-                              f"got {type(data).__name__}")
-        label, base_dir = str(path), path.resolve().parent
+        return json.loads(json.dumps(dict(source), default=str)), "(dict)", None
+    path = Path(source)
+    try:
+        data = yaml.safe_load(_config_text(path)) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(_yaml_problem(path, err)) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: top level must be a mapping of keys, "
+                          f"got {type(data).__name__}")
+    return data, str(path), path.resolve().parent
+
+
+def validate_config(read: tuple[dict[str, Any], str, Path | None], model_cls: type[ConfigT],
+                    overrides: Sequence[str] = ()) -> ConfigT:
+    """What :func:`read_config` returned, plus ``--set`` overrides, validated into ``model_cls``."""
+    data, label, base_dir = read
     apply_overrides(data, overrides)
     if overrides:
         label += f" with --set {' '.join(overrides)}"
@@ -383,6 +423,15 @@ def load_config(source: str | Path | Mapping[str, Any], model_cls: type[ConfigT]
         return model_cls.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as err:
         raise ConfigError(_format_errors(err, label, model_cls)) from None
+
+
+def load_config(source: str | Path | Mapping[str, Any], model_cls: type[ConfigT],
+                overrides: Sequence[str] = ()) -> ConfigT:
+    """Validate a YAML file (or a dict) plus ``key.sub=value`` overrides into ``model_cls``.
+
+    Errors are :class:`ConfigError` (a ``ValueError``) naming the file and each offending key.
+    """
+    return validate_config(read_config(source), model_cls, overrides)
 
 
 def config_hash(config: BaseModel | Mapping[str, Any]) -> str:

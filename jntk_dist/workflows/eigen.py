@@ -25,6 +25,7 @@ from ..store import beside, open_file
 from .config import InexactResultError
 from .problem import ProblemSpec, arpack_errors, compute_context, load_problem
 from .structured import StructuredSpec, float32_twin, structured_off, train_operator
+from ..errors import ConfigError, require_memory
 
 
 class EigenJobConfig(ProblemSpec):
@@ -46,17 +47,14 @@ class EigenJobConfig(ProblemSpec):
 
 def run_eigen(cfg: EigenJobConfig, progress: bool = True) -> dict[str, Any]:
     """Decompose, write eigenpairs (and finite-time predictions), plot; returns the summary."""
-    if cfg.structured.enabled and (cfg.times or cfg.part == "ntk"):
-        raise ValueError("structured mode gives the extreme eigenvalues (λ_min, λ_max, top-k) of "
-                         "the JNTK Θ_λ only: no full spectrum, so no finite-time predictions "
-                         "(drop 'times', e.g. --set times=[]) and no part: ntk (its N×N Gram "
-                         "needs no structured operator)")
+    _check_structured_request(cfg)
     prob = load_problem(cfg)
     lam = 0.0 if cfg.part == "ntk" else prob.lam
     if cfg.part == "jntk" and lam == 0:
-        raise ValueError("part: jntk with lam: 0 has a zero Jacobian part; use part: ntk")
+        raise ConfigError("part: jntk with lam: 0 has a zero Jacobian part; use part: ntk")
     if cfg.structured.enabled:
         return _run_structured(cfg, prob, lam, progress)
+    _check_dense_memory(cfg, len(prob.train) * (prob.q_per_point if lam > 0 else 1))
     model = KernelRegressor(prob.depth, prob.activation, lam=lam)
     gram = prob.train_gram(lam)
     if gram is None:
@@ -89,7 +87,7 @@ def run_eigen(cfg: EigenJobConfig, progress: bool = True) -> dict[str, Any]:
         arrays["eigenvectors"] = (main.vectors, ["gram_entry", "eig"])
     if cfg.times:
         if "full" not in res or main.vectors is None:
-            raise ValueError("finite-time predictions need the full eigendecomposition with "
+            raise ConfigError("finite-time predictions need the full eigendecomposition with "
                              "vectors (raise max_dense or drop 'times')")
         model.X_train_ = prob.X[prob.train]
         Y = training_targets(prob.y[prob.train], model.q_)
@@ -104,6 +102,22 @@ def run_eigen(cfg: EigenJobConfig, progress: bool = True) -> dict[str, Any]:
             summary["test_accuracy_vs_time"] = [float(accuracy(f, prob.y[prob.test]))
                                                 for f in ode["test"]]
     return _write(cfg, arrays, summary, main)
+
+
+def _check_dense_memory(cfg: EigenJobConfig, rows: int) -> None:
+    """Refuse a dense eigendecomposition whose Gram, eigenvectors and LAPACK's copy do not fit."""
+    if rows <= cfg.max_dense:
+        require_memory(3 * 8 * rows**2, f"the dense eigendecomposition of the {rows}×{rows} Gram",
+                       "use --structured (matrix-free λ_min/λ_max), a smaller max_dense (Lanczos "
+                       "on the Dask array) or fewer points")
+
+
+def _check_structured_request(cfg: EigenJobConfig) -> None:
+    if cfg.structured.enabled and (cfg.times or cfg.part == "ntk"):
+        raise ConfigError("structured mode gives the extreme eigenvalues (λ_min, λ_max, top-k) of "
+                          "the JNTK Θ_λ only: no full spectrum, so no finite-time predictions "
+                          "(drop 'times', e.g. --set times=[]) and no part: ntk (its N×N Gram "
+                          "needs no structured operator)")
 
 
 def _write(cfg: EigenJobConfig, arrays: dict[str, tuple[np.ndarray, list[str]]],

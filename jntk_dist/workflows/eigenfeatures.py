@@ -28,6 +28,7 @@ from ..analysis import (KernelRegressor, accuracy, eigenfeatures, feature_accura
                        pgd_perturb, training_targets, write_results)
 from ..store import beside, open_file
 from .problem import ProblemSpec, compute_context, load_problem, split_indices
+from ..errors import ConfigError
 
 
 class EigenfeaturesJobConfig(ProblemSpec):
@@ -60,11 +61,11 @@ def run_eigenfeatures(cfg: EigenfeaturesJobConfig, progress: bool = True) -> dic
     inputs (every attack and step), write."""
     prob = load_problem(cfg)
     if prob.test.size == 0:
-        raise ValueError("eigenfeatures need test points: set test_fraction > 0")
+        raise ConfigError("eigenfeatures need test points: set test_fraction > 0")
     if any(l <= 0 for l in cfg.lams):
-        raise ValueError(f"lams must be > 0 (standard training is 'standard: true'), got {cfg.lams}")
+        raise ConfigError(f"lams must be > 0 (standard training is 'standard: true'), got {cfg.lams}")
     if cfg.splits > 1 and cfg.test_dataset is not None:
-        raise ValueError("splits > 1 re-splits dataset into train/test: not with a test_dataset")
+        raise ConfigError("splits > 1 re-splits dataset into train/test: not with a test_dataset")
     t0 = time.perf_counter()
     summary: dict[str, Any] = {"job": "eigenfeatures", "source": prob.source, "depth": prob.depth,
                                "activation": prob.activation, "steps": cfg.steps,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,11 +28,12 @@ from ..kernels.devices import choose_device
 from ..progress import progress
 from ..store import (StoreLayout, TileWriter, finalize_store, location_name, open_gram,
                      record_progress, store_lock)
-from ..store.tiling import DEFAULT_TILE_BYTES, auto_tile_points
+from ..store.tiling import DEFAULT_TILE_BYTES, auto_tile_points, tile_bytes
 from .config import DatasetSpec, JobError, KernelSpec, OutputJobConfig, StoreOutput
 from .gram_store import (identity_of, is_storage_error, near_parallel_note, os_error_message,
                          prepare_store, raise_for_worker_error)
 from .resources import RayResources
+from ..errors import InputError, JobInterrupted, ResourceError
 
 __all__ = ["CompressionSpec", "RaySpec", "GramJobConfig", "GramRunResult", "TileWorker",
            "run_gram", "validate_dataset"]
@@ -154,9 +157,9 @@ def validate_dataset(X: np.ndarray, y: np.ndarray, name: str) -> None:
     """Reject NaN/inf/zero rows and mismatched labels before anything is written."""
     kernels.validate_inputs(torch.from_numpy(np.asarray(X)), name=f"dataset {name!r} X")
     if y.shape != (X.shape[0],):
-        raise ValueError(f"dataset {name!r}: y has shape {y.shape}, expected ({X.shape[0]},)")
+        raise InputError(f"dataset {name!r}: y has shape {y.shape}, expected ({X.shape[0]},)")
     if not np.isfinite(y).all():
-        raise ValueError(f"dataset {name!r}: y has non-finite values at rows "
+        raise InputError(f"dataset {name!r}: y has non-finite values at rows "
                          f"{np.flatnonzero(~np.isfinite(y))[:10].tolist()}")
 
 
@@ -213,12 +216,56 @@ def run_gram(config: GramJobConfig, overwrite: bool = False, progress: bool | No
 
     ``repair``: verify every chunk of an existing store first and recompute exactly the bad
     tiles. ``on_start`` is called with the actor handles once the pool is up (monitoring, tests).
+    Ctrl-C stops the pool, releases the lock and raises :class:`~jntk_dist.errors.JobInterrupted`
+    saying how many tiles the store keeps.
     """
+    try:
+        return _run_gram(config, overwrite, progress, on_start, repair)
+    except KeyboardInterrupt:
+        raise JobInterrupted(_kept_tiles(config.output, config.storage_options)) from None
+
+
+def _kept_tiles(path: Path | str, options: dict[str, Any]) -> str:
+    """``14 of 16 tiles kept; the same command resumes`` (what an interrupted job leaves)."""
+    try:
+        store = open_gram(path, options)
+        total = store.layout.total_tiles
+        kept = total - len(store.missing_tiles())
+    except Exception:  # noqa: BLE001 -- no store, or one cut during its creation
+        return "no tile was computed yet; the same command starts it again"
+    return f"{kept} of {total} tiles kept; the same command resumes"
+
+
+def check_disk_space(path: Path | str, n: int, d0: int, config: GramJobConfig) -> None:
+    """Refuse a new local store that cannot fit the free space of its file system (its size
+    uncompressed: the kernel's float64 digits compress little), before any work."""
+    if not isinstance(path, Path) or os.path.exists(path):
+        return  # a URL (no free space to ask), or an existing store (resumed or replaced)
+    itemsize = np.dtype(config.kernel.dtype).itemsize
+    need = tile_bytes(n, d0, config.store, itemsize)
+    folder = Path(os.path.abspath(path)).parent
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        fields = tile_bytes(n, d0, "fields", itemsize)
+        smaller = (f", --set store=fields ({fields / 1e9:.3g} GB: the 8 scalar fields)"
+                   if config.store == "dense" else "")
+        raise ResourceError(
+            f"the {config.store} Gram store {path} needs {need / 1e9:.3g} GB (N={n}, d0={d0}, "
+            f"uncompressed) but {folder} has {free / 1e9:.3g} GB free: choose another output "
+            f"(a bigger disk or an s3:// URL){smaller}, or the matrix-free route "
+            "(jntk solve/eigen --structured: no Gram stored)")
+
+
+def _run_gram(config: GramJobConfig, overwrite: bool, progress: bool | None,
+              on_start: Callable[[list[Any]], None] | None, repair: bool) -> GramRunResult:
     path, options = config.output, config.storage_options
     data = config.dataset.load()
     X, y = data.X, data.y
     validate_dataset(X, y, data.name)
     warning = near_parallel_note(X, config.near_parallel_warning, data.name)
+    check_disk_space(path, X.shape[0], X.shape[1], config)
     lock = store_lock(path, options).acquire()
     started_ray = False
     actors: list[Any] = []
@@ -273,6 +320,8 @@ def _auto_tile_points(config: GramJobConfig, n: int, d0: int) -> int:
 def _stop_pool(actors: list[Any], started_ray: bool, cpus_per_actor: float,
                wait_s: float = 10.0) -> None:
     """Kill the actors and, in a shared Ray session, wait until their CPUs are free again."""
+    if "ray" not in sys.modules:  # refused before Ray was needed: importing it costs seconds
+        return
     import ray
 
     if not ray.is_initialized():

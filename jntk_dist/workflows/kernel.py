@@ -20,8 +20,9 @@ import torch
 from .. import __version__, kernels
 from ..kernels.inputs import check_depth, check_kind, check_lam
 from ..progress import progress
-from .config import DatasetSpec
+from .config import DatasetSpec, check_max_depth
 from .gram import GramJobConfig, describe, run_gram
+from ..errors import ConfigError
 
 __all__ = ["KernelRequest", "write_kernel"]
 
@@ -77,10 +78,10 @@ def write_kernel(req: KernelRequest) -> str:
 def _check_request(req: KernelRequest) -> None:
     """Refuse a bad request before anything is computed or shown (one-line ValueErrors)."""
     if req.out.suffix.lower() not in SUFFIXES:
-        raise ValueError(f"--out must end in .npy, .npz or .zarr, got {req.out.name!r}")
+        raise ConfigError(f"--out must end in .npy, .npz or .zarr, got {req.out.name!r}")
     if req.out.exists() and not req.overwrite:
         raise FileExistsError(f"{req.out} exists; pass --overwrite to replace it")
-    check_depth(req.depth)
+    check_max_depth(check_depth(req.depth))
     check_kind(req.kind)
     if req.lam is not None:
         check_lam(req.lam)
@@ -123,7 +124,7 @@ def _save(out: Path, gram: np.ndarray, X: np.ndarray, y: np.ndarray, meta: dict[
 
 def _write_store(req: KernelRequest) -> str:
     if req.plain:
-        raise ValueError("--plain writes .npy/.npz only; a Zarr store holds Jacobian kernels")
+        raise ConfigError("--plain writes .npy/.npz only; a Zarr store holds Jacobian kernels")
     dataset: dict[str, Any] = ({"name": req.dataset} if req.dataset else {"path": str(req.data)})
     if req.options:
         dataset["options"] = req.options

@@ -35,7 +35,6 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 __all__ = ["LocalCluster", "cluster_up", "cluster_down", "cluster_status", "main"]
 

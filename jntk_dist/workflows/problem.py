@@ -14,9 +14,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..store import open_gram
-from .config import (DatasetSpec, JobError, KernelSpec, OutputJobConfig, StoreLocation,
+from .config import (DatasetSpec, KernelSpec, OutputJobConfig, StoreLocation,
                      StoreOutput)
 from .resources import RayResources
+from ..errors import ConfigError, ConvergenceError, InputError, StoreError
 
 __all__ = ["ComputeSpec", "ProblemSpec", "Problem", "split_indices", "load_problem",
            "compute_context", "arpack_errors"]
@@ -72,15 +73,15 @@ class ProblemSpec(OutputJobConfig):
     @model_validator(mode="after")
     def _one_source(self) -> "ProblemSpec":
         if self.store is None and (self.dataset is None or self.kernel is None):
-            raise ValueError("give a Gram 'store', or a 'dataset' and a 'kernel' to compute from")
+            raise ConfigError("give a Gram 'store', or a 'dataset' and a 'kernel' to compute from")
         if self.store is not None and self.kernel is not None:
-            raise ValueError("'kernel' is read from the store; give either 'store' or 'kernel'")
+            raise ConfigError("'kernel' is read from the store; give either 'store' or 'kernel'")
         if self.test_dataset is not None:
             if self.store is not None:
-                raise ValueError("test_dataset goes with 'dataset' + 'kernel' (a store holds its "
+                raise ConfigError("test_dataset goes with 'dataset' + 'kernel' (a store holds its "
                                  "own points; split them with test_fraction)")
             if self.test_fraction:
-                raise ValueError("give test_fraction or test_dataset, not both (test_dataset "
+                raise ConfigError("give test_fraction or test_dataset, not both (test_dataset "
                                  "is the test set; all of 'dataset' trains)")
         return self
 
@@ -136,16 +137,16 @@ def load_problem(cfg: ProblemSpec) -> Problem:
     if cfg.store is not None:
         st = open_gram(cfg.store, cfg.options_for(cfg.store))
         if st.kind != "jntk":
-            raise ValueError(f"store {cfg.store} holds the {st.kind!r} kernel; the analyses use the "
+            raise ConfigError(f"store {cfg.store} holds the {st.kind!r} kernel; the analyses use the "
                              "JNTK Θ (kernel.kind: jntk)")
         if not st.is_complete:
-            raise ValueError(f"store {cfg.store} is incomplete ({len(st.missing_tiles())} tiles "
+            raise StoreError(f"store {cfg.store} is incomplete ({len(st.missing_tiles())} tiles "
                              "missing); rerun `jntk gram` on its config first")
         X, y = np.asarray(st.X, dtype=np.float64), np.asarray(st.y, dtype=np.float64)
         if cfg.dataset is not None:
             ds = cfg.dataset.load()
             if ds.X.shape != X.shape or not np.allclose(ds.X, X):
-                raise ValueError(f"dataset {ds.name!r} does not match the inputs X of store "
+                raise InputError(f"dataset {ds.name!r} does not match the inputs X of store "
                                  f"{cfg.store} (shape {ds.X.shape} vs {X.shape})")
         depth, activation, source = st.depth, st.activation, f"store {cfg.store}"
         lam = cfg.lam if cfg.lam is not None else (st.lam if st.lam is not None else 1.0)
@@ -160,7 +161,7 @@ def _dataset_problem(cfg: ProblemSpec) -> Problem:
     kernel = cfg.kernel
     assert cfg.dataset is not None and kernel is not None
     if kernel.kind != "jntk":
-        raise ValueError("the analyses use the JNTK Θ: set kernel.kind: jntk")
+        raise ConfigError("the analyses use the JNTK Θ: set kernel.kind: jntk")
     ds = cfg.dataset.load()
     lam = cfg.lam if cfg.lam is not None else (kernel.lam if kernel.lam is not None else 1.0)
     source = f"dataset {ds.name} (Gram computed directly)"
@@ -170,7 +171,7 @@ def _dataset_problem(cfg: ProblemSpec) -> Problem:
                        source)
     test_ds = cfg.test_dataset.load()
     if test_ds.X.shape[1] != ds.X.shape[1]:
-        raise ValueError(f"test_dataset {test_ds.name!r} has d0={test_ds.X.shape[1]}, the "
+        raise InputError(f"test_dataset {test_ds.name!r} has d0={test_ds.X.shape[1]}, the "
                          f"training dataset {ds.name!r} d0={ds.X.shape[1]}")
     n, m = ds.X.shape[0], test_ds.X.shape[0]
     return Problem(np.vstack([ds.X, test_ds.X]), np.concatenate([ds.y, test_ds.y]),
@@ -191,7 +192,7 @@ def compute_context(spec: ComputeSpec) -> Iterator[str]:
         from distributed import Client
 
         if spec.dask_address is None:
-            raise ValueError("compute.scheduler: distributed needs compute.dask_address "
+            raise ConfigError("compute.scheduler: distributed needs compute.dask_address "
                              "(e.g. tcp://scheduler:8786)")
         with Client(spec.dask_address):
             yield "distributed"
@@ -207,6 +208,6 @@ def arpack_errors() -> Iterator[None]:
     try:
         yield
     except ArpackNoConvergence as err:
-        raise JobError(f"Lanczos (ARPACK) did not converge ({err}); nothing was written. Give "
+        raise ConvergenceError(f"Lanczos (ARPACK) did not converge ({err}); nothing was written. Give "
                        "it more iterations (structured.maxiter), or raise max_dense: a dense "
                        "eigendecomposition always converges") from None

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import JobConfig, load_config
+from .config import JobConfig, read_config, validate_config
+from ..errors import ConfigError
 
 __all__ = ["Job", "JOBS", "get_job", "load_job_config", "run_config_job"]
 
@@ -32,6 +33,7 @@ class Job:
     overwrite_help: str | None = None  # the job can replace an existing output (--overwrite)
     repair_help: str | None = None  # the job can repair its existing output (--repair)
     structured: bool = False  # the job has the matrix-free mode (--structured)
+    resumes: bool = False  # rerun after an interruption, it goes on where it stopped
 
     def workflow(self) -> Any:
         """The job's module (imported now)."""
@@ -51,14 +53,14 @@ JOBS: dict[str, Job] = {job.name: job for job in (
         _P + "gram", "configs/quickstart.yaml",
         overwrite_help="replace an existing store written by a different config",
         repair_help="verify every chunk of the existing store first (as `jntk verify`) and "
-                    "recompute exactly the bad tiles"),
+                    "recompute exactly the bad tiles", resumes=True),
     Job("drift", "kernel distance of many finite networks vs width (Ray Train, resumable)",
         "Run a grid of finite networks (widths × depths × seeds) concurrently on Ray and record "
         "the max-norm distance of their finite JNTK (during robust training) or Monte-Carlo "
         "Jacobian NNGP to the analytic kernel. Rerunning finishes an interrupted grid; runs "
         "resume from their checkpoints.",
         _P + "drift", "configs/drift_quick.yaml",
-        overwrite_help="replace an existing store (and its checkpoints)"),
+        overwrite_help="replace an existing store (and its checkpoints)", resumes=True),
     Job("solve", "kernel regression f_ntk (eq. 4) by blockwise Dask Cholesky",
         "Solve (Θ_λ(X,X) + μI) α = Y on a train split of a Gram store (or a small dataset) and "
         "write predictions and train/test accuracy to Zarr.",
@@ -83,7 +85,7 @@ JOBS: dict[str, Job] = {job.name: job for job in (
 def get_job(name: str) -> Job:
     """The job called ``name``, or a ValueError listing the jobs."""
     if name not in JOBS:
-        raise ValueError(f"unknown job {name!r}; jobs: {', '.join(JOBS)}")
+        raise ConfigError(f"unknown job {name!r}; jobs: {', '.join(JOBS)}")
     return JOBS[name]
 
 
@@ -91,7 +93,8 @@ def load_job_config(job: Job, source: str | Path | dict[str, Any],
                     overrides: Sequence[str] = (), structured: bool = False) -> JobConfig:
     """The job's config from a YAML file (or a mapping), ``--set`` overrides and
     ``--structured`` (turns the matrix-free mode on)."""
-    cfg = load_config(source, job.config_class(), overrides)
+    read = read_config(source)  # a wrong path or bad YAML fails before the job is imported
+    cfg = validate_config(read, job.config_class(), overrides)
     if structured and job.structured and not cfg.structured.enabled:  # type: ignore[attr-defined]
         cfg.structured = cfg.structured.model_copy(update={"enabled": True})  # type: ignore[attr-defined]
     return cfg

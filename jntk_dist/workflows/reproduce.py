@@ -45,7 +45,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import ConfigError, DatasetSpec, JobConfig, apply_overrides, load_config
-from .problem import split_indices
 from .ray_session import ray_session
 from .registry import get_job, run_config_job
 
@@ -77,15 +76,15 @@ class PaperConfig(BaseModel):
 
     def model_post_init(self, _: Any) -> None:
         if not isinstance(self.claim.get("text"), str):
-            raise ValueError(f"paper config {self.name!r}: claim.text (the paper's claim, in words) "
+            raise ConfigError(f"paper config {self.name!r}: claim.text (the paper's claim, in words) "
                              "is required")
         rules = self.claim.get("rules")
         if not isinstance(rules, list) or not rules or not all(
                 isinstance(r, dict) and isinstance(r.get("rule"), str) for r in rules):
-            raise ValueError(f"paper config {self.name!r}: claim.rules must list the rules that "
+            raise ConfigError(f"paper config {self.name!r}: claim.rules must list the rules that "
                              "check the claim, each a mapping with its 'rule' name")
         if self.quick_points is not None and self.job != "eigenfeatures":
-            raise ValueError(f"paper config {self.name!r}: quick_points applies to eigenfeatures "
+            raise ConfigError(f"paper config {self.name!r}: quick_points applies to eigenfeatures "
                              "jobs only (the others have max_points in their config)")
 
 
@@ -125,7 +124,7 @@ def paper_configs(directory: str | Path = PAPER_CONFIGS,
     if only:
         unknown = [n for n in only if n not in names]
         if unknown:
-            raise ValueError(f"unknown experiment(s) {unknown}; {directory} has {names}")
+            raise ConfigError(f"unknown experiment(s) {unknown}; {directory} has {names}")
         paths = [p for p in paths if p.stem in only]
     if not paths:
         raise FileNotFoundError(f"no paper configs (*.yaml) in {directory}")
@@ -161,8 +160,10 @@ def _quick_subset(exp: PaperConfig, data: dict[str, Any], run_dir: Path) -> Path
     n = loaded.X.shape[0]
     assert exp.quick_points is not None
     if exp.quick_points >= n:
-        raise ValueError(f"{exp.name}: quick_points={exp.quick_points} ≥ the {n} rows of "
+        raise ConfigError(f"{exp.name}: quick_points={exp.quick_points} ≥ the {n} rows of "
                          f"{loaded.name!r}")
+    from .problem import split_indices  # imported here: `jntk --help` needs no torch
+
     _, keep = split_indices(loaded.y, exp.quick_points / n, int(data.get("seed", 0)))
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "quick_subset.npz"

@@ -11,6 +11,7 @@ matrix-free operator of :mod:`jntk_dist.operators` is solved by PCG
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from .config import InexactResultError, JobError
 from .problem import Problem, ProblemSpec, compute_context, load_problem
 from .structured import (StoreFieldsView, StructuredSpec, float32_twin, structured_off,
                          train_operator)
+from ..errors import ConfigError, require_memory
 
 __all__ = ["SolveJobConfig", "run_solve", "summary_text", "CONFIG", "execute"]
 
@@ -138,7 +140,7 @@ class SolveJobConfig(ProblemSpec):
     @classmethod
     def _ridge(cls, value: float | str) -> float | str:
         if value != "auto" and not float(value) >= 0.0:
-            raise ValueError(f"ridge μ must be ≥ 0 or 'auto', got {value}")
+            raise ConfigError(f"ridge μ must be ≥ 0 or 'auto', got {value}")
         return value
 
 
@@ -147,7 +149,7 @@ def _targets(cfg: SolveJobConfig, prob: Problem) -> tuple[np.ndarray, np.ndarray
     if not cfg.multiclass:
         return prob.y, prob.y, None
     if cfg.dataset is None or cfg.dataset.name is None:
-        raise ValueError("multiclass: true needs a named dataset (its original labels)")
+        raise ConfigError("multiclass: true needs a named dataset (its original labels)")
     from ..data import load_dataset, one_vs_rest_targets
 
     labels = load_dataset(cfg.dataset.name, **cfg.dataset.options).labels
@@ -246,6 +248,12 @@ def _not_converged(s: dict[str, Any], cfg: SolveJobConfig) -> str:
 
 def _fit_dense(prob: Problem, cfg: SolveJobConfig, y_fit: np.ndarray) -> Fit:
     """Blockwise Dask Cholesky on the dense training Gram (from the store, or computed)."""
+    c = cfg.compute
+    if not (c.ray_address or c.dask_address or os.environ.get("RAY_ADDRESS")) and \
+            c.scheduler in ("auto", "threads", "sync"):  # the Gram and its factor, here
+        rows = len(prob.train) * prob.q_per_point
+        require_memory(2 * 8 * rows**2, f"the dense solve with the {rows}×{rows} training Gram",
+                       "use --structured (matrix-free conjugate gradients) or fewer points")
     t0 = time.perf_counter()
     with compute_context(cfg.compute) as sched:
         model = KernelRegressor(prob.depth, prob.activation, lam=prob.lam, ridge=cfg.ridge,

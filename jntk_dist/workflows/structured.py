@@ -21,6 +21,7 @@ from ..solvers import PRECONDITIONERS, preconditioner_help
 from ..solvers.memory import auto_tile_mb
 from .config import OutputPath
 from .problem import Problem, compute_context
+from ..errors import ConfigError
 
 __all__ = ["StructuredSpec", "structured_off", "StoreFieldsView", "structured_train_operator",
            "resolve_device", "train_operator", "float32_twin"]
@@ -140,7 +141,7 @@ def structured_train_operator(prob: Problem, spec: StructuredSpec, lam: float) -
     ``spec.device``; products here or on ``spec.backend``'s row blocks. The operator's
     ``description`` records the device, the tile budget and the compile time."""
     if lam <= 0:
-        raise ValueError("structured mode is the matrix-free Θ_λ with λ > 0 (lam: 0 is the plain "
+        raise ConfigError("structured mode is the matrix-free Θ_λ with λ > 0 (lam: 0 is the plain "
                          "N×N NTK Gram; use the dense path for it)")
     X_train = prob.X[prob.train]
     device = resolve_device(spec)
@@ -166,7 +167,7 @@ def structured_train_operator(prob: Problem, spec: StructuredSpec, lam: float) -
 def _store_operator(prob: Problem, X_train: np.ndarray, mode: str, kw: dict[str, Any],
                     device: torch.device) -> Any:
     if prob.store.mode != "fields":
-        raise ValueError(f"structured mode reads the kernel's 8 scalar fields, but "
+        raise ConfigError(f"structured mode reads the kernel's 8 scalar fields, but "
                          f"{prob.source} is a {prob.store.mode!r} store (Gram entries only); "
                          "write it with `store: fields` in the gram config, or give "
                          "'dataset' + 'kernel' to compute the fields per tile")
@@ -205,7 +206,7 @@ def float32_twin(op: Any, spec: StructuredSpec, prob: Problem) -> Any:
     if spec.precision != "mixed":
         return None
     if spec.backend != "local" or prob.store is not None:
-        raise ValueError("structured.precision: mixed needs backend: local and fields computed "
+        raise ConfigError("structured.precision: mixed needs backend: local and fields computed "
                          "from a dataset (not a store)")
     desc = op.description
     return structured_operator(op.x1.to(torch.float32), depth=prob.depth,

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from ..store import location_name, verify_store
-from .config import JobError
+from ..errors import StoreError
 
 __all__ = ["StoreDamagedError", "run_verify"]
 
 
-class StoreDamagedError(JobError):
+class StoreDamagedError(StoreError):
     """``jntk verify`` found bad chunks (or other problems); ``report`` lists them."""
 
 

@@ -12,6 +12,7 @@ from ...networks.training import PAPER_COMPONENTS, default_record_steps
 from ...store.locations import beside, local_beside
 from ..config import DatasetSpec, OutputJobConfig, OutputPath, StoreOutput
 from ..resources import RayResources
+from ...errors import ConfigError
 
 __all__ = ["DriftConfig", "GridSpec", "NetworkSpec", "TrainingSpec", "MonteCarloSpec",
            "DriftRaySpec"]
@@ -30,14 +31,14 @@ class GridSpec(BaseModel):
     @classmethod
     def _positive_distinct(cls, value: list[int], info: Any) -> list[int]:
         if any(v < 1 for v in value) or len(set(value)) != len(value):
-            raise ValueError(f"{info.field_name} must be distinct integers ≥ 1, got {value}")
+            raise ConfigError(f"{info.field_name} must be distinct integers ≥ 1, got {value}")
         return sorted(value)
 
     @field_validator("seeds")
     @classmethod
     def _distinct(cls, value: list[int]) -> list[int]:
         if len(set(value)) != len(value):
-            raise ValueError(f"seeds must be distinct, got {value}")
+            raise ConfigError(f"seeds must be distinct, got {value}")
         return value
 
 
@@ -71,7 +72,7 @@ class TrainingSpec(BaseModel):
     @classmethod
     def _steps(cls, value: list[int]) -> list[int]:
         if not value or any(v < 0 for v in value):
-            raise ValueError(f"record_steps must be a non-empty list of integers ≥ 0, got {value}")
+            raise ConfigError(f"record_steps must be a non-empty list of integers ≥ 0, got {value}")
         return sorted(set(value))
 
 
@@ -137,11 +138,11 @@ class DriftConfig(OutputJobConfig):
     @model_validator(mode="after")
     def _consistent(self) -> "DriftConfig":
         if not self.components or len(set(self.components)) != len(self.components):
-            raise ValueError(f"components must be distinct (α, β) pairs, got {self.components}")
+            raise ConfigError(f"components must be distinct (α, β) pairs, got {self.components}")
         if any(a < 0 or b < 0 for a, b in self.components):
-            raise ValueError(f"components need indices ≥ 0 (0 = output), got {self.components}")
+            raise ConfigError(f"components need indices ≥ 0 (0 = output), got {self.components}")
         if self.experiment == "nngp" and self.training.record_steps != [0]:
-            raise ValueError("experiment 'nngp' measures at initialisation: set "
+            raise ConfigError("experiment 'nngp' measures at initialisation: set "
                              "training.record_steps to [0]")
         return self
 

@@ -19,6 +19,7 @@ from .config import DriftConfig
 from .plots import fit_slopes, plot_drift
 from .runs import RunData, RunSpec, grid_runs, load_run_data
 from .store import check_store, create_store, open_drift, write_run
+from ...errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def _check_gpu_request(config: DriftConfig) -> None:
     if not config.ray.use_gpu or ray.cluster_resources().get("GPU", 0) > 0:
         return
     if config.ray.address is None and not os.environ.get("RAY_ADDRESS"):
-        raise ValueError("ray.use_gpu is true, but this machine's Ray has no GPU, so the runs "
+        raise ConfigError("ray.use_gpu is true, but this machine's Ray has no GPU, so the runs "
                          "would wait for one forever; on CPUs: --set ray.use_gpu=false --set "
                          "ray.backend=tasks, or submit to a GPU cluster (ray job submit)")
     log.warning("ray.use_gpu is true and the cluster has no GPU now: the runs wait until GPU "

@@ -17,6 +17,7 @@ from ...networks.finite import FiniteMLP, MonteCarloKernel, mc_distance, mc_jaco
 from ...networks.training import RobustTrainer
 from ...solvers.checkpoint import Checkpointer
 from .config import DriftConfig
+from ...errors import ConfigError
 
 __all__ = ["RunSpec", "RunData", "grid_runs", "load_run_data", "execute_run", "run_device"]
 
@@ -61,7 +62,7 @@ def load_run_data(config: DriftConfig) -> RunData:
     X, y = loaded.X, loaded.y
     kernels.validate_inputs(torch.as_tensor(X), f"dataset {loaded.name!r}")
     if max(max(c) for c in config.components) > X.shape[1]:
-        raise ValueError(f"components {config.components} name input index > d0={X.shape[1]} "
+        raise ConfigError(f"components {config.components} name input index > d0={X.shape[1]} "
                          f"of dataset {loaded.name!r}")
     x_test = y_test = None
     if config.test_fraction is not None:

@@ -14,6 +14,7 @@ from ...store.locations import open_group, zarr_target
 from ..config import config_diff
 from .config import DriftConfig
 from .runs import RunData, RunSpec
+from ...errors import StoreError
 
 RUN_FIELDS_STEP = ("loss", "train_accuracy", "test_accuracy")
 RUN_FIELDS_COMPONENT = ("distance", "drift", "mc_floor")  # mc_floor: Fig. 1 (NaN otherwise)
@@ -61,12 +62,12 @@ def create_store(path: Path | str, config: DriftConfig, data: RunData) -> None:
 def check_store(path: Path | str, config: DriftConfig) -> None:
     root = open_group(path, "r", config.options_for(path))
     if root.attrs.get("kind") != "jntk_dist.drift":
-        raise ValueError(f"{path} exists and is not a drift result store; choose another output "
+        raise StoreError(f"{path} exists and is not a drift result store; choose another output "
                          "or pass --overwrite")
     old = root.attrs.get("identity", {})
     diff = config_diff(old, config.identity())
     if diff:
-        raise ValueError(f"{path} was written by a different config ({'; '.join(diff[:5])}); "
+        raise StoreError(f"{path} was written by a different config ({'; '.join(diff[:5])}); "
                          "choose another output or pass --overwrite")
 
 
@@ -109,7 +110,7 @@ def _open_json(path: Path) -> Any:
 
     data = json.loads(path.read_text())
     if data.get("kind") != "jntk_dist.drift.json":
-        raise ValueError(f"{path} is not a drift grid written by run_fig1_fig3_gpu.py")
+        raise StoreError(f"{path} is not a drift grid written by run_fig1_fig3_gpu.py")
     dims = ["width", "depth", "seed", "step", "component"]
     shape = tuple(len(data[d]) for d in dims[:4])
 
