@@ -1,5 +1,6 @@
 """Entry point for ``python jobs/report.py`` (same code as ``jntk report``): the paper runs in
-``--runs`` → ``docs/reproduction.md`` with a claim / ours / verdict table per figure."""
+``--runs`` → ``<runs>/reproduction.md`` (``--out`` names another file) with a claim / ours /
+verdict table per figure."""
 
 import sys
 

@@ -9,7 +9,7 @@ Ctrl-C as ``jntk <cmd>: interrupted…`` (exit 130), anything else -- a bug -- w
     jntk kernel …        one dataset's kernel in this process, to .npy/.npz/.zarr
     jntk verify STORE    check every chunk of a Gram store
     jntk reproduce …     the paper's experiments (configs/paper/)
-    jntk report …        their verdicts, into docs/reproduction.md
+    jntk report …        their verdicts, into <runs>/reproduction.md (or --out FILE)
 """
 
 from __future__ import annotations

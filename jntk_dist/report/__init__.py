@@ -1,5 +1,5 @@
 """The report: reads the runs of ``jntk reproduce`` back and writes, per figure, the paper's
-claim next to our number and a verdict (``jntk report``), into ``docs/reproduction.md``.
+claim next to our number and a verdict (``jntk report``), into ``<runs>/reproduction.md`` (docs/reproduction.md when ``--out`` names it).
 
 It never re-implements an analysis: :mod:`.evaluate` reads the stores the jobs wrote (and redraws
 their figures), the rules live in :mod:`.verdicts` (shared types, Assumption 8: Fig. 6, B7, B8),
