@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=plain_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="a dataset of jntk_dist.data (forest_fires, banknote, "
-                     "sonar, digits, fibonacci)")
+                     "sonar, digits, fibonacci); one of --dataset / --data is required")
     src.add_argument("--data", type=Path, help=".npz with X and y, or .npy/.csv table with y last")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option, e.g. near_parallel_threshold=0.99 (repeatable)")
@@ -39,10 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "answered with the list)")
     p.add_argument("--kind", default="jntk",  # checked by the kernels (torch: not imported here)
                    help="jntk (Θ, the default) or nngp (Jacobian NNGP Σ^(L))")
-    p.add_argument("--lam", type=float, default=None, help="report Θ_λ = ΛΘΛ")
+    p.add_argument("--lam", type=float, default=None, help="report Θ_λ = ΛΘΛ (default: none, the unscaled Θ)")
     p.add_argument("--plain", action="store_true",
                    help="only the 00 entries (plain NNGP/NTK, N×N; any activation)")
-    p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    p.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+                   help="default float64")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the recursion and the expansion (erf/gelu): ~3× faster "
                         "for big N after a compile of seconds")

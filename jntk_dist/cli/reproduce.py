@@ -29,15 +29,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "reproduce", help="run the paper's experiments (configs/paper/) into a runs folder",
         description=plain_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="apply each config's quick: block")
-    p.add_argument("--only", default=None, help="comma-separated experiment names")
+    p.add_argument("--only", default=None, help="comma-separated experiment names (default: all)")
     p.add_argument("--out", default="runs/paper", help="runs folder (default runs/paper)")
-    p.add_argument("--configs", default=str(PAPER_CONFIGS), help="folder of paper configs")
+    p.add_argument("--configs", default=str(PAPER_CONFIGS), help="folder of paper configs (default configs/paper of "
+                   "this checkout)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="override a job-config key in every selected "
                    "experiment (after quick:)")
     p.add_argument("--overwrite", action="store_true", help="delete earlier results first "
                    "(otherwise drift grids resume and the analyses rewrite their groups)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 

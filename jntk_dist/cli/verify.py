@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("store", help="the store: a path or an fsspec URL")
     p.add_argument("--samples", type=int, default=16,
                    help="random entries recomputed from the kernels (default 16; 0: none)")
-    p.add_argument("--seed", type=int, default=0, help="which entries are sampled")
+    p.add_argument("--seed", type=int, default=0, help="which entries are sampled (default 0)")
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                    help="fsspec option for a URL store (repeatable; values parsed as YAML)")
     p.set_defaults(func=run)
