@@ -313,6 +313,78 @@ def test_assumption8_job_writes_table_and_plot(tmp_path, npz_dataset):
     assert "| positive (adopted) |" in (tmp_path / "a8_assumption8.md").read_text()
 
 
+def _outside_every_axes(fig, artist) -> bool:
+    """Whether ``artist``'s drawn box overlaps no axes' box of ``fig``."""
+    fig.canvas.draw()
+    box = artist.get_window_extent()
+    return not any(box.overlaps(ax.get_window_extent()) for ax in fig.axes)
+
+
+def test_assumption8_figure_names_each_threshold_once_outside_the_data():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jntk_dist.analysis import RELATIVE, PositivityRule
+    from jntk_dist.workflows.assumption8 import assumption8_figure
+
+    rows = [{"dataset": ds, "activation": act, "kernel": kind, "depth": d, "n": n,
+             "lambda_min": lm * d, "lambda_max": 10.0 * d}
+            for ds in ("a", "b") for act in ("gelu", "erf") for d in (1, 2)
+            for kind, n, lm in (("ntk", 10, 1e-3), ("jntk", 40, 1e-12))]
+    for rule, thresholds in ((RELATIVE, 1), (PositivityRule(rule="float32_resolution"), 2)):
+        fig = assumption8_figure(rows, rule)
+        (legend,) = fig.legends
+        labels = [t.get_text() for t in legend.get_texts()]
+        assert len(labels) == len(set(labels)), labels
+        assert sum("threshold" in t or "relative" in t for t in labels) == thresholds, labels
+        assert not any(ax.get_legend() for ax in fig.axes)
+        assert _outside_every_axes(fig, legend)
+        assert all(ax.get_ylabel().startswith("$") for ax in fig.axes)  # mathtext, not λ_min
+        plt.close(fig)
+
+
+def test_eigen_plot_title_is_mathtext_and_t0_is_named_not_scored():
+    import matplotlib.mathtext
+
+    from jntk_dist.workflows.eigen import ODE_TITLE, accuracy_vs_time_text
+
+    assert ODE_TITLE.startswith("$") and ODE_TITLE.endswith("$") and "\\Theta" in ODE_TITLE
+    matplotlib.mathtext.MathTextParser("agg").parse(ODE_TITLE)  # raises on bad mathtext
+    text = accuracy_vs_time_text([0.0, 1.0], [0.0, 0.75], [0.0, 0.5])
+    assert "t = 0: f ≡ 0" in text and "t = 1: 0.750 / 0.500" in text
+    assert "0.000" not in text  # f ≡ 0 has no accuracy to print
+
+
+def test_solve_headline_reads_test_accuracy_against_the_majority_class():
+    from jntk_dist.workflows.solve import majority_baseline
+
+    base = majority_baseline(np.array([1.0, 1.0, -1.0]), np.array([1.0, -1.0, -1.0, -1.0]))
+    assert base == {"majority_class": 1.0, "majority_class_test_accuracy": 0.25}
+    assert majority_baseline(np.array([1.0]), np.zeros(0))["majority_class"] is None
+
+
+def test_eigenfeatures_store_names_the_input_features(tmp_path):
+    from jntk_dist.data import load_dataset
+    from jntk_dist.workflows.config import load_config
+    from jntk_dist.workflows.eigenfeatures import EigenfeaturesJobConfig, run_eigenfeatures
+
+    spec = {"name": "fibonacci", "options": {"n": 16, "d": 3}}
+    run_eigenfeatures(load_config({"dataset": spec, "kernel": {"depth": 2}, "lams": [1.0],
+                                   "standard": True, "steps": [0.1], "test_fraction": 0.25,
+                                   "output": str(tmp_path / "f.zarr")}, EigenfeaturesJobConfig),
+                      progress=False)
+    ds = xr.open_zarr(str(tmp_path / "f.zarr"), group="eigenfeatures", consolidated=False)
+    names = load_dataset("fibonacci", n=16, d=3).feature_names
+    assert "feature_name" in ds["pgd_gradient"].coords
+    assert list(ds["feature_name"].values) == list(names) and len(names) == 3
+    np.testing.assert_array_equal(ds["feature"].values, [0, 1, 2])
+    lam = xr.open_zarr(str(tmp_path / "f.zarr"), group="eigenfeatures/lam_1",
+                       consolidated=False)
+    assert lam.attrs["setting_name"] == "λ = 1"
+
+
 def test_write_results_accepts_empty_arrays(tmp_path):
     """An empty test split (test_fraction 0, the eigen job's default) must be writable."""
     import zarr

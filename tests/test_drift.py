@@ -155,6 +155,34 @@ def test_slopes_and_plots(tmp_path: Path) -> None:
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
+def test_drift_figures_band_from_three_seeds_dots_below_and_legends_off_the_data() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    from jntk_dist.workflows.drift import drift_figures
+
+    widths = np.array([64, 128, 256])
+    rng = np.random.default_rng(1)
+    for n_seed, bands in ((2, False), (3, True)):
+        dist = widths[:, None, None, None, None] ** -0.5 * \
+            np.exp(0.3 * rng.standard_normal((3, 1, n_seed, 2, 1)))
+        ds = xr.Dataset({"distance": (("width", "depth", "seed", "step", "component"), dist)},
+                        coords={"width": widths, "depth": [1], "seed": np.arange(n_seed),
+                                "step": [0, 4], "alpha": ("component", [0]),
+                                "beta": ("component", [0])})
+        (_, fig), = drift_figures(ds)
+        (ax,) = fig.axes
+        polys = [c for c in ax.collections if isinstance(c, PolyCollection)]
+        assert bool(polys) == bands
+        assert all(p.get_alpha() <= 0.1 for p in polys)  # light bands, the curves on top
+        fig.canvas.draw()
+        assert not ax.get_legend().get_window_extent().overlaps(ax.get_window_extent())
+        plt.close(fig)
+
+
 def _kill_after_first_checkpoint(progress: Path, stop: threading.Event) -> dict:
     """Wait until the run has reported a training step, then SIGKILL its worker process."""
     while not stop.is_set():

@@ -205,43 +205,80 @@ def plot(rows: Sequence[dict[str, Any]], path: Path | str,
     NTK blue dots, JNTK green; on the JNTK curve x = positive under ``rule`` ("The x-marks
     indicate that the nonzero minimum eigenvalue assumption is satisfied"), o = not; the NTK points
     are not marked. Solid gelu, dashed erf; grey dotted: ``rule``'s threshold for the JNTK Gram,
-    grey dash-dot: the relative τ = n·eps·λ_max. Rows as written by :func:`run_assumption8`
-    (also merged ones); λ_min ≤ 0 is drawn at the axis floor."""
+    and, when ``rule`` is not the relative one, grey dash-dot: the relative τ = n·eps·λ_max. One
+    legend below the panels, each entry once. Rows as written by :func:`run_assumption8` (also
+    merged ones); λ_min ≤ 0 is drawn at the axis floor."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig = assumption8_figure(rows, rule)
+    with open_file(path, "wb", storage_options) as fh:  # a path or an fsspec URL
+        fig.savefig(fh, format="png", dpi=100)
+    plt.close(fig)
+
+
+def assumption8_figure(rows: Sequence[dict[str, Any]], rule: PositivityRule = RELATIVE) -> Any:
+    """The figure :func:`plot` saves (pyplot's, left open: the caller closes it)."""
+    import matplotlib.pyplot as plt
+
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4.6), squeeze=False)
     for ax, name in zip(axes[0], datasets):
         sel = [r for r in rows if r["dataset"] == name]
         for act, kind in dict.fromkeys((r["activation"], r["kernel"]) for r in sel):
             rr = sorted((r for r in sel if r["activation"] == act and r["kernel"] == kind),
                         key=lambda r: r["depth"])
-            d = np.array([r["depth"] for r in rr])
-            lo = np.maximum(np.array([r["lambda_min"] for r in rr], dtype=float), 1e-300)
-            style = "-" if act == "gelu" else "--"
-            if kind == "ntk":
-                ax.semilogy(d, lo, style, marker=".", c="tab:blue", lw=1, label=f"NTK {act}")
-                continue
-            ax.semilogy(d, lo, style, c="tab:green", lw=1.2, label=f"JNTK {act}")
-            pos = np.array([rule.positive(r["lambda_min"], r["n"], r["lambda_max"],
-                                          r.get("lambda_min_residual", 0.0)) for r in rr])
-            ax.semilogy(d[pos], lo[pos], "x", c="tab:red", ms=7, mew=1.5)
-            ax.semilogy(d[~pos], lo[~pos], "o", mfc="none", c="k", ms=6)
-            ax.semilogy(d, [rule.threshold(r["n"], r["lambda_max"]) for r in rr], ":", c="0.4",
-                        lw=0.8)
-            ax.semilogy(d, [RELATIVE.threshold(r["n"], r["lambda_max"]) for r in rr], "-.",
-                        c="0.7", lw=0.8)
-        ax.set(xlabel="depth L", title=name,
-               ylabel="λ_min (κ⁻²-scaled); x: positive, o: not")
-        ax.legend(fontsize=7, title=f"dotted: {rule.rule} threshold; dash-dot: n·eps·λ_max",
-                  title_fontsize=6)
-    fig.tight_layout()
-    with open_file(path, "wb", storage_options) as fh:  # a path or an fsspec URL
-        fig.savefig(fh, format="png", dpi=100)
-    plt.close(fig)
+            _curve(ax, rr, act, kind, rule)
+        ax.set(xlabel="depth $L$", title=name,
+               ylabel=r"$\lambda_{\min}$ ($\kappa^{-2}$-scaled)")
+    handles = _legend_handles(rows, rule)
+    ncol = min(len(handles), 2 * len(datasets))  # about two entries per panel's width
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.02 + 0.05 * -(-len(handles) // ncol), 1, 1))
+    return fig
+
+
+def _curve(ax: Any, rr: list[dict[str, Any]], act: str, kind: str, rule: PositivityRule) -> None:
+    """One (activation, kernel) curve of λ_min vs depth; on JNTK its verdicts and thresholds."""
+    d = np.array([r["depth"] for r in rr])
+    lo = np.maximum(np.array([r["lambda_min"] for r in rr], dtype=float), 1e-300)
+    style = "-" if act == "gelu" else "--"
+    if kind == "ntk":
+        ax.semilogy(d, lo, style, marker=".", c="tab:blue", lw=1)
+        return
+    ax.semilogy(d, lo, style, c="tab:green", lw=1.2)
+    pos = np.array([rule.positive(r["lambda_min"], r["n"], r["lambda_max"],
+                                  r.get("lambda_min_residual", 0.0)) for r in rr])
+    ax.semilogy(d[pos], lo[pos], "x", c="tab:red", ms=7, mew=1.5)
+    ax.semilogy(d[~pos], lo[~pos], "o", mfc="none", c="k", ms=6)
+    ax.semilogy(d, [rule.threshold(r["n"], r["lambda_max"]) for r in rr], ":", c="0.4", lw=0.8)
+    if rule != RELATIVE:
+        ax.semilogy(d, [RELATIVE.threshold(r["n"], r["lambda_max"]) for r in rr], "-.",
+                    c="0.7", lw=0.8)
+
+
+def _legend_handles(rows: Sequence[dict[str, Any]], rule: PositivityRule) -> list[Any]:
+    """The figure legend: every curve style, marker and threshold drawn, once each."""
+    from matplotlib.lines import Line2D
+
+    handles = []
+    for act, kind in sorted(dict.fromkeys((r["activation"], r["kernel"]) for r in rows),
+                            key=lambda ak: (ak[1] != "ntk", ak[0])):
+        style = "-" if act == "gelu" else "--"
+        handles.append(Line2D([], [], ls=style, marker="." if kind == "ntk" else "",
+                              c="tab:blue" if kind == "ntk" else "tab:green",
+                              label=f"{kind.upper()} {act}"))
+    handles += [Line2D([], [], ls="", marker="x", c="tab:red", mew=1.5,
+                       label="JNTK positive definite"),
+                Line2D([], [], ls="", marker="o", mfc="none", c="k", label="JNTK not positive"),
+                Line2D([], [], ls=":", c="0.4", label=f"threshold ({rule.rule})"
+                       if rule != RELATIVE else r"threshold $n\,\epsilon\,\lambda_{\max}$")]
+    if rule != RELATIVE:
+        handles.append(Line2D([], [], ls="-.", c="0.7",
+                              label=r"relative $n\,\epsilon\,\lambda_{\max}$"))
+    return handles
 
 
 def summary_text(rows: list[dict[str, Any]], cfg: Assumption8JobConfig) -> str:

@@ -182,6 +182,7 @@ class LoadedData:
     X: np.ndarray
     y: np.ndarray
     name: str
+    feature_names: tuple[str, ...] = ()  # the input columns' names (named datasets)
 
 
 class DatasetSpec(BaseModel):
@@ -226,7 +227,8 @@ class DatasetSpec(BaseModel):
 
             ds = load_dataset(self.name, **self.options)
             return LoadedData(np.asarray(ds.X, dtype=np.float64),
-                              np.asarray(ds.y, dtype=np.float64), self.name)
+                              np.asarray(ds.y, dtype=np.float64), self.name,
+                              tuple(ds.feature_names))
         path = self.path
         assert path is not None
         from ..data import read_xy_file

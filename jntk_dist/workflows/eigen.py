@@ -199,6 +199,10 @@ def _interval_summary(iv: Any, iv_max: Any, tau: float) -> dict[str, Any]:
                               "τ; otherwise undetermined"}
 
 
+# the paper's linear ODE (u₀ = 0), in matplotlib mathtext
+ODE_TITLE = r"$u(t) = Y + e^{-\Theta t}(u_0 - Y),\ u_0 = 0$"
+
+
 def _plot(cfg: EigenJobConfig, res: Any, summary: dict[str, Any]) -> Path | str:
     """The spectrum plot ``<output stem>_eigen_<part>.png`` (through fsspec for a URL output)."""
     import matplotlib
@@ -210,13 +214,16 @@ def _plot(cfg: EigenJobConfig, res: Any, summary: dict[str, Any]) -> Path | str:
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     ax = axes[0, 0]
     w = np.sort(res.values)[::-1]
-    ax.semilogy(np.arange(1, w.size + 1), np.where(w > 0, w, np.nan), ".", ms=3, label="λ_i > 0")
+    ax.semilogy(np.arange(1, w.size + 1), np.where(w > 0, w, np.nan), ".", ms=3,
+                label=r"$\lambda_i > 0$")
     if (w <= 0).any():
-        ax.semilogy(np.flatnonzero(w <= 0) + 1, -w[w <= 0], "x", ms=3, label="|λ_i|, λ_i ≤ 0")
-    ax.axhline(summary["tolerance"], ls="--", c="k", lw=0.8, label="τ = n·eps·λ_max")
-    ax.set(xlabel="index i", ylabel="eigenvalue",
+        ax.semilogy(np.flatnonzero(w <= 0) + 1, -w[w <= 0], "x", ms=3,
+                    label=r"$|\lambda_i|,\ \lambda_i \leq 0$")
+    ax.axhline(summary["tolerance"], ls="--", c="k", lw=0.8,
+               label=r"$\tau = n\,\epsilon\,\lambda_{\max}$")
+    ax.set(xlabel="index $i$ (descending)", ylabel=r"eigenvalue $\lambda_i$",
            title=f"{cfg.part.upper()} Gram, depth {summary['depth']} {summary['activation']}, "
-                 f"λ={summary['lam']:g}")
+                 f"$\\lambda = {summary['lam']:g}$")
     ax.legend(fontsize=8)
     if cfg.times:
         ax = axes[0, 1]
@@ -225,8 +232,9 @@ def _plot(cfg: EigenJobConfig, res: Any, summary: dict[str, Any]) -> Path | str:
         ax.semilogx(tt, summary["train_accuracy_vs_time"], "o-", label="train")
         if "test_accuracy_vs_time" in summary:
             ax.semilogx(tt, summary["test_accuracy_vs_time"], "s-", label="test")
-        ax.set(xlabel="t", ylabel="accuracy", title="u(t) = Y + e^{−Θt}(u₀ − Y), u₀ = 0")
-        ax.legend()
+        ax.set(xlabel="training time $t$ (t = 0 left out: $f \\equiv 0$ there)",
+               ylabel="accuracy", ylim=(0, 1.02), title=ODE_TITLE)
+        ax.legend(loc="lower left")
     fig.tight_layout()
     path = beside(cfg.output, f"_eigen_{cfg.part}.png")
     with open_file(path, "wb", cfg.options_for(cfg.output)) as fh:
@@ -248,9 +256,17 @@ def summary_text(s: dict[str, Any], cfg: EigenJobConfig) -> str:
             f"τ={s['tolerance']:.2e} -> {verdict}; results {cfg.output}/eigen_{s['part']}, "
             f"plot {s['plot']}")
     if "test_accuracy_vs_time" in s:
-        text += (f"\n  t: {cfg.times} test accuracy: "
-                 f"{[round(a, 4) for a in s['test_accuracy_vs_time']]}")
+        text += "\n" + accuracy_vs_time_text(cfg.times, s["train_accuracy_vs_time"],
+                                             s["test_accuracy_vs_time"])
     return text
+
+
+def accuracy_vs_time_text(times: list[float], train: list[float], test: list[float]) -> str:
+    """Train/test accuracy of u(t) per time; t = 0 is named, not scored: there u₀ = 0, f ≡ 0
+    predicts no class (its 'accuracy' 0 is no measurement)."""
+    cells = [f"t = {t:g}: f ≡ 0 (untrained)" if t == 0 else f"t = {t:g}: {a:.3f} / {b:.3f}"
+             for t, a, b in zip(times, train, test)]
+    return "  train / test accuracy of u(t): " + "; ".join(cells)
 
 
 CONFIG = EigenJobConfig

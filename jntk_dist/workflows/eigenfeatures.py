@@ -27,6 +27,7 @@ from ..progress import track
 from ..analysis import (KernelRegressor, accuracy, eigenfeatures, feature_accuracies,
                        pgd_perturb, training_targets, write_results)
 from ..store import beside, open_file
+from ..store.locations import open_group
 from .problem import ProblemSpec, compute_context, load_problem, split_indices
 from ..errors import ConfigError
 
@@ -102,11 +103,7 @@ def _one_split(cfg: EigenfeaturesJobConfig, prob: Any, k: int, plot_data: dict[s
     value, grad = standard.value_and_gradient(Xte)
     perturbed = {(a, s): pgd_perturb(Xte, yte, grad, s, attack=a, value=value)
                  for a in cfg.attacks for s in cfg.steps}
-    write_results(cfg.output, {"test_index": (prob.test, ["test"]),
-                               "train_index": (prob.train, ["train"]),
-                               "pgd_gradient": (grad, ["test", "feature"])}, {},
-                  group="eigenfeatures" if k == 0 else f"eigenfeatures/split{k}",
-                  storage_options=cfg.options_for(cfg.output))
+    _write_gradient(cfg, prob, grad, "eigenfeatures" if k == 0 else f"eigenfeatures/split{k}")
     settings = [(lam, f"lam_{lam:g}") for lam in cfg.lams]
     settings += [(0.0, "standard")] if cfg.standard else []
     runs = {}
@@ -121,7 +118,7 @@ def _one_split(cfg: EigenfeaturesJobConfig, prob: Any, k: int, plot_data: dict[s
         arrays = {"eigenvalues": (eig.values, ["eig"]),
                   "coefficient": ((eig.vectors.T @ Y) / eig.values, ["eig"]),
                   "test_accuracy": (acc, ["eig"]), "f_test": (feats, ["test", "eig"])}
-        run = {"lam": lam, "gram_size": int(eig.n), "lambda_min": eig.lambda_min,
+        run = {"lam": lam, "setting_name": setting_label(name), "gram_size": int(eig.n), "lambda_min": eig.lambda_min,
                "lambda_max": eig.lambda_max, "tolerance": eig.tolerance,
                "predictor_test_accuracy": float(accuracy(feats.sum(axis=1), yte))}
         pert_acc = {}
@@ -138,6 +135,22 @@ def _one_split(cfg: EigenfeaturesJobConfig, prob: Any, k: int, plot_data: dict[s
             plot_data[name] = (eig.values, acc, {s: pert_acc[(cfg.attacks[0], s)]
                                                  for s in cfg.steps}, eig.tolerance)
     return runs
+
+
+def _write_gradient(cfg: EigenfeaturesJobConfig, prob: Any, grad: np.ndarray, group: str) -> None:
+    """The split's indices and the attack's gradient (test, feature); ``feature`` indexes the
+    input columns, named by the coordinate ``feature_name`` when the dataset names them."""
+    arrays = {"test_index": (prob.test, ["test"]), "train_index": (prob.train, ["train"]),
+              "pgd_gradient": (grad, ["test", "feature"]),
+              "feature": (np.arange(grad.shape[1]), ["feature"])}
+    named = len(prob.feature_names) == grad.shape[1]
+    if named:  # variable-length strings: zarr 3 specifies them (fixed-width unicode it does not)
+        arrays["feature_name"] = (np.array(prob.feature_names, dtype=np.dtypes.StringDType()),
+                                  ["feature"])
+    options = cfg.options_for(cfg.output)
+    location = write_results(cfg.output, arrays, {}, group=group, storage_options=options)
+    if named:  # xarray reads a variable's "coordinates" attribute as its coordinates
+        open_group(location, "a", options)["pgd_gradient"].attrs["coordinates"] = "feature_name"
 
 
 def _pairplot(data: dict[str, Any], steps: list[float], output: Path | str,
@@ -159,9 +172,9 @@ def pairplot(data: dict[str, Any], steps: list[float], fh: Any) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ["log10 eigenvalue", "test accuracy"] + [f"accuracy, step {s:g}" for s in steps]
+    names = [r"$\log_{10}\lambda_i$", "test accuracy"] + [f"accuracy, step {s:g}" for s in steps]
     k = len(names)
-    fig, axes = plt.subplots(k, k, figsize=(2.4 * k, 2.4 * k), squeeze=False)
+    fig, axes = plt.subplots(k, k, figsize=(2.4 * k + 2.2, 2.4 * k), squeeze=False)
     regs = [n for n in data if n != "standard"]
     for label, (w, acc, pert, tau) in data.items():
         keep = w > tau
@@ -173,18 +186,25 @@ def pairplot(data: dict[str, Any], steps: list[float], fh: Any) -> None:
                 ax = axes[i, j]
                 if i == j:
                     ax.hist(cols[i], bins=30, histtype="step", color=color,
-                            label=label.replace("lam_", "λ="))
+                            label=setting_label(label))
                 else:
                     ax.scatter(cols[j], cols[i], s=3, alpha=0.4, color=color)
                 if i == k - 1:
                     ax.set_xlabel(names[j], fontsize=8)
                 if j == 0:
                     ax.set_ylabel(names[i], fontsize=8)
-    axes[0, 0].legend(fontsize=7)
-    fig.suptitle("eigenfeatures f_i: eigenvalue vs clean / perturbed test accuracy")
-    fig.tight_layout()
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="center right", fontsize=9,
+               title="setting", frameon=False)
+    fig.suptitle(r"eigenfeatures $f_i$: eigenvalue $\lambda_i$ vs clean / perturbed test accuracy")
+    fig.tight_layout(rect=(0, 0, 2.4 * k / (2.4 * k + 2.2), 1))  # the legend in the margin
     fig.savefig(fh, format="png", dpi=80)
     plt.close(fig)
+
+
+def setting_label(name: str) -> str:
+    """A setting's name as a reader says it: ``lam_0.1`` → "λ = 0.1", ``standard`` → "standard
+    NTK (λ = 0)"."""
+    return "standard NTK (λ = 0)" if name == "standard" else name.replace("lam_", "λ = ")
 
 
 def summary_text(s: dict[str, Any], cfg: EigenfeaturesJobConfig) -> str:

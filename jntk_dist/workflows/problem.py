@@ -99,6 +99,7 @@ class Problem:
     test: np.ndarray
     source: str
     store: Any = None  # a jntk_dist.store.GramStore when read from a store
+    feature_names: tuple[str, ...] = ()  # the dataset's input columns, when a dataset is named
 
     @property
     def q_per_point(self) -> int:
@@ -143,17 +144,19 @@ def load_problem(cfg: ProblemSpec) -> Problem:
             raise StoreError(f"store {cfg.store} is incomplete ({len(st.missing_tiles())} tiles "
                              "missing); rerun `jntk gram` on its config first")
         X, y = np.asarray(st.X, dtype=np.float64), np.asarray(st.y, dtype=np.float64)
+        names: tuple[str, ...] = ()
         if cfg.dataset is not None:
             ds = cfg.dataset.load()
             if ds.X.shape != X.shape or not np.allclose(ds.X, X):
                 raise InputError(f"dataset {ds.name!r} does not match the inputs X of store "
                                  f"{cfg.store} (shape {ds.X.shape} vs {X.shape})")
+            names = ds.feature_names
         depth, activation, source = st.depth, st.activation, f"store {cfg.store}"
         lam = cfg.lam if cfg.lam is not None else (st.lam if st.lam is not None else 1.0)
     else:
         return _dataset_problem(cfg)
     train, test = split_indices(y, cfg.test_fraction, cfg.seed)
-    return Problem(X, y, depth, activation, float(lam), train, test, source, st)
+    return Problem(X, y, depth, activation, float(lam), train, test, source, st, names)
 
 
 def _dataset_problem(cfg: ProblemSpec) -> Problem:
@@ -168,7 +171,7 @@ def _dataset_problem(cfg: ProblemSpec) -> Problem:
     if cfg.test_dataset is None:
         train, test = split_indices(ds.y, cfg.test_fraction, cfg.seed)
         return Problem(ds.X, ds.y, kernel.depth, kernel.activation, float(lam), train, test,
-                       source)
+                       source, feature_names=ds.feature_names)
     test_ds = cfg.test_dataset.load()
     if test_ds.X.shape[1] != ds.X.shape[1]:
         raise InputError(f"test_dataset {test_ds.name!r} has d0={test_ds.X.shape[1]}, the "
@@ -176,7 +179,8 @@ def _dataset_problem(cfg: ProblemSpec) -> Problem:
     n, m = ds.X.shape[0], test_ds.X.shape[0]
     return Problem(np.vstack([ds.X, test_ds.X]), np.concatenate([ds.y, test_ds.y]),
                    kernel.depth, kernel.activation, float(lam), np.arange(n),
-                   np.arange(n, n + m), f"{source}, test set {test_ds.name} ({m} points)")
+                   np.arange(n, n + m), f"{source}, test set {test_ds.name} ({m} points)",
+                   feature_names=ds.feature_names)
 
 
 @contextlib.contextmanager

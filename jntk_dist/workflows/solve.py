@@ -168,6 +168,7 @@ def _summary(cfg: SolveJobConfig, prob: Problem, fit: Fit, y_score: np.ndarray,
         "train_accuracy": float(accuracy(fit.f_train, y_score[prob.train])),
         "test_accuracy": (float(accuracy(fit.f_test, y_score[prob.test])) if prob.test.size
                           else None),
+        **majority_baseline(y_score[prob.train], y_score[prob.test]),
         "relative_residual": fit.residual, "residual_tolerance": tol, "converged": converged,
         "solve_seconds": fit.seconds,
         "scheduler": fit.scheduler, "config": cfg.recorded(),
@@ -271,9 +272,24 @@ def _fit_dense(prob: Problem, cfg: SolveJobConfig, y_fit: np.ndarray) -> Fit:
 
 
 
+def majority_baseline(y_train: np.ndarray, y_test: np.ndarray) -> dict[str, Any]:
+    """The baseline a test accuracy is read against: the test accuracy of always predicting the
+    training set's most frequent class (labels ±1, or class indices when multiclass)."""
+    if y_test.size == 0 or y_train.size == 0 or y_train.ndim != 1:
+        return {"majority_class": None, "majority_class_test_accuracy": None}
+    values, counts = np.unique(y_train, return_counts=True)
+    majority = values[np.argmax(counts)]
+    return {"majority_class": majority.item(),
+            "majority_class_test_accuracy": float(np.mean(y_test == majority))}
+
+
 def summary_text(s: dict[str, Any], cfg: SolveJobConfig) -> str:
-    """What ``jntk solve`` prints."""
+    """What ``jntk solve`` prints: the test accuracy beside the majority-class baseline."""
     test = "n/a" if s["test_accuracy"] is None else f"{s['test_accuracy']:.4f}"
+    if s.get("majority_class_test_accuracy") is not None:
+        base = s["majority_class_test_accuracy"]
+        test += (f" (always predicting the training majority class {s['majority_class']:g}: "
+                 f"{base:.4f}{'; NO BETTER than that' if s['test_accuracy'] <= base else ''})")
     text = (f"solve: {s['source']}, λ={s['lam']:g}, μ={s['ridge']:g}, Gram {s['gram_size']}² on "
             f"{s['scheduler']} in {s['solve_seconds']:.2f}s (relative residual "
             f"{s['relative_residual']:.1e}, {'converged' if s['converged'] else 'NOT CONVERGED'}"
