@@ -121,7 +121,8 @@ class PcaCoarsePreconditioner(Preconditioner):
     application, which then costs about one more product); ``factor_dtype``: storage of the
     Kronecker factor (None: float64 with the fields held, float32 when they are streamed; a
     smoother, it tolerates float32); the coarse factor stays in the operator's precision (the
-    A-DEF2 form needs an exact coarse solve: a float32 one stalled PCG). ``budget_bytes``: the
+    A-DEF2 form needs an exact coarse solve: a float32 one stalled PCG; ``pca_refined``,
+    :mod:`.refined`, stores it in float32 and refines each coarse solve in float64). ``budget_bytes``: the
     memory the set-up may use (None: :func:`.memory.usable_bytes` of the device)."""
 
     name = "pca"
@@ -169,7 +170,8 @@ class PcaCoarsePreconditioner(Preconditioner):
         device, n, reserve = op.x1.device, self.n, tile_reserve(op)
         usable = budget(device, self.budget_bytes)
         if hold is None:
-            hold = 2 * n <= coarse_budget(device, n, reserve, held=9.0, budget_bytes=usable.bytes)
+            hold = 2 * n <= coarse_budget(device, n, reserve, held=9.0, budget_bytes=usable.bytes,
+                                          entry_bytes=self.coarse_entry_bytes)
         self.hold_fields = bool(hold)
         self.factor_dtype = factor_dtype or (torch.float64 if hold else torch.float32)
         kron = 1.0 if self.factor_dtype == torch.float64 else 0.5
