@@ -143,6 +143,7 @@ def test_the_default_everywhere_is_auto_and_names_come_from_the_registry():
     assert StructuredSpec().preconditioner == "auto"
     assert PRECONDITIONERS == tuple(REGISTRY)
     assert {"none", "jacobi", "kron", "two_level", "nystrom", "pca", "direct", "rpcholesky",
+            "pca_refined",
             "auto"} == set(PRECONDITIONERS)
     for name, cls in REGISTRY.items():
         assert cls.name == name and cls.description and issubclass(cls, Preconditioner)

@@ -8,11 +8,14 @@ In this order, the first that fits the usable memory:
     an iterative set-up and solve; a few hundred rows of tabular data);
 (b) small rank(X) ≤ 16 (tabular data, low d0): ``pca`` with a coarse space that spans all of
     span(X) (k = min(rank, d0 − 1) principal directions and the rest of each x_i), on whose
-    complement Θ_λ = λK_b ⊗ I exactly, where N(k+2) ≤ 2 × ``direct_max`` (its factorisation
+    complement Θ_λ = λK_b ⊗ I exactly (``pca_refined`` where only its float32 coarse factor
+    fits), where N(k+2) ≤ 2 × ``direct_max`` (its factorisation
     costs what a direct solve of that size does); else ``rpcholesky`` (Nyström of the whole Θ_λ, rank from
     the effective dimension at μ, capped by the memory plan);
 (c) a decaying spectrum (images, correlated features: 85 % of ‖X‖² in ≤ 16 directions): ``pca``
-    where its smallest coarse space (2N, fields streamed) fits, else ``nystrom``;
+    where its smallest coarse space (2N, fields streamed) fits, else ``pca_refined`` (the same
+    coarse space with a float32 factor refined in float64, :mod:`.refined`: half the coarse
+    matrix's memory) where that fits, else ``nystrom``;
 (d) a flat spectrum (more than 16 directions for 85 %: a per-point coarse space of ≤ 16
     directions leaves most of the coupling outside it): ``direct`` up to 2 × ``direct_max``,
     else ``rpcholesky``, else ``nystrom``.
@@ -34,6 +37,7 @@ from .coarse import choose_pca_rank, coarse_budget, pca_basis, pca_plan, tile_re
 from .direct import direct_plan
 from .lowrank import POINTS_PER_STEP, max_rank, rpcholesky_plan
 from .memory import Budget, MemoryPlan, budget, refuse
+from .refined import RefinedPcaPreconditioner  # noqa: F401  (registers pca_refined)
 from .registry import Preconditioner, preconditioner_class, register
 
 __all__ = ["AutoPreconditioner", "AutoDecision", "choose", "DIRECT_MAX", "SPAN_RANK_MAX",
@@ -48,6 +52,10 @@ NYSTROM_MB = 256.0  # the nystrom factors' budget (3N·r numbers), less where me
 AUTO_RIDGE_FRACTION = 0.01  # ridge: auto = this × the mean diagonal of Θ_λ
 ALTERNATIVES = ("Alternatives: subsample the training set, a larger ridge μ, preconditioner: "
                 "kron or jacobi (O(N²) / O(N d0) memory), or a device with more free memory")
+
+
+_REFINED_WHY = ("the float64 coarse factor does not fit, its float32 factor refined in float64 "
+                "does: ")
 
 
 def auto_ridge(op: Any) -> float:
@@ -82,14 +90,15 @@ def _small_rank(op: StructuredParts, r: int, limit: int, usable: Budget, reserve
     spectrum's direct solve (N(k+2) ≤ 2 × the limit) and fits, else randomly pivoted Cholesky."""
     n, d0 = op.n1, op.d0
     k = min(r, d0 - 1)
-    for hold in (True, False):
-        plan = pca_plan(n, k, hold, not hold, reserve, usable, dev)
+    for hold, entry in ((True, 8), (False, 8), (False, 4)):
+        plan = pca_plan(n, k, hold, not hold, reserve, usable, dev, entry)
         plans.append(plan)
         if plan.fits and n * (k + 2) <= FLAT_DIRECT_FACTOR * limit:
-            return AutoDecision("pca", f"rank(X) = {r} ≤ {SPAN_RANK_MAX}: a coarse space "
+            name, note = ("pca", "") if entry == 8 else ("pca_refined", _REFINED_WHY)
+            return AutoDecision(name, f"rank(X) = {r} ≤ {SPAN_RANK_MAX}: a coarse space "
                                 f"spanning span(X) (k = {k}), exact on its complement; "
-                                f"{plan.text()}", {"k": k, "hold_fields": hold,
-                                                   "budget_bytes": usable.bytes}, plans)
+                                f"{note}{plan.text()}", {"k": k, "hold_fields": hold,
+                                                         "budget_bytes": usable.bytes}, plans)
     return _rpcholesky(op, f"rank(X) = {r} ≤ {SPAN_RANK_MAX} but the spanning coarse space "
                            f"(N(k+2) = {n * (k + 2):,}) is above {FLAT_DIRECT_FACTOR * limit:,} "
                            f"or does not fit ({plans[-1].text()})", usable, dev, plans)
@@ -127,10 +136,17 @@ def _images(op: StructuredParts, k85: int, usable: Budget, reserve: float, dev: 
     n = op.n1
     plan = pca_plan(n, 0, False, True, reserve, usable, dev)
     plans.append(plan)
+    why = (f"85 % of ‖X‖² in k = {k85} ≤ {SPAN_RANK_MAX} directions (images, correlated "
+           "features): the PCA coarse space")
     if 2 * n <= coarse_budget(op.x1.device, n, reserve, held=0.5, budget_bytes=usable.bytes):
-        return AutoDecision("pca", f"85 % of ‖X‖² in k = {k85} ≤ {SPAN_RANK_MAX} directions "
-                            f"(images, correlated features): the PCA coarse space, smallest "
-                            f"{plan.text()}", {"budget_bytes": usable.bytes}, plans)
+        return AutoDecision("pca", f"{why}, smallest {plan.text()}",
+                            {"budget_bytes": usable.bytes}, plans)
+    refined = pca_plan(n, 0, False, True, reserve, usable, dev, entry_bytes=4)
+    plans.append(refined)
+    if 2 * n <= coarse_budget(op.x1.device, n, reserve, held=0.5, budget_bytes=usable.bytes,
+                              entry_bytes=4):
+        return AutoDecision("pca_refined", f"{why}; {_REFINED_WHY}{plan.text()}; smallest "
+                            f"{refined.text()}", {"budget_bytes": usable.bytes}, plans)
     return _nystrom(op, f"pca's smallest coarse space does not fit ({plan.text()})", usable,
                     dev, plans)
 

@@ -63,15 +63,17 @@ ROW_TEMPORARIES = 5  # (rows, N, k+1, k+1) float64 tensors alive at once in _coa
 
 
 def coarse_budget(device: torch.device, n: int, reserve_bytes: float = 0.0,
-                  held: float = 9.0, budget_bytes: float | None = None) -> int:
+                  held: float = 9.0, budget_bytes: float | None = None,
+                  entry_bytes: int = 8) -> int:
     """The largest coarse dimension N(k+2) whose set-up fits: the float64 coarse matrix (factored
     in place, (N(k+2))²·8 bytes) in the usable memory (:func:`.memory.usable_bytes`: 60 % of the
     free GPU memory or available RAM, or ``budget_bytes``), beside ``held`` float64 N×N matrices
     (9 with the fields held: the 8 fields and the Kronecker factor; 0.5 when they are streamed
     and the Kronecker factor is float32) and ``reserve_bytes`` (the row tiles of a product and
-    of the coarse matrix's set-up, :func:`coarse_tile`)."""
+    of the coarse matrix's set-up, :func:`coarse_tile`); ``entry_bytes``: 4 for the float32
+    coarse factor of ``pca_refined`` (:mod:`.refined`)."""
     left = budget(device, budget_bytes).bytes - reserve_bytes - held * n * n * 8
-    return int(math.sqrt(left / 8)) if left > 0 else 0
+    return int(math.sqrt(left / entry_bytes)) if left > 0 else 0
 
 
 def coarse_tile(n: int, k: int, reserve_bytes: float, tile: int = 128) -> int:
@@ -83,13 +85,16 @@ def coarse_tile(n: int, k: int, reserve_bytes: float, tile: int = 128) -> int:
 
 
 def pca_plan(n: int, k: int, hold_fields: bool, kron_float32: bool,
-             reserve_bytes: float, usable: Budget, device: str) -> MemoryPlan:
-    """The set-up's peak of the pca preconditioner: the coarse matrix, the fields if held, the
-    Kronecker factor and the row tiles (products' and the coarse rows' temporaries)."""
+             reserve_bytes: float, usable: Budget, device: str,
+             entry_bytes: int = 8) -> MemoryPlan:
+    """The set-up's peak of the pca preconditioner: the coarse matrix (``entry_bytes`` 8, or 4
+    for ``pca_refined``'s float32 factor), the fields if held, the Kronecker factor and the row
+    tiles (products' and the coarse rows' temporaries)."""
     held = (8.0 if hold_fields else 0.0) + (0.5 if kron_float32 else 1.0)
-    need = (n * (k + 2)) ** 2 * 8 + held * n * n * 8 + reserve_bytes
+    need = (n * (k + 2)) ** 2 * entry_bytes + held * n * n * 8 + reserve_bytes
     fields = "held" if hold_fields else "streamed"
-    return MemoryPlan(f"pca (k = {k}, fields {fields})", need, 0.0, usable, device)
+    name = "pca" if entry_bytes == 8 else "pca_refined (float32 coarse factor)"
+    return MemoryPlan(f"{name} (k = {k}, fields {fields})", need, 0.0, usable, device)
 
 
 def tile_reserve(op: object) -> float:
@@ -116,13 +121,16 @@ class PcaCoarsePreconditioner(Preconditioner):
     application, which then costs about one more product); ``factor_dtype``: storage of the
     Kronecker factor (None: float64 with the fields held, float32 when they are streamed; a
     smoother, it tolerates float32); the coarse factor stays in the operator's precision (the
-    A-DEF2 form needs an exact coarse solve: a float32 one stalled PCG). ``budget_bytes``: the
+    A-DEF2 form needs an exact coarse solve: a float32 one stalled PCG; ``pca_refined``,
+    :mod:`.refined`, stores it in float32 and refines each coarse solve in float64). ``budget_bytes``: the
     memory the set-up may use (None: :func:`.memory.usable_bytes` of the device)."""
 
     name = "pca"
     description = ("exact on a per-point PCA coarse space {e0, top-k directions of X, rest of "
                    "x_i}, Kronecker on its complement (images; low-rank X)")
     provides_start = True
+    coarse_dtype: torch.dtype | None = None  # the coarse factor's storage (None: the operator's)
+    coarse_entry_bytes = 8  # its bytes per entry in the memory plan
 
     def __init__(self, op: StructuredParts, ridge: float = 0.0, k: int | None = None,
                  energy: float = 0.85, tile: int = 128, hold_fields: bool | None = None,
@@ -162,17 +170,19 @@ class PcaCoarsePreconditioner(Preconditioner):
         device, n, reserve = op.x1.device, self.n, tile_reserve(op)
         usable = budget(device, self.budget_bytes)
         if hold is None:
-            hold = 2 * n <= coarse_budget(device, n, reserve, held=9.0, budget_bytes=usable.bytes)
+            hold = 2 * n <= coarse_budget(device, n, reserve, held=9.0, budget_bytes=usable.bytes,
+                                          entry_bytes=self.coarse_entry_bytes)
         self.hold_fields = bool(hold)
         self.factor_dtype = factor_dtype or (torch.float64 if hold else torch.float32)
         kron = 1.0 if self.factor_dtype == torch.float64 else 0.5
         largest = coarse_budget(device, n, reserve, held=(8.0 if hold else 0.0) + kron,
-                                budget_bytes=usable.bytes)
+                                budget_bytes=usable.bytes, entry_bytes=self.coarse_entry_bytes)
         k = int(min(k, self.d0))
         if lower:
             k = max(0, min(k, largest // n - 2))
         if n * (k + 2) > largest:
-            plan = pca_plan(n, k, self.hold_fields, kron == 0.5, reserve, usable, device.type)
+            plan = pca_plan(n, k, self.hold_fields, kron == 0.5, reserve, usable, device.type,
+                            self.coarse_entry_bytes)
             raise NotEnoughMemoryError(f"the coarse space of the pca preconditioner, N(k+2) = "
                                        f"{n * (k + 2)}, does not fit: {plan.text()}; use "
                                        "preconditioner: nystrom, rpcholesky or kron at this N")
@@ -204,7 +214,7 @@ class PcaCoarsePreconditioner(Preconditioner):
     def _coarse_matrix(self) -> Tensor:
         n, k, p = self.n, self.k, self.k + 2
         Z = self.Z
-        C = torch.empty((n, p, n, p), dtype=Z.dtype, device=Z.device)
+        C = torch.empty((n, p, n, p), dtype=self.coarse_dtype or Z.dtype, device=Z.device)
         d = torch.cat([Z, self.rho[:, None]], 1)  # d_j = E_jᵀx_j
         for s in range(0, n, self.tile):
             rows = slice(s, min(s + self.tile, n))
