@@ -87,8 +87,15 @@ def is_user_os_error(err: BaseException) -> bool:
 
 
 def available_memory() -> int | None:
-    """Bytes of memory this machine can still give (``MemAvailable`` of /proc/meminfo, Linux),
-    or None where it cannot be told."""
+    """Bytes of memory this machine can still give (``psutil.virtual_memory().available``, else
+    ``MemAvailable`` of /proc/meminfo: not the free pages, which leave out the reclaimable page
+    cache), or None where it cannot be told."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:

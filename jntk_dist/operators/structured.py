@@ -21,7 +21,7 @@ import torch
 
 from .. import kernels
 from ..kernels import FIELD_INDEX, FIELD_NAMES, KernelFields
-from ..kernels.devices import choose_device
+from ..kernels.devices import auto_tile_mb, choose_device
 from .base import OperatorBase
 from .field_sources import AccessorFields, ArrayFields, FieldSource, InMemoryFields, RecomputedFields
 
@@ -210,15 +210,11 @@ def _inputs(x: Any, name: str, dtype: torch.dtype, device: Any, d0: int | None =
     return t
 
 
-def auto_memory_mb(device: torch.device | str, fraction: float = 0.5,
-                   cpu_mb: float = 512.0) -> float:
-    """The working-set budget of a product's row tile: ``fraction`` of the device's free memory
-    on a GPU, ``cpu_mb`` on a CPU (the row tiles are sized from it)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return fraction * free / 2**20
-    return float(cpu_mb)
+def auto_memory_mb(device: torch.device | str) -> float:
+    """The working-set budget of a product's row tile under ``memory_mb: "auto"``: the one
+    memory rule (:func:`jntk_dist.kernels.devices.auto_tile_mb`: a quarter of 60 % of the
+    device's free memory, GPU or RAM, at most 4 GiB)."""
+    return auto_tile_mb(device)
 
 
 def _field_source(fields: Any, t1: Tensor, t2: Tensor, one_set: bool, desc: dict[str, Any], *,
@@ -273,7 +269,7 @@ def structured_operator(x1: Any, x2: Any | None = None, *, fields: Any = None,
       * ``mode="recompute"``: :func:`kernels.fields` per row tile on every product (bounded memory).
 
     ``device``: default CUDA when present. ``memory_mb``: a product's row-tile budget, or
-    ``"auto"`` (:func:`auto_memory_mb`: half the free GPU memory). ``compile``: the compiled
+    ``"auto"`` (:func:`auto_memory_mb`: the one memory rule). ``compile``: the compiled
     field recursion for computed fields (None: ``JNTK_COMPILE``). ``fields_dtype``: compute the
     recomputed fields in this precision (e.g. float32) while products stay in ``dtype``.
     """

@@ -25,6 +25,7 @@ from .preconditioners import (PRECONDITIONERS, BlockJacobiPreconditioner, Identi
 from .auto import AUTO_RIDGE_FRACTION, AutoDecision, auto_ridge, choose
 from .cg import IndefiniteError, labels_to_rhs, pcg, structured_solve
 from .coarse import PcaCoarsePreconditioner
+from .refined import RefinedPcaPreconditioner
 from .direct import DirectPreconditioner
 from .iterative_eigen import shift_invert_eigs, structured_eigs
 from .lowrank import RPCholeskyPreconditioner
@@ -37,7 +38,8 @@ __all__ = ["AUTO_RIDGE_FRACTION", "PRECONDITIONERS", "REGISTRY", "add_ridge", "a
            "CholeskyInverseOperator", "choose", "DirectPreconditioner", "eigen", "EigenResult",
            "eigh_dense", "IdentityPreconditioner", "IndefiniteError", "KroneckerPreconditioner",
            "labels_to_rhs", "make_preconditioner", "MemoryPlan", "NotEnoughMemoryError",
-           "NotPositiveDefiniteError", "NystromPreconditioner", "PcaCoarsePreconditioner", "pcg",
+           "NotPositiveDefiniteError", "NystromPreconditioner", "PcaCoarsePreconditioner",
+           "RefinedPcaPreconditioner", "pcg",
            "pivoted_cholesky", "positivity_tolerance", "Preconditioner", "preconditioner_help",
            "preconditioner_names", "RPCholeskyPreconditioner", "shift_invert_eigs",
            "smallest_eigenvalue", "SolveResult", "structured_eigs", "structured_solve",

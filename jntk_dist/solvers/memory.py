@@ -1,12 +1,10 @@
 """The one memory rule of the solvers: what a set-up needs at its peak against what the device
 has free, with headroom for whatever else runs on the machine.
 
-* free memory: on a GPU ``torch.cuda.mem_get_info`` (after emptying PyTorch's cache), on the CPU
-  the *available* RAM (``psutil.virtual_memory().available``, else ``MemAvailable`` of
-  /proc/meminfo) — not the free pages, which leave out the reclaimable page cache;
-* usable: :data:`USABLE_FRACTION` (60 %) of it, for both the preconditioners' set-up
-  (:func:`.coarse.coarse_budget`, ``auto``) and a product's row tiles (:func:`auto_tile_mb`,
-  the jobs' ``memory_mb: auto``);
+* free memory and usable share: the one memory rule of :mod:`jntk_dist.kernels.devices`
+  (GPU: ``torch.cuda.mem_get_info``; CPU: the *available* RAM); usable: 60 % of it, for both
+  the preconditioners' set-up (:func:`.coarse.coarse_budget`, ``auto``) and a product's row
+  tiles (:func:`auto_tile_mb`, the jobs' and the operators' ``memory_mb: auto``);
 * a :class:`MemoryPlan` counts the set-up's peak (held matrices and temporaries), prints
   "needs X GB on the device, Y GB on the host; has Z GB" and refuses with one line naming the
   alternatives (:class:`NotEnoughMemoryError`) when nothing fits.
@@ -18,54 +16,22 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ResourceError
+from ..kernels.devices import USABLE_FRACTION, auto_tile_mb, free_bytes, usable_bytes
+
 __all__ = ["USABLE_FRACTION", "NotEnoughMemoryError", "MemoryPlan", "Budget", "free_bytes",
            "usable_bytes", "budget", "auto_tile_mb", "gb"]
 
-USABLE_FRACTION = 0.6  # of the free memory: the rest is headroom for what else runs
-TILE_SHARE = 0.25  # of the usable memory: a product's row tiles under memory_mb: auto
-TILE_CAP_MB = 4096.0  # larger row tiles do not make products faster
 
-
-class NotEnoughMemoryError(MemoryError, ValueError):
+class NotEnoughMemoryError(ResourceError, MemoryError):
     """Nothing the solver could build fits the device's memory; the message names what it
-    needs, what the device has and the alternatives. (A ValueError too, so the CLI prints it
-    as one line.)"""
+    needs, what the device has and the alternatives (a :class:`~jntk_dist.errors.ResourceError`:
+    the CLI prints it as one line)."""
 
 
 def gb(n_bytes: float) -> str:
     """Bytes as GB with 2 significant digits' worth of precision."""
     return f"{n_bytes / 1e9:.2g} GB" if n_bytes < 1e10 else f"{n_bytes / 1e9:.0f} GB"
-
-
-def _available_ram() -> int:
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    raise OSError("cannot read the available memory (no psutil, no MemAvailable)")
-
-
-def free_bytes(device: torch.device | str) -> int:
-    """Free memory of ``device``: the GPU's (cache emptied first) or the available RAM."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        return int(torch.cuda.mem_get_info(device)[0])
-    return _available_ram()
-
-
-def usable_bytes(device: torch.device | str, budget_bytes: float | None = None,
-                 fraction: float = USABLE_FRACTION) -> float:
-    """What a set-up may use: ``budget_bytes`` when given (tests force decisions with it),
-    else ``fraction`` of the device's free memory."""
-    if budget_bytes is not None:
-        return float(budget_bytes)
-    return fraction * free_bytes(device)
 
 
 @dataclass(frozen=True)
@@ -82,12 +48,6 @@ def budget(device: torch.device | str, budget_bytes: float | None = None) -> Bud
         return Budget(float(budget_bytes), "the given budget")
     free = free_bytes(device)
     return Budget(USABLE_FRACTION * free, f"{USABLE_FRACTION:.0%} of {gb(free)} free")
-
-
-def auto_tile_mb(device: torch.device | str, budget_bytes: float | None = None) -> float:
-    """The row-tile working set of a product under ``memory_mb: auto``: a quarter of the usable
-    memory (the same rule as every set-up), at most 4 GiB."""
-    return min(TILE_CAP_MB, TILE_SHARE * usable_bytes(device, budget_bytes) / 2**20)
 
 
 @dataclass

@@ -13,7 +13,8 @@ process, Ray actors, Dask tasks).
   * ``"nystrom"``: two-level with both factors replaced by pivoted-Cholesky (Nyström) low rank +
                   exact diagonal, set up from r field columns (large N);
   * ``"none"``;
-  * registered by their own modules: ``"pca"`` (:mod:`.coarse`), ``"direct"`` (:mod:`.direct`),
+  * registered by their own modules: ``"pca"`` (:mod:`.coarse`), ``"pca_refined"`` (its float32
+    coarse factor refined in float64, :mod:`.refined`), ``"direct"`` (:mod:`.direct`),
     ``"rpcholesky"`` (:mod:`.lowrank`) and ``"auto"`` (:mod:`.auto`).
 """
 
