@@ -151,8 +151,13 @@ class PcaCoarsePreconditioner(Preconditioner):
         kb.diagonal().add_(self.mu)  # float64 build is freed before C is made
         self.Lb = factor_in_place(kb, "λK_b + μI").to(self.factor_dtype)
         del kb
-        self.Lc = factor_in_place(self._coarse_matrix(), "the coarse matrix Tᵀ(A+μI)T")
+        self.Lc = self._factor_coarse()
         _fit_tiles_to_what_is_left(op)
+
+    def _factor_coarse(self) -> Tensor:
+        """The coarse factor :meth:`_coarse_solve` uses (here C's Cholesky factor, in place;
+        :mod:`.distributed_coarse` holds it in block rows on Ray actors instead)."""
+        return factor_in_place(self._coarse_matrix(), "the coarse matrix Tᵀ(A+μI)T")
 
     def _fit_rank(self, op: StructuredParts, k: int, lower: bool, hold: bool | None,
                   factor_dtype: torch.dtype | None) -> int:

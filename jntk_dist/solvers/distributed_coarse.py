@@ -1,0 +1,267 @@
+"""The pca coarse factor held in block rows by Ray actors: a blocked right-looking Cholesky and
+blocked triangular solves, driven from the driver (docs/structured.md, "Distributed coarse solve").
+
+The coarse matrix C = Tᵀ(A + μI)T (M = N(k+2) square, :mod:`.coarse`) is cut into ``n_blocks``
+block rows aligned to points (block row I: the coordinates of points [lo_I, hi_I)); block row I
+lives on actor I mod ``n_actors``, which keeps only its lower part, the tiles C_IJ for J ≤ I, as
+one float64 numpy array (hi_I(k+2) columns). The driver forms C by row tiles of at most ``tile``
+points (:meth:`PcaCoarsePreconditioner._coarse_rows`, the same formula and code as the local
+path) and sends each tile to its owner at once, so it never holds C.
+
+Factor, step K = 0 … n_blocks−1: the owner of K factors C_KK = L_KK L_KKᵀ; every actor solves
+its panels L_IK = C_IK L_KK⁻ᵀ (I > K); every actor subtracts L_IK L_JKᵀ from its tiles
+C_IJ (K < J ≤ I). L_KK and the panels go between actors through the object store; the driver
+only waits for each step's small acknowledgements (1 + 2·n_actors actor calls a step).
+Solves: forward, block row I's owner forms y_I = L_II⁻¹(b_I − Σ_{J<I} L_IJ y_J) from the y_J
+already made; backward, from the last block, x_J = L_JJ⁻ᵀ(y_J − Σ_{I>J} U_I[J]) with
+U_I = L_I,<Iᵀ x_I made by the owner of I (2·n_blocks actor calls an application).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from ..operators.distributed import row_blocks
+from .coarse import PcaCoarsePreconditioner
+
+__all__ = ["DistributedCoarseFactor", "RayPcaCoarsePreconditioner"]
+
+Tensor = torch.Tensor
+NOT_PD = "is not positive definite: use a ridge μ > 0"
+
+
+class _CoarseBlockRows:
+    """Holds the lower tiles of some block rows of C, overwritten by those of L."""
+
+    def __init__(self, bounds: list[tuple[int, int]], mine: list[int]) -> None:
+        self.bounds = bounds
+        self.rows = {I: np.zeros((bounds[I][1] - bounds[I][0], bounds[I][1]))
+                     for I in mine}
+
+    def tile(self, I: int, J: int) -> np.ndarray:
+        lo, hi = self.bounds[J]
+        return self.rows[I][:, lo:hi]
+
+    def put_rows(self, I: int, offset: int, rows: np.ndarray) -> int:
+        self.rows[I][offset:offset + rows.shape[0]] = rows[:, :self.bounds[I][1]]
+        return rows.shape[0]
+
+    def factor_diag(self, K: int) -> np.ndarray:
+        A = self.tile(K, K)
+        try:
+            L = np.linalg.cholesky(A)  # reads the lower triangle
+        except np.linalg.LinAlgError:
+            raise ValueError(f"the coarse matrix Tᵀ(A+μI)T {NOT_PD}") from None
+        A[...] = L
+        return L
+
+    def panel(self, K: int, L_KK: np.ndarray) -> dict[int, np.ndarray]:
+        out = {}
+        for I in self.rows:
+            if I > K:
+                A = self.tile(I, K)
+                A[...] = scipy.linalg.solve_triangular(L_KK, A.T, lower=True).T
+                out[I] = A
+        return out
+
+    def trailing(self, K: int, *panels: dict[int, np.ndarray]) -> int:
+        P = {I: L for part in panels for I, L in part.items()}
+        for I in self.rows:
+            for J in range(K + 1, I + 1) if I > K else ():
+                self.tile(I, J)[...] -= P[I] @ P[J].T
+        return len(P)
+
+    def forward(self, I: int, b: np.ndarray, *ys: np.ndarray) -> np.ndarray:
+        acc = b.copy()
+        for J, y in enumerate(ys):
+            acc -= self.tile(I, J) @ y
+        return scipy.linalg.solve_triangular(self.tile(I, I), acc, lower=True)
+
+    def backward(self, J: int, y: np.ndarray, *later: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.bounds[J]
+        acc = y.copy()
+        for U in later:
+            acc -= U[lo:hi]
+        x = scipy.linalg.solve_triangular(self.tile(J, J), acc, lower=True, trans="T")
+        return x, self.rows[J][:, :lo].T @ x
+
+    def block_row(self, I: int) -> np.ndarray:
+        return self.rows[I]
+
+
+def _block_row_actor_class() -> Any:
+    import ray
+
+    return ray.remote(_CoarseBlockRows)
+
+
+class DistributedCoarseFactor:
+    """The lower Cholesky factor of an M×M SPD matrix held in block rows by Ray actors
+    (module docstring). ``bounds``: the block rows' [lo, hi) coordinate ranges, consecutive from
+    0 to M; block row I lives on actor I mod ``n_actors``. Fill it with :meth:`put_rows`, then
+    :meth:`factor`; :meth:`solve` applies (L Lᵀ)⁻¹. ``messages`` counts the actor calls made.
+    Requires a running Ray; :meth:`shutdown` frees the actors."""
+
+    def __init__(self, bounds: list[tuple[int, int]], n_actors: int = 2,
+                 num_cpus_per_actor: float = 1.0) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            raise ValueError("the distributed coarse factor needs a running Ray: call ray.init() "
+                             "first, or use the local pca preconditioner")
+        self.bounds = [(int(lo), int(hi)) for lo, hi in bounds]
+        self.size, self.n_blocks = self.bounds[-1][1], len(self.bounds)
+        self.n_actors = max(1, min(int(n_actors), self.n_blocks))
+        actor = _block_row_actor_class().options(num_cpus=num_cpus_per_actor)
+        self.actors = [actor.remote(self.bounds, list(range(a, self.n_blocks, self.n_actors)))
+                       for a in range(self.n_actors)]
+        self.messages = 0
+
+    def owner(self, I: int) -> Any:
+        """The actor holding block row I."""
+        return self.actors[I % self.n_actors]
+
+    def put_rows(self, I: int, offset: int, rows: np.ndarray) -> Any:
+        """Send rows [offset, offset + len(rows)) of block row I (full width or at least up to
+        the block's diagonal end) to its owner; returns the acknowledgement's reference."""
+        self.messages += 1
+        return self.owner(I).put_rows.remote(I, offset, np.ascontiguousarray(rows))
+
+    def factor(self) -> None:
+        """The blocked right-looking Cholesky, one step per block column; raises ValueError with
+        the problem named if the matrix is not positive definite."""
+        import ray
+
+        try:
+            for K in range(self.n_blocks):
+                L_KK = self.owner(K).factor_diag.remote(K)
+                panels = [a.panel.remote(K, L_KK) for a in self.actors]
+                acks = [a.trailing.remote(K, *panels) for a in self.actors]
+                self.messages += 1 + 2 * len(self.actors)
+                ray.get(acks)
+        except ray.exceptions.RayTaskError as err:
+            if NOT_PD in str(err):
+                raise ValueError(f"the coarse matrix Tᵀ(A+μI)T {NOT_PD}") from None
+            raise
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        """(L Lᵀ)⁻¹ b for b (M, m), by the blocked forward and backward solves."""
+        import ray
+
+        b = np.asarray(b, dtype=np.float64)
+        ys: list[Any] = []
+        for I, (lo, hi) in enumerate(self.bounds):
+            ys.append(self.owner(I).forward.remote(I, b[lo:hi], *ys))
+        xs: list[Any] = [None] * self.n_blocks
+        later: list[Any] = []
+        for J in reversed(range(self.n_blocks)):
+            backward = self.owner(J).backward.options(num_returns=2)
+            xs[J], U = backward.remote(J, ys[J], *later)
+            later.append(U)
+        self.messages += 2 * self.n_blocks
+        return np.concatenate(ray.get(xs), axis=0)
+
+    def lower(self) -> np.ndarray:
+        """The whole factor L gathered on the driver (M×M; for checks on small problems)."""
+        import ray
+
+        L = np.zeros((self.size, self.size))
+        parts = ray.get([self.owner(I).block_row.remote(I) for I in range(self.n_blocks)])
+        for (lo, hi), part in zip(self.bounds, parts):
+            L[lo:hi, :hi] = part
+        return np.tril(L)
+
+    def bytes_per_actor(self) -> list[int]:
+        """float64 bytes of the tiles each actor holds."""
+        held = [0] * self.n_actors
+        for I, (lo, hi) in enumerate(self.bounds):
+            held[I % self.n_actors] += (hi - lo) * hi * 8
+        return held
+
+    def shutdown(self) -> None:
+        """Kill the actors (the factor cannot be applied afterwards)."""
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+
+class _RowWindow:
+    """Rows [start, start + t) of a (N, k+2, N, k+2) coarse matrix as a (t, …) buffer:
+    :meth:`PcaCoarsePreconditioner._coarse_rows` writes into it by global point rows."""
+
+    def __init__(self, buf: Tensor, start: int) -> None:
+        self.buf, self.start = buf, start
+
+    def __setitem__(self, key: tuple[Any, ...], value: Tensor) -> None:
+        rows = key[0]
+        local = slice(rows.start - self.start, rows.stop - self.start)
+        self.buf[(local,) + tuple(key[1:])] = value
+
+
+class RayPcaCoarsePreconditioner(PcaCoarsePreconditioner):
+    """The pca preconditioner (:class:`.coarse.PcaCoarsePreconditioner`, same coarse space and
+    application) with its coarse factor held in block rows by ``n_actors`` Ray actors
+    (:class:`DistributedCoarseFactor`) and C formed by row tiles on the driver and scattered to
+    them. ``n_blocks``: block rows of C (default 2·n_actors); other keywords as the local one.
+    Needs a running Ray; call :meth:`shutdown` to free the actors."""
+
+    name = "pca"
+
+    def __init__(self, op: Any, ridge: float = 0.0, *, n_actors: int = 2,
+                 n_blocks: int | None = None, num_cpus_per_actor: float = 1.0,
+                 **options: Any) -> None:
+        self.n_actors, self.num_cpus_per_actor = int(n_actors), float(num_cpus_per_actor)
+        self.n_blocks = int(n_blocks or 2 * self.n_actors)
+        super().__init__(op, ridge, **options)
+
+    def _factor_coarse(self) -> None:
+        import ray
+
+        n, p = self.n, self.k + 2
+        points = row_blocks(n, self.n_blocks)
+        self.factor = DistributedCoarseFactor([(lo * p, hi * p) for lo, hi in points],
+                                              self.n_actors, self.num_cpus_per_actor)
+        d = torch.cat([self.Z, self.rho[:, None]], 1)
+        dead = (~self.mask).nonzero().flatten() * p + (self.k + 1)
+        for I, (lo, hi) in enumerate(points):
+            acks = []
+            for s in range(lo, hi, self.tile):
+                rows = slice(s, min(s + self.tile, hi))
+                tile = self._coarse_tile(rows, d, dead)
+                acks.append(self.factor.put_rows(I, (s - lo) * p, tile[:, :hi * p].cpu().numpy()))
+            ray.get(acks)
+        self.factor.factor()
+        return None
+
+    def _coarse_tile(self, rows: slice, d: Tensor, dead: Tensor) -> Tensor:
+        """Rows ``rows`` (points) of C with μ on the diagonal and the dead q-coordinates set to
+        the identity, as the local :meth:`_coarse_matrix` makes them: (t(k+2), N(k+2))."""
+        n, p, t = self.n, self.k + 2, rows.stop - rows.start
+        buf = torch.empty((t, p, n, p), dtype=self.Z.dtype, device=self.Z.device)
+        self._coarse_rows(_RowWindow(buf, rows.start), rows, d)  # type: ignore[arg-type]
+        C = buf.reshape(t * p, n * p)
+        first = rows.start * p
+        local = torch.arange(t * p, device=C.device)
+        C[local, first + local] += self.mu
+        if dead.numel():
+            mine = dead[(dead >= first) & (dead < first + t * p)]
+            C[mine - first, :] = 0.0
+            C[:, dead] = 0.0
+            C[mine - first, mine] = 1.0
+        return C
+
+    def _coarse_solve(self, b: Tensor) -> Tensor:
+        n, p, m = b.shape
+        x = self.factor.solve(b.reshape(n * p, m).cpu().numpy())
+        return torch.as_tensor(x, dtype=b.dtype, device=b.device).reshape(n, p, m)
+
+    def shutdown(self) -> None:
+        """Free the actors holding the coarse factor."""
+        self.factor.shutdown()
