@@ -4,9 +4,12 @@ blocked triangular solves, driven from the driver (docs/structured.md, "Distribu
 The coarse matrix C = Tᵀ(A + μI)T (M = N(k+2) square, :mod:`.coarse`) is cut into ``n_blocks``
 block rows aligned to points (block row I: the coordinates of points [lo_I, hi_I)); block row I
 lives on actor I mod ``n_actors``, which keeps only its lower part, the tiles C_IJ for J ≤ I, as
-one float64 numpy array (hi_I(k+2) columns). The driver forms C by row tiles of at most ``tile``
-points (:meth:`PcaCoarsePreconditioner._coarse_rows`, the same formula and code as the local
-path) and sends each tile to its owner at once, so it never holds C.
+one float64 numpy array (hi_I(k+2) columns). Each actor forms its own block rows by row tiles of
+at most ``tile`` points (:func:`coarse_tile`: :meth:`PcaCoarsePreconditioner._coarse_rows`, the
+same formula and code as the local path) from X, its PCA parts and recomputed fields
+(:class:`ShippedRows`, O(N d0) numbers sent once); where the operator's fields were given (a
+store, arrays) the driver forms the tiles and sends each to its owner at once. The driver never
+holds C.
 
 Factor, step K = 0 … n_blocks−1: the owner of K factors C_KK = L_KK L_KKᵀ; every actor solves
 its panels L_IK = C_IK L_KK⁻ᵀ (I > K); every actor subtracts L_IK L_JKᵀ from its tiles
@@ -25,10 +28,13 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from ..kernels import FIELD_NAMES
 from ..operators.distributed import row_blocks
+from ..operators.field_sources import RecomputedFields
 from .coarse import PcaCoarsePreconditioner
 
-__all__ = ["DistributedCoarseFactor", "RayPcaCoarsePreconditioner"]
+__all__ = ["DistributedCoarseFactor", "RayPcaCoarsePreconditioner", "ShippedRows", "coarse_tile",
+           "recomputing_source"]
 
 Tensor = torch.Tensor
 NOT_PD = "is not positive definite: use a ridge μ > 0"
@@ -92,6 +98,16 @@ class _CoarseBlockRows:
 
     def block_row(self, I: int) -> np.ndarray:
         return self.rows[I]
+
+    def assemble(self, src: "ShippedRows", tile: int) -> int:
+        """Form this actor's block rows of C by row tiles of at most ``tile`` points."""
+        p = src.k + 2
+        for I, rows in self.rows.items():
+            lo, hi = self.bounds[I][0] // p, self.bounds[I][1] // p
+            for s in range(lo, hi, tile):
+                part = coarse_tile(src, slice(s, min(s + tile, hi)))
+                rows[(s - lo) * p:(min(s + tile, hi) - lo) * p] = part[:, :rows.shape[1]].numpy()
+        return len(self.rows)
 
 
 def _block_row_actor_class() -> Any:
@@ -205,18 +221,72 @@ class _RowWindow:
         self.buf[(local,) + tuple(key[1:])] = value
 
 
+def coarse_tile(src: Any, rows: slice) -> Tensor:
+    """Rows ``rows`` (points) of C, (t(k+2), N(k+2)), as the local
+    :meth:`PcaCoarsePreconditioner._coarse_matrix` makes them: its block formula
+    (``src._coarse_rows``), μ on the diagonal, the q-coordinates of points inside span V set to
+    the identity. ``src``: the preconditioner, or :class:`ShippedRows` on an actor."""
+    n, p, t = src.n, src.k + 2, rows.stop - rows.start
+    buf = torch.empty((t, p, n, p), dtype=src.Z.dtype, device=src.Z.device)
+    d = torch.cat([src.Z, src.rho[:, None]], 1)
+    src._coarse_rows(_RowWindow(buf, rows.start), rows, d)
+    C = buf.reshape(t * p, n * p)
+    first = rows.start * p
+    local = torch.arange(t * p, device=C.device)
+    C[local, first + local] += src.mu
+    dead = (~src.mask).nonzero().flatten() * p + (src.k + 1)
+    if dead.numel():
+        mine = dead[(dead >= first) & (dead < first + t * p)]
+        C[mine - first, :] = 0.0
+        C[:, dead] = 0.0
+        C[mine - first, mine] = 1.0
+    return C
+
+
+class ShippedRows:
+    """What the rows of C need, without the factors or held fields (X, its PCA parts, the
+    weights, μ and a field source that recomputes a row tile's fields): small enough to send to
+    every actor, which then forms its own block rows (:func:`coarse_tile`)."""
+
+    _coarse_rows = PcaCoarsePreconditioner._coarse_rows  # the one formula, not a copy
+
+    def __init__(self, P: PcaCoarsePreconditioner, source: RecomputedFields) -> None:
+        self.n, self.k, self.mu, self.weights, self.source = P.n, P.k, P.mu, P.weights, source
+        self.X, self.Z, self.Qr, self.rho, self.mask = (
+            t.cpu() for t in (P.X, P.Z, P.Qr, P.rho, P.mask))
+
+    def _fields_of(self, rows: slice) -> dict[str, Tensor]:
+        return dict(zip(FIELD_NAMES, self.source.tile(rows)))
+
+
+def recomputing_source(op: Any) -> RecomputedFields | None:
+    """A CPU field source that recomputes the operator's fields from X (its kind, depth and
+    activation), or None when the operator's fields were given (a store, arrays)."""
+    desc = getattr(op, "description", {})
+    if desc.get("depth") is None:
+        return None
+    return RecomputedFields(op.x1.cpu(), None, depth=int(desc["depth"]),
+                            activation=str(desc.get("activation", "gelu")),
+                            kind=str(desc.get("kind", "jntk")), compile=desc.get("compile"))
+
+
 class RayPcaCoarsePreconditioner(PcaCoarsePreconditioner):
     """The pca preconditioner (:class:`.coarse.PcaCoarsePreconditioner`, same coarse space and
     application) with its coarse factor held in block rows by ``n_actors`` Ray actors
-    (:class:`DistributedCoarseFactor`) and C formed by row tiles on the driver and scattered to
-    them. ``n_blocks``: block rows of C (default 2·n_actors); other keywords as the local one.
-    Needs a running Ray; call :meth:`shutdown` to free the actors."""
+    (:class:`DistributedCoarseFactor`). ``n_blocks``: block rows of C (default 2·n_actors);
+    ``assemble``: where C's row tiles are formed — ``"actors"`` (each its own, fields recomputed
+    from X), ``"driver"`` (formed there and sent), ``"auto"`` (actors when the operator's fields
+    can be recomputed); ``assembled_on`` says which. Other keywords as the local one. Needs a
+    running Ray; call :meth:`shutdown` to free the actors."""
 
     name = "pca"
 
     def __init__(self, op: Any, ridge: float = 0.0, *, n_actors: int = 2,
                  n_blocks: int | None = None, num_cpus_per_actor: float = 1.0,
-                 **options: Any) -> None:
+                 assemble: str = "auto", **options: Any) -> None:
+        if assemble not in ("auto", "actors", "driver"):
+            raise ValueError(f"assemble must be auto, actors or driver; got {assemble!r}")
+        self.assemble = assemble
         self.n_actors, self.num_cpus_per_actor = int(n_actors), float(num_cpus_per_actor)
         self.n_blocks = int(n_blocks or 2 * self.n_actors)
         super().__init__(op, ridge, **options)
@@ -228,34 +298,23 @@ class RayPcaCoarsePreconditioner(PcaCoarsePreconditioner):
         points = row_blocks(n, self.n_blocks)
         self.factor = DistributedCoarseFactor([(lo * p, hi * p) for lo, hi in points],
                                               self.n_actors, self.num_cpus_per_actor)
-        d = torch.cat([self.Z, self.rho[:, None]], 1)
-        dead = (~self.mask).nonzero().flatten() * p + (self.k + 1)
-        for I, (lo, hi) in enumerate(points):
-            acks = []
-            for s in range(lo, hi, self.tile):
-                rows = slice(s, min(s + self.tile, hi))
-                tile = self._coarse_tile(rows, d, dead)
-                acks.append(self.factor.put_rows(I, (s - lo) * p, tile[:, :hi * p].cpu().numpy()))
-            ray.get(acks)
+        source = recomputing_source(self.op) if self.assemble != "driver" else None
+        if self.assemble == "actors" and source is None:
+            raise ValueError("assemble='actors' needs an operator that recomputes its fields "
+                             "from X (kind, depth, activation); use assemble='driver'")
+        self.assembled_on = "actors" if source is not None else "driver"
+        if source is not None:
+            shipped = ray.put(ShippedRows(self, source))
+            self.factor.messages += len(self.factor.actors)
+            ray.get([a.assemble.remote(shipped, self.tile) for a in self.factor.actors])
+        else:
+            for I, (lo, hi) in enumerate(points):
+                ray.get([self.factor.put_rows(I, (s - lo) * p,
+                                              coarse_tile(self, slice(s, min(s + self.tile, hi)))
+                                              [:, :hi * p].cpu().numpy())
+                         for s in range(lo, hi, self.tile)])
         self.factor.factor()
         return None
-
-    def _coarse_tile(self, rows: slice, d: Tensor, dead: Tensor) -> Tensor:
-        """Rows ``rows`` (points) of C with μ on the diagonal and the dead q-coordinates set to
-        the identity, as the local :meth:`_coarse_matrix` makes them: (t(k+2), N(k+2))."""
-        n, p, t = self.n, self.k + 2, rows.stop - rows.start
-        buf = torch.empty((t, p, n, p), dtype=self.Z.dtype, device=self.Z.device)
-        self._coarse_rows(_RowWindow(buf, rows.start), rows, d)  # type: ignore[arg-type]
-        C = buf.reshape(t * p, n * p)
-        first = rows.start * p
-        local = torch.arange(t * p, device=C.device)
-        C[local, first + local] += self.mu
-        if dead.numel():
-            mine = dead[(dead >= first) & (dead < first + t * p)]
-            C[mine - first, :] = 0.0
-            C[:, dead] = 0.0
-            C[mine - first, mine] = 1.0
-        return C
 
     def _coarse_solve(self, b: Tensor) -> Tensor:
         n, p, m = b.shape
