@@ -1,23 +1,24 @@
 """The pca coarse factor held in block rows by Ray actors: a blocked right-looking Cholesky and
-blocked triangular solves, driven from the driver (docs/structured.md, "Distributed coarse solve").
+blocked triangular solves, driven from the driver (docs/structured.md, "Distributed coarse factor").
 
 The coarse matrix C = Tᵀ(A + μI)T (M = N(k+2) square, :mod:`.coarse`) is cut into ``n_blocks``
 block rows aligned to points (block row I: the coordinates of points [lo_I, hi_I)); block row I
 lives on actor I mod ``n_actors``, which keeps only its lower part, the tiles C_IJ for J ≤ I, as
-one float64 numpy array (hi_I(k+2) columns). Each actor forms its own block rows by row tiles of
-at most ``tile`` points (:func:`coarse_tile`: :meth:`PcaCoarsePreconditioner._coarse_rows`, the
-same formula and code as the local path) from X, its PCA parts and recomputed fields
-(:class:`ShippedRows`, O(N d0) numbers sent once); where the operator's fields were given (a
-store, arrays) the driver forms the tiles and sends each to its owner at once. The driver never
-holds C.
+one float64 torch tensor (hi_I(k+2) columns) on its own GPU when it was given one
+(``num_gpus_per_actor``), else in RAM; tiles travel between actors as numpy. Each actor forms its
+own block rows by row tiles of at most ``tile`` points (:func:`coarse_tile`:
+:meth:`PcaCoarsePreconditioner._coarse_rows`, the same formula and code as the local path) from X,
+its PCA parts and recomputed fields (:class:`ShippedRows`, O(N d0) numbers sent once); where the
+operator's fields were given (a store, arrays) the driver forms the tiles and sends each to its
+owner at once. The driver never holds C.
 
-Factor, step K = 0 … n_blocks−1: the owner of K factors C_KK = L_KK L_KKᵀ; every actor solves
-its panels L_IK = C_IK L_KK⁻ᵀ (I > K); every actor subtracts L_IK L_JKᵀ from its tiles
-C_IJ (K < J ≤ I). L_KK and the panels go between actors through the object store; the driver
-only waits for each step's small acknowledgements (1 + 2·n_actors actor calls a step).
-Solves: forward, block row I's owner forms y_I = L_II⁻¹(b_I − Σ_{J<I} L_IJ y_J) from the y_J
-already made; backward, from the last block, x_J = L_JJ⁻ᵀ(y_J − Σ_{I>J} U_I[J]) with
-U_I = L_I,<Iᵀ x_I made by the owner of I (2·n_blocks actor calls an application).
+Factor, step K = 0 … n_blocks−1: the owner of K factors C_KK = L_KK L_KKᵀ; every actor solves its
+panels L_IK = C_IK L_KK⁻ᵀ (I > K); every actor subtracts L_IK L_JKᵀ from its tiles C_IJ (K < J ≤
+I). L_KK and the panels go between actors through the object store; the driver only waits for each
+step's small acknowledgements (1 + 2·n_actors actor calls a step). Solves: forward, block row I's
+owner forms y_I = L_II⁻¹(b_I − Σ_{J<I} L_IJ y_J) from the y_J already made; backward, from the last
+block, x_J = L_JJ⁻ᵀ(y_J − Σ_{I>J} U_I[J]) with U_I = L_I,<Iᵀ x_I made by the owner of I (2·n_blocks
+actor calls an application).
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 import torch
 
 from ..kernels import FIELD_NAMES
+from ..kernels.devices import choose_device
 from ..operators.distributed import row_blocks
 from ..operators.field_sources import RecomputedFields
 from .coarse import PcaCoarsePreconditioner
@@ -41,72 +42,79 @@ NOT_PD = "is not positive definite: use a ridge μ > 0"
 
 
 class _CoarseBlockRows:
-    """Holds the lower tiles of some block rows of C, overwritten by those of L."""
+    """Holds the lower tiles of some block rows of C (float64, on its GPU when it was given one,
+    else in RAM), overwritten by those of L; what it returns goes out as numpy."""
 
-    def __init__(self, bounds: list[tuple[int, int]], mine: list[int]) -> None:
-        self.bounds = bounds
-        self.rows = {I: np.zeros((bounds[I][1] - bounds[I][0], bounds[I][1]))
-                     for I in mine}
+    def __init__(self, bounds: list[tuple[int, int]], mine: list[int],
+                 use_gpu: bool = False) -> None:
+        self.bounds, self.device = bounds, choose_device(use_gpu=use_gpu)
+        self.rows = {I: torch.zeros((bounds[I][1] - bounds[I][0], bounds[I][1]),
+                                    dtype=torch.float64, device=self.device) for I in mine}
 
-    def tile(self, I: int, J: int) -> np.ndarray:
+    def _here(self, a: np.ndarray) -> Tensor:
+        # a copy: the arrays Ray hands over are read-only
+        return torch.tensor(a, dtype=torch.float64, device=self.device)
+
+    def tile(self, I: int, J: int) -> Tensor:
         lo, hi = self.bounds[J]
         return self.rows[I][:, lo:hi]
 
     def put_rows(self, I: int, offset: int, rows: np.ndarray) -> int:
-        self.rows[I][offset:offset + rows.shape[0]] = rows[:, :self.bounds[I][1]]
+        self.rows[I][offset:offset + rows.shape[0]] = self._here(rows[:, :self.bounds[I][1]])
         return rows.shape[0]
 
     def factor_diag(self, K: int) -> np.ndarray:
         A = self.tile(K, K)
-        try:
-            L = np.linalg.cholesky(A)  # reads the lower triangle
-        except np.linalg.LinAlgError:
-            raise ValueError(f"the coarse matrix Tᵀ(A+μI)T {NOT_PD}") from None
-        A[...] = L
-        return L
+        L, info = torch.linalg.cholesky_ex(A)  # reads the lower triangle
+        if int(info) != 0:
+            raise ValueError(f"the coarse matrix Tᵀ(A+μI)T {NOT_PD}")
+        A.copy_(L)
+        return L.cpu().numpy()
 
     def panel(self, K: int, L_KK: np.ndarray) -> dict[int, np.ndarray]:
-        out = {}
+        L, out = self._here(L_KK), {}
         for I in self.rows:
             if I > K:
                 A = self.tile(I, K)
-                A[...] = scipy.linalg.solve_triangular(L_KK, A.T, lower=True).T
-                out[I] = A
+                A.copy_(torch.linalg.solve_triangular(L, A.mT, upper=False).mT)
+                out[I] = A.cpu().numpy()
         return out
 
     def trailing(self, K: int, *panels: dict[int, np.ndarray]) -> int:
         P = {I: L for part in panels for I, L in part.items()}
         for I in self.rows:
             for J in range(K + 1, I + 1) if I > K else ():
-                self.tile(I, J)[...] -= P[I] @ P[J].T
+                self.tile(I, J).sub_(self._here(P[I]) @ self._here(P[J]).mT)
         return len(P)
 
     def forward(self, I: int, b: np.ndarray, *ys: np.ndarray) -> np.ndarray:
-        acc = b.copy()
+        acc = self._here(b)
         for J, y in enumerate(ys):
-            acc -= self.tile(I, J) @ y
-        return scipy.linalg.solve_triangular(self.tile(I, I), acc, lower=True)
+            acc -= self.tile(I, J) @ self._here(y)
+        return torch.linalg.solve_triangular(self.tile(I, I), acc, upper=False).cpu().numpy()
 
     def backward(self, J: int, y: np.ndarray, *later: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = self.bounds[J]
-        acc = y.copy()
+        acc = self._here(y)
         for U in later:
-            acc -= U[lo:hi]
-        x = scipy.linalg.solve_triangular(self.tile(J, J), acc, lower=True, trans="T")
-        return x, self.rows[J][:, :lo].T @ x
+            acc -= self._here(U[lo:hi])
+        x = torch.linalg.solve_triangular(self.tile(J, J).mT, acc, upper=True)
+        return x.cpu().numpy(), (self.rows[J][:, :lo].mT @ x).cpu().numpy()
 
     def block_row(self, I: int) -> np.ndarray:
-        return self.rows[I]
+        return self.rows[I].cpu().numpy()
 
     def assemble(self, src: "ShippedRows", tile: int) -> int:
-        """Form this actor's block rows of C by row tiles of at most ``tile`` points."""
+        """Form this actor's block rows of C by row tiles of at most ``tile`` points (on the
+        CPU; each tile then moves to where the rows are held)."""
         p = src.k + 2
         for I, rows in self.rows.items():
             lo, hi = self.bounds[I][0] // p, self.bounds[I][1] // p
             for s in range(lo, hi, tile):
                 part = coarse_tile(src, slice(s, min(s + tile, hi)))
-                rows[(s - lo) * p:(min(s + tile, hi) - lo) * p] = part[:, :rows.shape[1]].numpy()
+                rows[(s - lo) * p:(min(s + tile, hi) - lo) * p] = part[:, :rows.shape[1]].to(
+                    rows.device)
         return len(self.rows)
 
 
@@ -119,12 +127,13 @@ def _block_row_actor_class() -> Any:
 class DistributedCoarseFactor:
     """The lower Cholesky factor of an M×M SPD matrix held in block rows by Ray actors
     (module docstring). ``bounds``: the block rows' [lo, hi) coordinate ranges, consecutive from
-    0 to M; block row I lives on actor I mod ``n_actors``. Fill it with :meth:`put_rows`, then
+    0 to M; block row I lives on actor I mod ``n_actors`` (on a GPU of its own with
+    ``num_gpus_per_actor`` > 0). Fill it with :meth:`put_rows`, then
     :meth:`factor`; :meth:`solve` applies (L Lᵀ)⁻¹. ``messages`` counts the actor calls made.
     Requires a running Ray; :meth:`shutdown` frees the actors."""
 
     def __init__(self, bounds: list[tuple[int, int]], n_actors: int = 2,
-                 num_cpus_per_actor: float = 1.0) -> None:
+                 num_cpus_per_actor: float = 1.0, num_gpus_per_actor: float = 0.0) -> None:
         import ray
 
         if not ray.is_initialized():
@@ -133,9 +142,10 @@ class DistributedCoarseFactor:
         self.bounds = [(int(lo), int(hi)) for lo, hi in bounds]
         self.size, self.n_blocks = self.bounds[-1][1], len(self.bounds)
         self.n_actors = max(1, min(int(n_actors), self.n_blocks))
-        actor = _block_row_actor_class().options(num_cpus=num_cpus_per_actor)
-        self.actors = [actor.remote(self.bounds, list(range(a, self.n_blocks, self.n_actors)))
-                       for a in range(self.n_actors)]
+        actor = _block_row_actor_class().options(num_cpus=num_cpus_per_actor,
+                                                 num_gpus=num_gpus_per_actor)
+        self.actors = [actor.remote(self.bounds, list(range(a, self.n_blocks, self.n_actors)),
+                                    num_gpus_per_actor > 0) for a in range(self.n_actors)]
         self.messages = 0
 
     def owner(self, I: int) -> Any:
@@ -276,18 +286,21 @@ class RayPcaCoarsePreconditioner(PcaCoarsePreconditioner):
     (:class:`DistributedCoarseFactor`). ``n_blocks``: block rows of C (default 2·n_actors);
     ``assemble``: where C's row tiles are formed — ``"actors"`` (each its own, fields recomputed
     from X), ``"driver"`` (formed there and sent), ``"auto"`` (actors when the operator's fields
-    can be recomputed); ``assembled_on`` says which. Other keywords as the local one. Needs a
+    can be recomputed); ``assembled_on`` says which; ``num_gpus_per_actor``: each actor holds its
+    tiles on a GPU of its own. Other keywords as the local one. Needs a
     running Ray; call :meth:`shutdown` to free the actors."""
 
     name = "pca"
 
     def __init__(self, op: Any, ridge: float = 0.0, *, n_actors: int = 2,
                  n_blocks: int | None = None, num_cpus_per_actor: float = 1.0,
-                 assemble: str = "auto", **options: Any) -> None:
+                 num_gpus_per_actor: float = 0.0, assemble: str = "auto",
+                 **options: Any) -> None:
         if assemble not in ("auto", "actors", "driver"):
             raise ValueError(f"assemble must be auto, actors or driver; got {assemble!r}")
         self.assemble = assemble
         self.n_actors, self.num_cpus_per_actor = int(n_actors), float(num_cpus_per_actor)
+        self.num_gpus_per_actor = float(num_gpus_per_actor)
         self.n_blocks = int(n_blocks or 2 * self.n_actors)
         super().__init__(op, ridge, **options)
 
@@ -297,7 +310,8 @@ class RayPcaCoarsePreconditioner(PcaCoarsePreconditioner):
         n, p = self.n, self.k + 2
         points = row_blocks(n, self.n_blocks)
         self.factor = DistributedCoarseFactor([(lo * p, hi * p) for lo, hi in points],
-                                              self.n_actors, self.num_cpus_per_actor)
+                                              self.n_actors, self.num_cpus_per_actor,
+                                              self.num_gpus_per_actor)
         source = recomputing_source(self.op) if self.assemble != "driver" else None
         if self.assemble == "actors" and source is None:
             raise ValueError("assemble='actors' needs an operator that recomputes its fields "
