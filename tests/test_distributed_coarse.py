@@ -115,3 +115,18 @@ def test_points_inside_the_pca_span_are_assembled_as_locally(assemble):
         assert _relative(dist.factor.lower(), torch.linalg.cholesky(C_sym).numpy()) <= 1e-10
     finally:
         dist.shutdown()
+
+
+def test_the_registry_builds_it_by_coarse_backend(digits):
+    from jntk_dist.solvers import make_preconditioner
+
+    op = structured_operator(digits[0][:10], **KW)
+    M = make_preconditioner(op, "pca", MU, coarse_backend="ray", k=2, n_actors=2, n_blocks=2)
+    try:
+        assert isinstance(M, RayPcaCoarsePreconditioner) and M.assembled_on == "actors"
+        assert len(M.factor.actors) == 2
+    finally:
+        M.shutdown()
+    assert type(make_preconditioner(op, "pca", MU, k=2)) is PcaCoarsePreconditioner
+    with pytest.raises(ValueError, match="coarse_backend must be local or ray"):
+        make_preconditioner(op, "pca", MU, coarse_backend="dask")

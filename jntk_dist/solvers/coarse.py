@@ -159,6 +159,18 @@ class PcaCoarsePreconditioner(Preconditioner):
         :mod:`.distributed_coarse` holds it in block rows on Ray actors instead)."""
         return factor_in_place(self._coarse_matrix(), "the coarse matrix Tᵀ(A+μI)T")
 
+    @classmethod
+    def build(cls, parts: StructuredParts, mu: float, coarse_backend: str = "local",
+              **options: object) -> Preconditioner:
+        """``coarse_backend``: ``"local"`` (this class) or ``"ray"`` (the coarse factor in block
+        rows on Ray actors, :class:`.distributed_coarse.RayPcaCoarsePreconditioner`)."""
+        if coarse_backend == "ray":
+            from .distributed_coarse import RayPcaCoarsePreconditioner
+            return RayPcaCoarsePreconditioner(parts, mu, **options)  # type: ignore[arg-type]
+        if coarse_backend != "local":
+            raise ValueError(f"coarse_backend must be local or ray; got {coarse_backend!r}")
+        return cls(parts, mu, **options)  # type: ignore[arg-type]
+
     def _fit_rank(self, op: StructuredParts, k: int, lower: bool, hold: bool | None,
                   factor_dtype: torch.dtype | None) -> int:
         """k capped at d0 and, when ``lower``, lowered until N(k+2) fits the memory; decides
