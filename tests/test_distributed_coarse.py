@@ -130,3 +130,31 @@ def test_the_registry_builds_it_by_coarse_backend(digits):
     assert type(make_preconditioner(op, "pca", MU, k=2)) is PcaCoarsePreconditioner
     with pytest.raises(ValueError, match="coarse_backend must be local or ray"):
         make_preconditioner(op, "pca", MU, coarse_backend="dask")
+
+
+def test_bad_layouts_are_named():
+    for bounds in ([(0, 3), (4, 6)], [(0, 3), (3, 3)], []):
+        with pytest.raises(ValueError, match="consecutive non-empty"):
+            DistributedCoarseFactor(bounds)
+    with pytest.raises(ValueError, match="n_actors must be at least 1"):
+        DistributedCoarseFactor([(0, 2)], n_actors=0)
+
+
+def test_without_ray_it_says_so(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("from jntk_dist.solvers.distributed_coarse import DistributedCoarseFactor\n"
+            "try:\n    DistributedCoarseFactor([(0, 2)])\n"
+            "except ValueError as err:\n    print(err)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path, env=_env_with_this_checkout())
+    assert "needs a running Ray: call ray.init() first" in out.stdout, out.stderr
+
+
+def _env_with_this_checkout() -> dict[str, str]:
+    import os
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
