@@ -142,7 +142,8 @@ class DistributedCoarseFactor:
         self.bounds = [(int(lo), int(hi)) for lo, hi in bounds]
         ends = [0] + [hi for _, hi in self.bounds[:-1]]
         if not self.bounds or any(lo != e or hi <= lo for (lo, hi), e in zip(self.bounds, ends)):
-            raise ValueError(f"block rows must be consecutive non-empty ranges from 0; got {bounds}")
+            raise ValueError("block rows must be consecutive non-empty ranges from 0; "
+                             f"got {bounds}")
         if int(n_actors) < 1:
             raise ValueError(f"n_actors must be at least 1; got {n_actors}")
         self.size, self.n_blocks = self.bounds[-1][1], len(self.bounds)
