@@ -158,3 +158,21 @@ def _env_with_this_checkout() -> dict[str, str]:
 
     root = str(Path(__file__).resolve().parents[1])
     return {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.mark.parametrize("fields_dtype", [None, torch.float32])
+def test_actors_recompute_the_operators_fields(digits, fields_dtype):
+    from jntk_dist.solvers.distributed_coarse import recomputing_source
+
+    X = digits[0][:9]
+    op = structured_operator(X, mode="recompute", fields_dtype=fields_dtype, **KW)
+    rows = slice(2, 7)
+    F = op.field_rows(rows)
+    assert torch.equal(recomputing_source(op).tile(rows), F)
+    held = kernels.fields(X, depth=3, activation="erf").stack()
+
+    class Accessor:  # fields read from elsewhere, as a store's reader would
+        def fields_tile(self, rows: slice, cols: slice) -> torch.Tensor:
+            return held[:, rows, cols]
+
+    assert recomputing_source(structured_operator(X, fields=Accessor(), **KW)) is None

@@ -9,8 +9,8 @@ one float64 torch tensor (hi_I(k+2) columns) on its own GPU when it was given on
 own block rows by row tiles of at most ``tile`` points (:func:`coarse_tile`:
 :meth:`PcaCoarsePreconditioner._coarse_rows`, the same formula and code as the local path) from X,
 its PCA parts and recomputed fields (:class:`ShippedRows`, O(N d0) numbers sent once); where the
-operator's fields were given (a store, arrays) the driver forms the tiles and sends each to its
-owner at once. The driver never holds C.
+operator reads its fields from elsewhere (a store, an array-like) the driver forms the tiles and
+sends each to its owner at once. The driver never holds C.
 
 Factor, step K = 0 … n_blocks−1: the owner of K factors C_KK = L_KK L_KKᵀ; every actor solves its
 panels L_IK = C_IK L_KK⁻ᵀ (I > K); every actor subtracts L_IK L_JKᵀ from its tiles C_IJ (K < J ≤
@@ -277,13 +277,16 @@ class ShippedRows:
 
 def recomputing_source(op: Any) -> RecomputedFields | None:
     """A CPU field source that recomputes the operator's fields from X (its kind, depth and
-    activation), or None when the operator's fields were given (a store, arrays)."""
+    activation), or None when they are read from elsewhere (a store, an array-like, an
+    accessor: ``mode`` other than memory or recompute) or the depth is unknown."""
     desc = getattr(op, "description", {})
-    if desc.get("depth") is None:
+    if desc.get("depth") is None or desc.get("mode") not in ("memory", "recompute"):
         return None
+    fields_dtype = desc.get("fields_dtype")
     return RecomputedFields(op.x1.cpu(), None, depth=int(desc["depth"]),
                             activation=str(desc.get("activation", "gelu")),
-                            kind=str(desc.get("kind", "jntk")), compile=desc.get("compile"))
+                            kind=str(desc.get("kind", "jntk")), compile=desc.get("compile"),
+                            fields_dtype=getattr(torch, fields_dtype) if fields_dtype else None)
 
 
 class RayPcaCoarsePreconditioner(PcaCoarsePreconditioner):
