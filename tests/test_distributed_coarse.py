@@ -128,7 +128,7 @@ def test_the_registry_builds_it_by_coarse_backend(digits):
     finally:
         M.shutdown()
     assert type(make_preconditioner(op, "pca", MU, k=2)) is PcaCoarsePreconditioner
-    with pytest.raises(ValueError, match="coarse_backend must be local or ray"):
+    with pytest.raises(ValueError, match="coarse_backend must be one of local, ray"):
         make_preconditioner(op, "pca", MU, coarse_backend="dask")
 
 

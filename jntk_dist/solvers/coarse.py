@@ -41,7 +41,7 @@ from .memory import Budget, MemoryPlan, NotEnoughMemoryError, auto_tile_mb, budg
 from .registry import Preconditioner, register
 
 __all__ = ["PcaCoarsePreconditioner", "pca_basis", "choose_pca_rank", "coarse_budget",
-           "tile_reserve", "pca_plan"]
+           "tile_reserve", "pca_plan", "COARSE_BACKENDS"]
 
 Tensor = torch.Tensor
 
@@ -162,14 +162,13 @@ class PcaCoarsePreconditioner(Preconditioner):
     @classmethod
     def build(cls, parts: StructuredParts, mu: float, coarse_backend: str = "local",
               **options: object) -> Preconditioner:
-        """``coarse_backend``: ``"local"`` (this class) or ``"ray"`` (the coarse factor in block
-        rows on Ray actors, :class:`.distributed_coarse.RayPcaCoarsePreconditioner`)."""
-        if coarse_backend == "ray":
-            from .distributed_coarse import RayPcaCoarsePreconditioner
-            return RayPcaCoarsePreconditioner(parts, mu, **options)  # type: ignore[arg-type]
-        if coarse_backend != "local":
-            raise ValueError(f"coarse_backend must be local or ray; got {coarse_backend!r}")
-        return cls(parts, mu, **options)  # type: ignore[arg-type]
+        """``coarse_backend``: a name in :data:`COARSE_BACKENDS` — ``"local"`` (this class) or
+        ``"ray"`` (the coarse factor in block rows on Ray actors, registered by
+        :mod:`.distributed_coarse`)."""
+        if coarse_backend not in COARSE_BACKENDS:
+            raise ValueError(f"coarse_backend must be one of {', '.join(COARSE_BACKENDS)}; "
+                             f"got {coarse_backend!r}")
+        return COARSE_BACKENDS[coarse_backend](parts, mu, **options)  # type: ignore[arg-type]
 
     def _fit_rank(self, op: StructuredParts, k: int, lower: bool, hold: bool | None,
                   factor_dtype: torch.dtype | None) -> int:
@@ -321,3 +320,8 @@ class PcaCoarsePreconditioner(Preconditioner):
         zR = self._perp(self._kron_solve(self._perp(rJ)))
         zV = self._coarse_solve(self._restrict(rJ, r0) - self._coarse_of_A_perp(zR))
         return self._prolong(zV, zR).reshape(R.shape).to(R.dtype)
+
+
+COARSE_BACKENDS: dict[str, type[PcaCoarsePreconditioner]] = {"local": PcaCoarsePreconditioner}
+"""Where the pca coarse factor lives, by ``coarse_backend`` name
+(:meth:`PcaCoarsePreconditioner.build`)."""

@@ -32,7 +32,7 @@ from ..kernels import FIELD_NAMES
 from ..kernels.devices import choose_device
 from ..operators.distributed import row_blocks
 from ..operators.field_sources import RecomputedFields
-from .coarse import PcaCoarsePreconditioner
+from .coarse import COARSE_BACKENDS, PcaCoarsePreconditioner
 
 __all__ = ["DistributedCoarseFactor", "RayPcaCoarsePreconditioner", "ShippedRows", "coarse_tile",
            "recomputing_source"]
@@ -347,3 +347,6 @@ class RayPcaCoarsePreconditioner(PcaCoarsePreconditioner):
     def shutdown(self) -> None:
         """Free the actors holding the coarse factor."""
         self.factor.shutdown()
+
+
+COARSE_BACKENDS["ray"] = RayPcaCoarsePreconditioner
