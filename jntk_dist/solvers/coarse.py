@@ -41,7 +41,7 @@ from .memory import Budget, MemoryPlan, NotEnoughMemoryError, auto_tile_mb, budg
 from .registry import Preconditioner, register
 
 __all__ = ["PcaCoarsePreconditioner", "pca_basis", "choose_pca_rank", "coarse_budget",
-           "tile_reserve", "pca_plan"]
+           "tile_reserve", "pca_plan", "COARSE_BACKENDS"]
 
 Tensor = torch.Tensor
 
@@ -159,8 +159,24 @@ class PcaCoarsePreconditioner(Preconditioner):
         kb.diagonal().add_(self.mu)  # float64 build is freed before C is made
         self.Lb = factor_in_place(kb, "λK_b + μI").to(self.factor_dtype)
         del kb
-        self.Lc = factor_in_place(self._coarse_matrix(), "the coarse matrix Tᵀ(A+μI)T")
+        self.Lc = self._factor_coarse()
         _fit_tiles_to_what_is_left(op)
+
+    def _factor_coarse(self) -> Tensor:
+        """The coarse factor :meth:`_coarse_solve` uses (here C's Cholesky factor, in place;
+        :mod:`.distributed_coarse` holds it in block rows on Ray actors instead)."""
+        return factor_in_place(self._coarse_matrix(), "the coarse matrix Tᵀ(A+μI)T")
+
+    @classmethod
+    def build(cls, parts: StructuredParts, mu: float, coarse_backend: str = "local",
+              **options: object) -> Preconditioner:
+        """``coarse_backend``: a name in :data:`COARSE_BACKENDS` — ``"local"`` (this class) or
+        ``"ray"`` (the coarse factor in block rows on Ray actors, registered by
+        :mod:`.distributed_coarse`)."""
+        if coarse_backend not in COARSE_BACKENDS:
+            raise ValueError(f"coarse_backend must be one of {', '.join(COARSE_BACKENDS)}; "
+                             f"got {coarse_backend!r}")
+        return COARSE_BACKENDS[coarse_backend](parts, mu, **options)  # type: ignore[arg-type]
 
     def _fit_rank(self, op: StructuredParts, k: int, lower: bool, hold: bool | None,
                   factor_dtype: torch.dtype | None) -> int:
@@ -314,3 +330,8 @@ class PcaCoarsePreconditioner(Preconditioner):
         zR = self._perp(self._kron_solve(self._perp(rJ)))
         zV = self._coarse_solve(self._restrict(rJ, r0) - self._coarse_of_A_perp(zR))
         return self._prolong(zV, zR).reshape(R.shape).to(R.dtype)
+
+
+COARSE_BACKENDS: dict[str, type[PcaCoarsePreconditioner]] = {"local": PcaCoarsePreconditioner}
+"""Where the pca coarse factor lives, by ``coarse_backend`` name
+(:meth:`PcaCoarsePreconditioner.build`)."""

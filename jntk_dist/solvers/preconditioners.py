@@ -215,6 +215,7 @@ class NystromPreconditioner(TwoLevelPreconditioner):
 # the other modules' preconditioners register themselves on import, after the ones above (so the
 # registry lists them in this order); none of them imports this module
 from . import coarse, direct, lowrank, auto  # noqa: E402,F401  (registration)
+from . import distributed_coarse  # noqa: E402,F401  (pca's coarse_backend "ray")
 
 PRECONDITIONERS = preconditioner_names()
 
