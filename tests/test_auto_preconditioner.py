@@ -13,6 +13,7 @@ import torch
 
 from jntk_dist import kernels
 from jntk_dist.data import load_dataset
+from jntk_dist.errors import ResourceError
 from jntk_dist.operators import structured_operator
 from jntk_dist.solvers import (PRECONDITIONERS, REGISTRY, NotEnoughMemoryError, Preconditioner,
                                make_preconditioner, structured_solve)
@@ -129,7 +130,7 @@ def test_nothing_fits_is_one_line_naming_needs_and_alternatives(tabular):
     msg = str(err.value)
     assert "\n" not in msg and "direct (N(d0+1) = 1,800) needs" in msg
     assert "has 0.0001 GB (the given budget)" in msg and "Alternatives:" in msg
-    assert isinstance(err.value, ValueError)  # the CLI's one-line errors
+    assert isinstance(err.value, ResourceError)  # the CLI prints it as one line
 
 
 def test_free_memory_is_the_available_ram():
