@@ -101,6 +101,9 @@ HAVE_DRIFT = have(DRIFT_STORE, "jntk drift configs/drift_quick.yaml", "drift cur
 # ## The Gram store with xarray
 # Every array carries dimension names, so `xarray.open_zarr` shows labelled, lazy (Dask) arrays.
 # The store keeps the unscaled kernel Θ; its attributes say what it is.
+# A chunk lost after the store was finished reads here as NaN (the arrays' fill value; the writer
+# never stores a NaN, so NaN always means missing); `open_gram` below, `store.to_xarray()` and
+# `jntk verify` refuse such a store and name the chunk.
 
 # %%
 import xarray as xr
