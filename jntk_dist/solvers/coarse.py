@@ -170,12 +170,17 @@ class PcaCoarsePreconditioner(Preconditioner):
     @classmethod
     def build(cls, parts: StructuredParts, mu: float, coarse_backend: str = "local",
               **options: object) -> Preconditioner:
-        """``coarse_backend``: a name in :data:`COARSE_BACKENDS` — ``"local"`` (this class) or
-        ``"ray"`` (the coarse factor in block rows on Ray actors, registered by
-        :mod:`.distributed_coarse`)."""
+        """``coarse_backend``: a name in :data:`COARSE_BACKENDS` — ``"local"`` (this class, or
+        the subclass it is called on) or ``"ray"`` (the coarse factor in block rows on Ray
+        actors, registered by :mod:`.distributed_coarse`)."""
         if coarse_backend not in COARSE_BACKENDS:
             raise ValueError(f"coarse_backend must be one of {', '.join(COARSE_BACKENDS)}; "
                              f"got {coarse_backend!r}")
+        if coarse_backend == "local":
+            return cls(parts, mu, **options)  # type: ignore[arg-type]
+        if cls is not PcaCoarsePreconditioner:
+            raise ValueError(f"coarse_backend {coarse_backend!r} is for the pca preconditioner, "
+                             f"not {cls.name}")
         return COARSE_BACKENDS[coarse_backend](parts, mu, **options)  # type: ignore[arg-type]
 
     def _fit_rank(self, op: StructuredParts, k: int, lower: bool, hold: bool | None,
