@@ -19,6 +19,20 @@ def sphere(n: int, d0: int, seed: int) -> "np.ndarray":
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+#: the kernel and ridge of the pca coarse-space tests (erf L = 3, λ = 0.1, μ = 1e-3 on digits:
+#: hard for the value/Jacobian block preconditioners)
+PCA_KW = dict(depth=3, activation="erf", lam=0.1)
+PCA_MU = 1e-3
+
+
+def digit_rows(n: int) -> tuple[Any, Any]:
+    """The first n real 8×8 digit images (d0 = 64) and their labels."""
+    from jntk_dist.data import load_dataset
+
+    ds = load_dataset("digits")
+    return ds.X[:n], ds.y[:n]
+
+
 def write_sphere_dataset(folder: Path, n: int, d0: int, seed: int) -> Path:
     """An .npz dataset of n unit vectors in R^d0 (labels: sign of the first coordinate)."""
     import numpy as np

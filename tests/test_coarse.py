@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import PCA_KW, PCA_MU, digit_rows
 from jntk_dist import kernels
-from jntk_dist.data import load_dataset
 from jntk_dist.operators import structured_operator
 from jntk_dist.solvers import PcaCoarsePreconditioner, structured_solve
 from jntk_dist.workflows.problem import load_problem
@@ -17,15 +17,13 @@ from jntk_dist.workflows.config import load_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-KW = dict(depth=3, activation="erf", lam=0.1)
-MU = 1e-3
+KW, MU = PCA_KW, PCA_MU
 
 
 @pytest.fixture(scope="module")
 def digits():
     """60 real 8×8 digit images (d0 = 64): hard for value/Jacobian block preconditioners."""
-    ds = load_dataset("digits")
-    return ds.X[:60], ds.y[:60]
+    return digit_rows(60)
 
 
 def _dense_system(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

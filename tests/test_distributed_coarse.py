@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import PCA_KW, PCA_MU, digit_rows
 from jntk_dist import kernels
-from jntk_dist.data import load_dataset
 from jntk_dist.operators import structured_operator
 from jntk_dist.solvers import PcaCoarsePreconditioner, structured_solve
 from jntk_dist.solvers.distributed_coarse import (DistributedCoarseFactor,
@@ -16,15 +16,13 @@ from jntk_dist.solvers.distributed_coarse import (DistributedCoarseFactor,
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
-KW = dict(depth=3, activation="erf", lam=0.1)
-MU = 1e-3
+KW, MU = PCA_KW, PCA_MU
 
 
 @pytest.fixture(scope="module")
 def digits():
     """80 real 8×8 digit images (d0 = 64)."""
-    ds = load_dataset("digits")
-    return ds.X[:80], ds.y[:80]
+    return digit_rows(80)
 
 
 def _relative(a: np.ndarray, b: np.ndarray) -> float:
@@ -170,6 +168,10 @@ def test_actors_recompute_the_operators_fields(digits, fields_dtype):
     F = op.field_rows(rows)
     assert torch.equal(recomputing_source(op).tile(rows), F)
     held = kernels.fields(X, depth=3, activation="erf").stack()
+    # against the kernels' float64 fields, computed apart: a depth-3 recursion in float32 keeps
+    # ~2.4e-6 relative here (≈ 40 eps₃₂); 1e-5 leaves 4× room, float64 1e-13
+    rtol = 1e-5 if fields_dtype is torch.float32 else 1e-13
+    assert torch.allclose(F.to(torch.float64), held[:, rows], rtol=rtol, atol=0.0)
 
     class Accessor:  # fields read from elsewhere, as a store's reader would
         def fields_tile(self, rows: slice, cols: slice) -> torch.Tensor:

@@ -56,6 +56,8 @@ def test_a_deleted_chunk_is_named_by_the_package_and_nan_in_xarray(tmp_path: Pat
         open_gram(store).read()
     with pytest.raises(StoreCorruptError, match=r"gram/c/0/1|chunk \(0, 1\)"):
         open_gram(store).to_xarray().gram.values
+    with pytest.raises(StoreCorruptError, match=r"gram/c/0/1|chunk \(0, 1\)"):
+        open_gram(store).dask_array().compute()
 
     gram = xr.open_zarr(store, consolidated=False)["gram"].values
     rows = P * layout.block

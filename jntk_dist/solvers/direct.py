@@ -19,7 +19,8 @@ from .factors import factor_in_place
 from .memory import Budget, MemoryPlan
 from .registry import Preconditioner, register
 
-__all__ = ["DirectPreconditioner", "direct_plan", "DIRECT_TILE_BYTES"]
+__all__ = ["DirectPreconditioner", "direct_plan", "dense_gram", "expand_gram_rows",
+           "DIRECT_TILE_BYTES"]
 
 Tensor = torch.Tensor
 
@@ -39,19 +40,43 @@ def direct_plan(n: int, d0: int, usable: Budget, device: str) -> MemoryPlan:
                       device)
 
 
-def dense_gram(op: StructuredParts, ridge: float = 0.0) -> Tensor:
-    """Θ_λ(X, X) + μI as a dense point-major (N(d0+1))² float64 matrix, from the fields."""
+def expand_gram_rows(op: StructuredParts, points: slice | list[int],
+                     out: Tensor | None = None) -> Tensor:
+    """Gram rows of Θ_λ(X, X) for ``points`` (a slice of consecutive points, or a list), shaped
+    (len(points), d0+1, N, d0+1) point-major float64, from one row of fields per point (Λ
+    applied as the kernels apply it); written into ``out`` when given. The one loop that forms
+    Gram rows from fields: the direct solve (row tile by row tile) and rpcholesky (sampled
+    points) both use it."""
     X = op.x1.to(torch.float64)
     n, p = X.shape[0], X.shape[1] + 1
-    G = torch.empty((n, p, n, p), dtype=torch.float64, device=X.device)
+    if isinstance(points, slice):  # consecutive points: their field rows in one piece
+        start, stop, _ = points.indices(n)
+        runs = [slice(start, stop)]
+    else:
+        runs = [slice(j, j + 1) for j in points]
+    count = sum(r.stop - r.start for r in runs)
+    if out is None:
+        out = torch.empty((count, p, n, p), dtype=torch.float64, device=X.device)
     scale = None if op.lam is None else lambda_factors(op.lam, p, X)
-    step = _rows_per_tile(n, p)
     on_cpu = X.device.type == "cpu"
     with torch.no_grad():
-        for s in range(0, n, step):
-            rows = slice(s, min(n, s + step))
+        at = 0
+        for rows in runs:
             F = op.field_rows(rows).to(torch.float64)
-            expand_rows(G[rows], X[rows], X, scale, tuple(F), on_cpu)
+            size = rows.stop - rows.start
+            expand_rows(out[at:at + size], X[rows], X, scale, tuple(F), on_cpu)
+            at += size
+    return out
+
+
+def dense_gram(op: StructuredParts, ridge: float = 0.0) -> Tensor:
+    """Θ_λ(X, X) + μI as a dense point-major (N(d0+1))² float64 matrix, from the fields."""
+    n, p = op.x1.shape[0], op.x1.shape[1] + 1
+    G = torch.empty((n, p, n, p), dtype=torch.float64, device=op.x1.device)
+    step = _rows_per_tile(n, p)
+    for s in range(0, n, step):
+        rows = slice(s, min(n, s + step))
+        expand_gram_rows(op, rows, out=G[rows])
     G = G.reshape(n * p, n * p)
     G.diagonal().add_(ridge)
     return G

@@ -18,9 +18,8 @@ import logging
 
 import torch
 
-from ..kernels import lambda_factors
-from ..kernels.blocks import expand_rows
 from ..operators.base import StructuredParts
+from .direct import expand_gram_rows
 from .factors import factor_solve, lowrank_factor
 from .memory import Budget, MemoryPlan, budget
 from .registry import Preconditioner, register
@@ -34,17 +33,10 @@ POINTS_PER_STEP = 16  # points sampled per block step (their (d0+1) columns each
 
 
 def gram_rows(op: StructuredParts, points: list[int]) -> Tensor:
-    """The Gram rows of the given points, (len(points)·(d0+1), N(d0+1)) point-major, from one
-    row of fields per point (Λ applied as the kernels apply it)."""
-    X = op.x1.to(torch.float64)
-    n, p = X.shape[0], X.shape[1] + 1
-    out = torch.empty((len(points), p, n, p), dtype=torch.float64, device=X.device)
-    scale = None if op.lam is None else lambda_factors(op.lam, p, X)
-    with torch.no_grad():
-        for t, j in enumerate(points):
-            F = op.field_rows(slice(j, j + 1)).to(torch.float64)
-            expand_rows(out[t:t + 1], X[j:j + 1], X, scale, tuple(F), X.device.type == "cpu")
-    return out.reshape(len(points) * p, n * p)
+    """The Gram rows of the given points, (len(points)·(d0+1), N(d0+1)) point-major
+    (:func:`.direct.expand_gram_rows`)."""
+    n, p = op.x1.shape[0], op.x1.shape[1] + 1
+    return expand_gram_rows(op, points).reshape(len(points) * p, n * p)
 
 
 BLOCK_TEMPORARIES = 4  # column blocks (m × s·p) alive at once in a step
