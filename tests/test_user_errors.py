@@ -203,7 +203,9 @@ def test_user_error_is_one_line_and_leaves_nothing(case: str, tmp_path: Path) ->
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
     assert lines[0].startswith(f"jntk {argv[0]}: error: "), result.stderr
-    if not lines[0].rstrip().endswith(":"):  # a config error lists its keys on further lines
+    if lines[0].rstrip().endswith(":"):  # a config error lists its keys on indented lines
+        assert len(lines) > 1 and all(line[:1].isspace() for line in lines[1:]), result.stderr
+    else:
         assert len(lines) == 1, result.stderr
     assert _table()[case] in result.stderr
     assert _snapshot(tmp_path) == before  # nothing written, nothing planted touched, no lock
